@@ -1,0 +1,110 @@
+"""Write world renders as an image folder, the layout a user hands b4m with real photos.
+
+``out_dir/0000.png`` + ``out_dir/0000.txt`` (the caption) per image, and ``out_dir/metadata.jsonl`` with the scene
+fields, the seed, the file name and the caption of every image. Folders are written into a temporary sibling
+directory and renamed into place, so a reader never sees a half-written folder.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from b4m.world.concepts import HELD_IN_CONTENTS, STYLES
+from b4m.world.render import Scene, caption, render
+
+__all__ = ["export_concept", "export_folder"]
+
+
+def export_folder(
+    out_dir: str | Path,
+    scenes: list[Scene],
+    seeds: list[int],
+    resolution: int = 32,
+    content_word: str | None = None,
+    style_word: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Render ``scenes[i]`` with ``seeds[i]`` into ``out_dir`` as ``{i:04d}.png`` + ``{i:04d}.txt``, plus
+    ``metadata.jsonl``. ``content_word``/``style_word`` go into the captions (see :func:`caption`).
+
+    Raises ``FileExistsError`` if ``out_dir`` exists and is not empty, unless ``overwrite=True`` (then the old
+    folder is replaced once the new one is complete). Returns ``out_dir`` as a ``Path``.
+    """
+    out = Path(out_dir)
+    if len(scenes) != len(seeds):
+        raise ValueError(f"got {len(scenes)} scenes and {len(seeds)} seeds; pass one seed per scene")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory; pass another out_dir")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(
+            f"{out} exists and is not empty; pass overwrite=True to replace it or choose another out_dir"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        records = []
+        for i, (scene, seed) in enumerate(zip(scenes, seeds, strict=True)):
+            stem = f"{i:04d}"
+            text = caption(scene, content_word=content_word, style_word=style_word)
+            Image.fromarray(render(scene, int(seed), resolution)).save(tmp / f"{stem}.png")
+            (tmp / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
+            records.append({"file": f"{stem}.png", **scene.as_dict(), "seed": int(seed), "caption": text})
+        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
+            for rec in records:
+                f.write(json.dumps(rec) + "\n")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def export_concept(
+    out_dir: str | Path,
+    content: str | None = None,
+    style: str | None = None,
+    n: int = 4,
+    seed: int = 0,
+    resolution: int = 32,
+    content_word: str | None = None,
+    style_word: str | None = None,
+    contents: tuple[str, ...] = HELD_IN_CONTENTS,
+    overwrite: bool = False,
+) -> Path:
+    """``n`` images of one concept with default attributes.
+
+    - ``content`` given: that content, in ``style`` (``"photo"`` when ``style`` is None).
+    - only ``style`` given: that style over random contents from ``contents`` (held-in contents by default,
+      so a style reference does not leak a held-out content).
+    """
+    if content is None and style is None:
+        raise ValueError("export_concept needs content=..., style=... or both")
+    if style is not None and style not in STYLES:
+        raise ValueError(f"style={style!r} is not one of {STYLES}")
+    rng = np.random.default_rng([seed, 5])
+    if content is not None:
+        scenes = [Scene(content, style or "photo") for _ in range(n)]
+    else:
+        scenes = [Scene(contents[int(rng.integers(len(contents)))], style) for _ in range(n)]
+    seeds = [seed * 1000 + i for i in range(n)]
+    return export_folder(
+        out_dir,
+        scenes,
+        seeds,
+        resolution=resolution,
+        content_word=content_word,
+        style_word=style_word,
+        overwrite=overwrite,
+    )
