@@ -1,0 +1,172 @@
+"""The world's base model: tokenizer, pipeline factory, save/load as a stock diffusers folder, shipped weights,
+training data that never shows held-out concepts, and (slow) the judge-measured quality bar."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionPipeline
+
+from b4m.world import base_model as bm
+from b4m.world.tokenizer import build_tokenizer, save_tokenizer
+
+WORDS = ["a", "cat", "car", "cart", "in", "style", "stripes", "photo", "of", "on", "the", "left", "at"]
+
+TINY = bm.BaseModelConfig(
+    vae_block_out_channels=(8, 16),
+    vae_norm_num_groups=8,
+    text_hidden_size=16,
+    text_intermediate_size=32,
+    unet_block_out_channels=(16, 32, 32),
+    unet_norm_num_groups=8,
+    max_length=16,
+)
+
+
+def test_tokenizer_words_are_single_tokens_and_unseen_words_split_into_characters(tmp_path):
+    tok = build_tokenizer(WORDS, max_length=16)
+    for w in WORDS:
+        assert tok.convert_ids_to_tokens(tok(w, add_special_tokens=False).input_ids) == [w + "</w>"]
+    assert tok.convert_ids_to_tokens(tok("snq", add_special_tokens=False).input_ids) == ["s", "n", "q</w>"]
+    assert tok.convert_ids_to_tokens(tok("w@z", add_special_tokens=False).input_ids) == [
+        "w</w>",
+        "@</w>",
+        "z</w>",
+    ]
+    ids = tok("a snq cat", padding="max_length", max_length=16).input_ids
+    assert len(ids) == 16 and ids[0] == tok.bos_token_id and tok.unk_token_id not in ids[1:5]
+    save_tokenizer(tok, tmp_path)
+    assert (tmp_path / "vocab.json").exists() and (tmp_path / "merges.txt").exists()
+    again = type(tok).from_pretrained(tmp_path)
+    assert again("a cat in w@z style").input_ids == tok("a cat in w@z style").input_ids
+
+
+def test_tokenizer_rejects_bad_words():
+    with pytest.raises(ValueError, match="a-z0-9"):
+        build_tokenizer(["Cat"])
+
+
+def test_config_errors_are_reported_together():
+    with pytest.raises(ValueError) as e:
+        bm.BaseModelConfig(cfg_dropout=1.5, text_hidden_size=30, text_heads=4)
+    assert "cfg_dropout" in str(e.value) and "text_hidden_size" in str(e.value)
+    with pytest.raises(ValueError, match="unknown keys"):
+        bm.BaseModelConfig.from_dict({"nope": 1})
+
+
+def test_tiny_pipeline_saves_and_loads_as_stock_stable_diffusion(tmp_path):
+    pipe = bm.build_pipeline(TINY, words=WORDS)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    bm.save_pipeline(pipe, tmp_path / "pipe")
+    index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "pipe")
+    assert isinstance(loaded, StableDiffusionPipeline)
+    loaded.set_progress_bar_config(disable=True)
+    out = loaded(
+        ["a cat in stripes style", "a snq car"],
+        num_inference_steps=2,
+        guidance_scale=2.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
+    assert out.images.shape == (2, 32, 32, 3)
+    info = bm.read_base_info(tmp_path / "pipe")
+    assert info == bm.BASE_INFO
+
+
+def test_world_vocabulary_covers_every_caption():
+    from b4m.world.concepts import CONTENTS, STYLES
+    from b4m.world.render import caption, random_scene
+
+    words = bm.world_words(n_random=200)
+    tok = build_tokenizer(words, max_length=TINY.max_length)
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        scene = random_scene(rng, contents=CONTENTS, styles=STYLES, attribute_prob=1.0)
+        text = caption(scene)
+        tokens = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False).input_ids)
+        assert all(t.endswith("</w>") for t in tokens), (text, tokens)
+        assert len(tokens) + 2 <= bm.BaseModelConfig().max_length
+
+
+def test_training_pool_never_contains_held_out_concepts(monkeypatch):
+    from b4m.world import concepts, render
+
+    seen = []
+    real = render.random_scene
+
+    def spy(*args, **kwargs):
+        scene = real(*args, **kwargs)
+        seen.append(scene)
+        return scene
+
+    monkeypatch.setattr(render, "random_scene", spy)
+    images, captions = bm.render_pool(TINY, 300, seed=5, progress=False)
+    assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8 and len(captions) == 300
+    assert len(seen) == 300
+    assert not {s.content for s in seen} & set(concepts.HELD_OUT_CONTENTS)
+    assert not {s.style for s in seen} & set(concepts.HELD_OUT_STYLES)
+    for word in (*concepts.HELD_OUT_CONTENTS, *concepts.HELD_OUT_STYLES):
+        assert not any(f" {word} " in f" {c} " for c in captions)
+
+
+def test_training_resumes_to_the_same_weights(tmp_path):
+    cfg = bm.BaseModelConfig(
+        **{**TINY.to_dict(), "pool_size": 64, "vae_steps": 4, "train_steps": 6, "batch_size": 4,
+           "vae_batch_size": 4, "checkpoint_every": 3, "log_every": 3, "lr_warmup_steps": 2}
+    )  # fmt: skip
+    full = bm.train_base_model(cfg, tmp_path / "a", progress=False)
+    # a run killed after the step-3 checkpoint, then restarted
+    half = bm.BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 3})
+    bm.train_base_model(half, tmp_path / "b", progress=False)
+    (tmp_path / "b" / "config.json").unlink()
+    resumed = bm.train_base_model(cfg, tmp_path / "b", progress=False)
+    a = DiffusionPipeline.from_pretrained(full)
+    b = DiffusionPipeline.from_pretrained(resumed)
+    for (name, pa), (_, pb) in zip(a.unet.named_parameters(), b.unet.named_parameters(), strict=True):
+        torch.testing.assert_close(pa, pb, msg=name)
+    lines = [json.loads(x) for x in (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()]
+    assert any(r["phase"] == "diffusion" and math.isfinite(r["loss"]) for r in lines)
+
+
+shipped = pytest.mark.skipif(
+    not (bm.default_base_path() / "model_index.json").exists(), reason="no shipped base model yet"
+)
+
+
+@shipped
+def test_shipped_base_model_loads_offline_with_attention_projections():
+    pipe = DiffusionPipeline.from_pretrained(bm.default_base_path())
+    assert isinstance(pipe, StableDiffusionPipeline)
+    names = {n for n, _ in pipe.unet.named_modules()}
+    for proj in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k"):
+        assert any(n.endswith(proj) for n in names), proj
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    info = bm.read_base_info()
+    assert info.resolution == 32
+    size = sum(f.stat().st_size for f in bm.default_base_path().rglob("*") if f.is_file())
+    assert size < 40e6
+    pipe.set_progress_bar_config(disable=True)
+    img = pipe("a photo of a car", num_inference_steps=3, output_type="np").images
+    assert img.shape == (1, 32, 32, 3)
+
+
+@shipped
+@pytest.mark.slow
+def test_shipped_base_model_meets_the_quality_bar():
+    from b4m.eval.judges import WorldJudges
+
+    torch.set_num_threads(2)
+    pipe = bm.load_base_pipeline()
+    r = bm.evaluate_base_model(pipe, WorldJudges.load(), n_per_concept=8, seed=777, progress=False)
+    assert r["content_acc"] >= 0.9, r
+    assert r["style_acc"] >= 0.9, r
+    assert r["attribute_acc_mean"] >= 0.8, r
+    assert r["held_out_content_acc"] <= 3 * r["chance_content"] + 0.05, r
+    assert r["held_out_style_acc"] <= 3 * r["chance_style"] + 0.05, r
