@@ -44,8 +44,8 @@ _SUPERSAMPLE = 2
 _UNIT_RES = 32  # texture sizes are given in pixels of a 32 px image
 
 # Object half-extent (fraction of image width) and horizontal offset of "left"/"right" per size.
-_SIZE_RADIUS = {"small": 0.17, "medium": 0.26, "large": 0.34}
-_SIZE_OFFSET = {"small": 0.29, "medium": 0.24, "large": 0.15}
+_SIZE_RADIUS = {"small": 0.17, "medium": 0.26, "large": 0.33}
+_SIZE_OFFSET = {"small": 0.29, "medium": 0.23, "large": 0.17}
 _POSITION_SIGN = {"left": -1.0, "center": 0.0, "right": 1.0}
 
 
@@ -290,7 +290,7 @@ def _pose(scene: Scene, seed: int) -> _Pose:
     flip = -1.0 if rng.random() < 0.5 else 1.0
     aspect = rng.uniform(0.92, 1.08)
     scale = rng.uniform(0.94, 1.06)
-    jx, jy = rng.uniform(-0.03, 0.03), rng.uniform(-0.04, 0.04)
+    jx, jy = rng.uniform(-0.02, 0.02), rng.uniform(-0.04, 0.04)
     cx = 0.5 + _POSITION_SIGN[scene.position] * _SIZE_OFFSET[scene.size] + jx
     return _Pose(cx, 0.5 + jy, _SIZE_RADIUS[scene.size] * scale, angle, flip, aspect)
 

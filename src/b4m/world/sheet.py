@@ -54,7 +54,7 @@ def image_grid(images: Sequence, ncols: int, labels: Sequence[str] | None = None
         y = _PAD + (k // ncols) * (h + label_h + _PAD)
         sheet.paste(tile, (x, y))
         if labels is not None:
-            draw.text((x, y + h), str(labels[k]), fill=(0, 0, 0), font=font)
+            draw.text((x, y + h), str(labels[k])[: max(2, w // 6)], fill=(0, 0, 0), font=font)
     return sheet
 
 
