@@ -31,7 +31,9 @@ T = TypeVar("T")
 def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
     """A config field with a default and a help text (shown by ``--help``)."""
     if isinstance(default, list | dict):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help, **kw})
+        return dataclasses.field(
+            default_factory=lambda: type(default)(default), metadata={"help": help, **kw}
+        )
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
@@ -101,7 +103,9 @@ def _read_file(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> T:
+def load_config(
+    cls: type[T], path: str | Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> T:
     """Build ``cls`` from its defaults, then a YAML/TOML/JSON file, then ``overrides`` (``None`` values skipped).
 
     Keys may use ``-`` or ``_``. Unknown keys and badly typed values are all reported in one error.
@@ -130,7 +134,9 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
     """Add ``--config`` and one ``--flag`` per field of ``cls`` (defaults shown, but applied by :func:`load_config`)."""
-    parser.add_argument("--config", type=Path, default=None, help="YAML/TOML/JSON file with any of the options below")
+    parser.add_argument(
+        "--config", type=Path, default=None, help="YAML/TOML/JSON file with any of the options below"
+    )
     hints = _resolve(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -155,3 +161,125 @@ def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
     overrides.update(fixed)
     return load_config(cls, getattr(args, "config", None), overrides)
+
+
+# --- Job configs ------------------------------------------------------------------------------------------
+#
+# Fields left at ``None`` are filled from a preset for the base model at run time (:func:`resolve_preset`):
+# the paper's / official scripts' values for SD and SDXL, and values measured to reach the built-in world's
+# quality bar within the demo's time budget for the built-in model. The help text names both.
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # B4M paper Sec. 5 / official scripts: AdamW lr 1e-4, batch 1, rank 64, ~1000 steps, SDXL at 512 px.
+    "sd": {"steps": 1000, "lr": 1e-4, "rank": 64, "resolution": 512, "stage2_steps": 100, "stage2_lr": 1e-4},
+    # Built-in world (32 px, ~2 M-parameter UNet): measured in benchmarks/b4m_world.md.
+    "builtin": {
+        "steps": 300,
+        "lr": 1e-3,
+        "rank": 16,
+        "resolution": 32,
+        "stage2_steps": 40,
+        "stage2_lr": 3e-4,
+    },
+}
+
+
+def preset_for(base: str | None) -> dict[str, Any]:
+    return PRESETS["builtin" if base in (None, "builtin") else "sd"]
+
+
+def resolve_preset(config: T) -> T:
+    """Fill the ``None`` fields of ``config`` that the base model's preset defines."""
+    preset = preset_for(getattr(config, "base", None))
+    names = {f.name for f in dataclasses.fields(config)}  # type: ignore[arg-type]
+    fill = {k: v for k, v in preset.items() if k in names and getattr(config, k) is None}
+    return dataclasses.replace(config, **fill)  # type: ignore[type-var]
+
+
+@dataclasses.dataclass(frozen=True)
+class AdapterOptions:
+    """PLP adapter settings shared by stage 1 jobs (must match between a content and a style adapter)."""
+
+    rank: int | None = opt(None, "LoRA rank r (64 on SD/SDXL, 16 on the built-in model)")
+    rho: float = opt(0.5, "frozen fraction of each projection: d_out = round(rho m), d_in = round(rho n)")
+    orth: str = opt(
+        "exact",
+        "frozen parts: exact (A C = 0), approx (official code), none (w/o Orth)",
+        choices=["exact", "approx", "none"],
+    )
+    basis_seed: int = opt(0, "seed of the frozen orthogonal basis; content and style adapters must share it")
+    targets: list[str] = opt(
+        ["to_q", "to_k", "to_v", "to_out.0"], "module-name suffixes to adapt (peft rules)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage1Config(AdapterOptions):
+    """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
+
+    images: Path | None = opt(None, "folder of target images (the content or the style to learn)")
+    prompt: str | None = opt(
+        None, "prompt for the target images, with a trigger word, e.g. 'a photo of snq teddy'"
+    )
+    aux: list[str] = opt(
+        [], "auxiliary folders: other styles (content stage) or other contents (style stage)"
+    )
+    aux_prompts: list[str] = opt([], "one prompt per auxiliary folder (default: each image's .txt caption)")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    out: Path | None = opt(None, "output folder (default: runs/<role>)")
+    steps: int | None = opt(None, "training steps (1000 on SD/SDXL, 300 on the built-in model)")
+    lr: float | None = opt(None, "AdamW learning rate (1e-4 on SD/SDXL, 1e-3 on the built-in model)")
+    weight_decay: float = opt(1e-2, "AdamW weight decay (B and D only; A and C are never decayed)")
+    resolution: int | None = opt(
+        None, "training resolution in pixels (512 on SD/SDXL, 32 on the built-in model)"
+    )
+    mcp: bool = opt(
+        True, "multi-correspondence learning; --no-mcp trains on the target images only (w/o MCP)"
+    )
+    seed: int = opt(0, "seed for sampling images, timesteps and noise")
+    checkpoint_every: int = opt(100, "save a resumable checkpoint every N steps (0: never)")
+    resume: bool = opt(False, "resume from the last checkpoint in the output folder")
+    mixed_precision: str = opt(
+        "no",
+        "autocast dtype on GPU: no, bf16, fp16 (adapter weights stay fp32)",
+        choices=["no", "bf16", "fp16"],
+    )
+    gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
+    trigger_words: list[str] = opt(
+        [], "trigger words to record in the adapter file (default: guessed from the prompt)"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config:
+    """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
+
+    content: Path | None = opt(None, "content adapter from 'b4m train content'")
+    style: Path | None = opt(None, "style adapter from 'b4m train style'")
+    content_images: Path | None = opt(None, "content images (default: those recorded in the content adapter)")
+    content_prompt: str | None = opt(
+        None, "content prompt (default: the one recorded in the content adapter)"
+    )
+    style_images: Path | None = opt(None, "style images (default: those recorded in the style adapter)")
+    style_prompt: str | None = opt(None, "style prompt (default: the one recorded in the style adapter)")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    out: Path | None = opt(None, "output folder (default: runs/fused)")
+    stage2_steps: int | None = opt(
+        None, "fine-tuning steps (100 on SD/SDXL, 40 on the built-in model; 0: fuse only)"
+    )
+    stage2_lr: float | None = opt(None, "learning rate (1e-4 on SD/SDXL, 3e-4 on the built-in model)")
+    optimizer: str = opt(
+        "riemannian-adamw",
+        "riemannian-adamw (scaled AdamW), riemannian-sgd (Eq. 13-14 literally) or adamw (w/o RP)",
+        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
+    )
+    operands: str = opt(
+        "learnable",
+        "preconditioner operands: learnable (Eq. 13-14) or full (U, V)",
+        choices=["learnable", "full"],
+    )
+    delta: float = opt(1e-6, "absolute ridge of the r x r preconditioner inverse")
+    delta_rel: float = opt(1e-2, "ridge relative to tr(G)/r; bounds the preconditioner's condition number")
+    resolution: int | None = opt(None, "training resolution in pixels")
+    seed: int = opt(0, "seed for sampling images, timesteps and noise")
+    mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=["no", "bf16", "fp16"])

@@ -40,7 +40,7 @@ def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.flo
     else:
         try:
             pipe = DiffusionPipeline.from_pretrained(str(base), torch_dtype=dtype)
-        except (OSError, ValueError, EnvironmentError) as err:
+        except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise B4MError(
                 f"--base {base}: cannot load a diffusers pipeline from it ({first}); give a local pipeline "
@@ -122,7 +122,7 @@ def training_scheduler(pipe: DiffusionPipeline) -> DDPMScheduler:
 
 
 def per_sample_loss(
-    pipe: DiffusionPipeline,
+    unet: torch.nn.Module,
     scheduler: DDPMScheduler,
     latents: torch.Tensor,
     cond: Conditioning,
@@ -138,7 +138,7 @@ def per_sample_loss(
         target = scheduler.get_velocity(latents, noise, timesteps)
     else:
         raise B4MError(f"base model predicts {pred_type!r}; b4m trains epsilon- and v-prediction models")
-    unet = pipe.unet
     kwargs = {} if cond.added is None else {"added_cond_kwargs": cond.added}
-    pred = unet(noisy.to(unet.dtype), timesteps, encoder_hidden_states=cond.hidden, **kwargs).sample
+    dtype = cond.hidden.dtype
+    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond.hidden, **kwargs).sample
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

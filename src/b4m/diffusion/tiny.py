@@ -117,7 +117,9 @@ def tiny_sdxl_pipeline(tokenizer_dir: str | Path, seed: int = 0) -> StableDiffus
     torch.manual_seed(seed)
     unet = tiny_sdxl_unet()
     vae = _vae()
-    tokenizer = write_clip_tokenizer(tokenizer_dir, words=["photo", "teddy", "style", "snq", "paper"])
+    tokenizer = write_clip_tokenizer(
+        tokenizer_dir, words=["a", "photo", "of", "teddy", "in", "style", "paper"]
+    )
     config = _text_config(len(tokenizer))
     text_encoder = CLIPTextModel(config)
     text_encoder_2 = CLIPTextModelWithProjection(config)
@@ -155,7 +157,9 @@ def tiny_sd_pipeline(tokenizer_dir: str | Path, seed: int = 0) -> StableDiffusio
         attention_head_dim=2,
         norm_num_groups=8,
     )
-    tokenizer = write_clip_tokenizer(tokenizer_dir, words=["photo", "teddy", "style", "snq", "paper"])
+    tokenizer = write_clip_tokenizer(
+        tokenizer_dir, words=["a", "photo", "of", "teddy", "in", "style", "paper"]
+    )
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1

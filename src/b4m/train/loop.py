@@ -1,0 +1,90 @@
+"""Pieces shared by the training stages: device set-up, cached training sets, batch sampling, logging."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+
+from b4m.data.folders import load_images, read_image_folder
+from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
+
+__all__ = ["CachedSet", "TrainLog", "cache_set", "make_accelerator", "sample_batch", "trigger_words_of"]
+
+
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present."""
+    precision = mixed_precision if torch.cuda.is_available() else "no"
+    return Accelerator(mixed_precision=precision)
+
+
+@dataclass
+class CachedSet:
+    """One training set with its VAE latents and prompt embeddings computed once (the encoders are frozen)."""
+
+    folder: Path
+    latents: torch.Tensor
+    cond: Conditioning
+    prompts: list[str]
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+
+def cache_set(pipe: Any, folder: str | Path, prompt: str | None, resolution: int, option: str) -> CachedSet:
+    images = read_image_folder(folder, option)
+    prompts = images.prompts(prompt, option)
+    latents = encode_images(pipe, load_images(images.paths, resolution))
+    unique = sorted(set(prompts))
+    enc = encode_prompts(pipe, unique, resolution)
+    cond = enc.index([unique.index(p) for p in prompts])
+    return CachedSet(Path(folder), latents, cond, prompts)
+
+
+def sample_batch(
+    sets: list[CachedSet], counts: list[int], gen: torch.Generator, scheduler: Any
+) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
+    """``counts[i]`` random samples from ``sets[i]``, concatenated; one noise and one timestep for all of them
+    (the paper's MCP uses the same noise and timestep for target and auxiliary samples of a step)."""
+    idx = [torch.randint(len(s), (k,), generator=gen) for s, k in zip(sets, counts, strict=True)]
+    latents = torch.cat([s.latents[i.to(s.latents.device)] for s, i in zip(sets, idx, strict=True)])
+    cond = Conditioning.cat([s.cond.index(i.to(s.latents.device)) for s, i in zip(sets, idx, strict=True)])
+    noise = torch.randn((1, *latents.shape[1:]), generator=gen).to(latents.device).expand_as(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
+    timesteps = t.to(latents.device).expand(latents.shape[0])
+    return latents, cond, noise.contiguous(), timesteps
+
+
+def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:
+    """Words of ``prompt`` that the tokenizer splits into several pieces: rare tokens such as 'snq' or 'w@z'."""
+    words = []
+    for word in prompt.replace(",", " ").split():
+        if len(tokenizer.tokenize(word)) > 1:
+            words.append(word)
+    return words
+
+
+class TrainLog:
+    """JSON-lines training log (``train_log.jsonl``), appended so a resumed run continues it."""
+
+    def __init__(self, path: Path, enabled: bool = True) -> None:
+        self.path = path
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+
+    def write(self, **record: Any) -> None:
+        if not self.enabled:
+            return
+        record["time_s"] = round(time.perf_counter() - self.t0, 3)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def maybe(condition: bool, ctx: Any) -> Any:
+    return ctx if condition else contextlib.nullcontext()

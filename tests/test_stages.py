@@ -1,0 +1,279 @@
+"""Stage 1 (PLP + MCP) and stage 2 (fusion + Riemannian preconditioning) on tiny SD/SDXL pipelines."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import b4m.train.stage1 as stage1_mod
+from b4m.adapters import PLPSpec, inject_plp, load_lora, mcp_routing
+from b4m.config import Stage1Config, Stage2Config
+from b4m.diffusion.pipeline import encode_images, encode_prompts, per_sample_loss, training_scheduler
+from b4m.errors import B4MError
+from b4m.train.stage1 import train_stage1
+from b4m.train.stage2 import fuse, train_stage2
+
+
+def _folder(path, seed, n=2, caption=None):
+    path.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        img = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        Image.fromarray(img).save(path / f"{i:02d}.png")
+        if caption:
+            (path / f"{i:02d}.txt").write_text(caption)
+    return path
+
+
+@pytest.fixture
+def data(tmp_path):
+    return {
+        "content": _folder(tmp_path / "content", 0, n=3),
+        "style": _folder(tmp_path / "style", 1, n=2),
+        "aux_styles": [
+            _folder(tmp_path / f"as{i}", 10 + i, n=1, caption=f"a photo in style {i}") for i in range(3)
+        ],
+        "aux_contents": [
+            _folder(tmp_path / f"ac{i}", 20 + i, n=1, caption=f"a teddy number {i}") for i in range(2)
+        ],
+    }
+
+
+def _s1(data, tmp_path, role, **kw):
+    images, aux = (
+        (data["content"], data["aux_styles"]) if role == "content" else (data["style"], data["aux_contents"])
+    )
+    prompt = "a photo of snq teddy" if role == "content" else "a paper in w@z style"
+    base = dict(
+        images=images,
+        prompt=prompt,
+        aux=[str(a) for a in aux],
+        base="tiny",
+        out=tmp_path / role,
+        steps=4,
+        lr=1e-2,
+        rank=4,
+        resolution=32,
+        checkpoint_every=0,
+    )
+    base.update(kw)
+    return Stage1Config(**base)
+
+
+def test_batched_mcp_step_routes_gradients_strictly(tiny_sdxl):
+    """On an SDXL UNet: L_target never reaches D, L_aux never reaches B (content stage), in one forward."""
+    pipe = tiny_sdxl()
+    pipe.unet.requires_grad_(False)
+    adapter = inject_plp(pipe.unet, PLPSpec(rank=4))
+    with torch.no_grad():
+        for p in adapter.parameters("BD"):
+            p.normal_(std=0.05)
+    g = torch.Generator().manual_seed(0)
+    latents = encode_images(pipe, torch.rand(4, 3, 32, 32, generator=g))
+    cond = encode_prompts(pipe, ["a photo of snq teddy", "a in style", "b in style", "c in style"], 32)
+    noise = torch.randn(1, *latents.shape[1:], generator=g).expand_as(latents)
+    sched = training_scheduler(pipe)
+    t = torch.full((4,), 500)
+
+    def grads(rows):
+        for p in adapter.parameters("BD"):
+            p.grad = None
+        with mcp_routing(1, "B"):
+            losses = per_sample_loss(pipe.unet, sched, latents, cond, noise, t)
+        losses[rows].sum().backward()
+        return {
+            k: sum(0.0 if p.grad is None else p.grad.abs().sum().item() for p in adapter.parameters(k))
+            for k in "BD"
+        }
+
+    target = grads(slice(0, 1))
+    assert target["D"] == 0.0 and target["B"] > 0
+    aux = grads(slice(1, 4))
+    assert aux["B"] == 0.0 and aux["D"] > 0
+
+
+@pytest.mark.parametrize("role", ["content", "style"])
+def test_stage1_trains_only_its_parts_and_keeps_frozen(tiny_sd, data, tmp_path, role):
+    path = train_stage1(_s1(data, tmp_path, role), role, pipe=tiny_sd(), progress=False)
+    lora = load_lora(path)
+    meta = lora.meta
+    assert meta["role"] == role and meta["stage"] == 1 and meta["base_model"] == "tiny"
+    assert meta["trigger_words"] == (["snq"] if role == "content" else ["w@z"])
+    from b4m.adapters.plp import frozen_parts, split_dims
+
+    spec = PLPSpec(rank=4)
+    for module, (u, v) in lora.factors.items():
+        a, c = frozen_parts(spec, module, u.shape[0], v.shape[1])
+        d_out, d_in = split_dims(u.shape[0], v.shape[1], 0.5)
+        assert torch.equal(u[:d_out], a) and torch.equal(v[:, :d_in], c)  # bit-exact frozen parts
+    b_norm = sum(
+        u[split_dims(u.shape[0], v.shape[1], 0.5)[0] :].abs().sum() for u, v in lora.factors.values()
+    )
+    d_norm = sum(
+        v[:, split_dims(u.shape[0], v.shape[1], 0.5)[1] :].abs().sum() for u, v in lora.factors.values()
+    )
+    assert b_norm > 0 and d_norm > 0  # MCP: the target trains one part, the auxiliaries the other
+    log = (tmp_path / role / "train_log.jsonl").read_text().splitlines()
+    assert log and '"step": 4' in log[-1]
+
+
+def test_no_mcp_trains_the_target_part_only(tiny_sd, data, tmp_path):
+    path = train_stage1(
+        _s1(data, tmp_path, "content", mcp=False, aux=[]), "content", pipe=tiny_sd(), progress=False
+    )
+    from b4m.adapters.plp import split_dims
+
+    lora = load_lora(path)
+    d_total = sum(
+        v[:, split_dims(u.shape[0], v.shape[1], 0.5)[1] :].abs().sum() for u, v in lora.factors.values()
+    )
+    assert d_total == 0
+
+
+def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypatch):
+    full = train_stage1(
+        _s1(data, tmp_path, "content", steps=6, checkpoint_every=3, out=tmp_path / "a"),
+        "content",
+        pipe=tiny_sd(),
+        progress=False,
+    )
+    real_save = stage1_mod.save_checkpoint
+
+    def save_then_die(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt  # killed right after the checkpoint at step 3
+
+    monkeypatch.setattr(stage1_mod, "save_checkpoint", save_then_die)
+    cfg = _s1(data, tmp_path, "content", steps=6, checkpoint_every=3, out=tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
+    monkeypatch.setattr(stage1_mod, "save_checkpoint", real_save)
+    from dataclasses import replace
+
+    resumed = train_stage1(replace(cfg, resume=True), "content", pipe=tiny_sd(), progress=False)
+    a, b = load_lora(full).factors, load_lora(resumed).factors
+    for m in a:
+        assert torch.equal(a[m][0], b[m][0]) and torch.equal(a[m][1], b[m][1])
+
+
+def test_stage1_input_errors_name_the_option(data, tmp_path):
+    with pytest.raises(B4MError, match="--aux-styles: give at least one auxiliary folder"):
+        train_stage1(_s1(data, tmp_path, "content", aux=[]), "content", pipe=object())
+    with pytest.raises(B4MError, match="--images .*no such folder"):
+        train_stage1(
+            _s1(data, tmp_path, "content", images=tmp_path / "nope"), "content", pipe=_tiny_pipe(tmp_path)
+        )
+
+
+def _tiny_pipe(tmp_path):
+    from b4m.diffusion.tiny import tiny_sd_pipeline
+
+    return tiny_sd_pipeline(tmp_path / "tokx")
+
+
+@pytest.fixture
+def trained_pair(tiny_sd, data, tmp_path):
+    c = train_stage1(_s1(data, tmp_path, "content"), "content", pipe=tiny_sd(), progress=False)
+    s = train_stage1(_s1(data, tmp_path, "style"), "style", pipe=tiny_sd(), progress=False)
+    return c, s
+
+
+def test_fuse_keeps_content_b_and_style_d_exactly(trained_pair):
+    c, s = trained_pair
+    fused, spec = fuse(c, s)
+    lc, ls = load_lora(c).factors, load_lora(s).factors
+    for m, (u, v) in fused.factors.items():
+        assert torch.equal(u, lc[m][0])  # U_f = [A; B_content]
+        assert torch.equal(v, ls[m][1])  # V_f = [C, D_style]
+    assert fused.meta["trigger_words"] == ["snq", "w@z"]
+    with pytest.raises(B4MError, match="this is a style adapter"):
+        fuse(s, c)
+
+
+def test_fuse_refuses_other_bases(tiny_sd, data, tmp_path, trained_pair):
+    c, _ = trained_pair
+    other = train_stage1(
+        _s1(data, tmp_path, "style", basis_seed=1, out=tmp_path / "s2"),
+        "style",
+        pipe=tiny_sd(),
+        progress=False,
+    )
+    with pytest.raises(B4MError, match="basis ids differ"):
+        fuse(c, other)
+
+
+@pytest.mark.parametrize("optimizer", ["riemannian-adamw", "riemannian-sgd", "adamw"])
+def test_stage2_fine_tunes_b_and_d(tiny_sd, trained_pair, tmp_path, optimizer):
+    c, s = trained_pair
+    cfg = Stage2Config(
+        content=c,
+        style=s,
+        base="tiny",
+        out=tmp_path / optimizer,
+        stage2_steps=3,
+        stage2_lr=1e-2,
+        optimizer=optimizer,
+        resolution=32,
+    )
+    path = train_stage2(cfg, pipe=tiny_sd(), progress=False)
+    fused, _ = fuse(c, s)
+    tuned = load_lora(path)
+    assert tuned.meta["stage"] == 2 and tuned.meta["role"] == "fused"
+    changed = sum(not torch.equal(tuned.factors[m][0], fused.factors[m][0]) for m in fused.factors)
+    assert changed == len(fused.factors)
+    for m, (u, v) in tuned.factors.items():
+        assert torch.isfinite(u).all() and torch.isfinite(v).all()
+
+
+def test_stage2_zero_steps_is_the_plain_fusion(tiny_sd, trained_pair, tmp_path):
+    c, s = trained_pair
+    path = train_stage2(
+        Stage2Config(content=c, style=s, base="tiny", out=tmp_path / "f0", stage2_steps=0, resolution=32),
+        pipe=tiny_sd(),
+        progress=False,
+    )
+    fused, _ = fuse(c, s)
+    got = load_lora(path).factors
+    for m in fused.factors:
+        assert torch.equal(got[m][0], fused.factors[m][0]) and torch.equal(got[m][1], fused.factors[m][1])
+
+
+def test_stage1_on_sdxl_and_fused_file_loads_in_stock_pipeline(tiny_sdxl, data, tmp_path):
+    c = train_stage1(
+        _s1(data, tmp_path, "content", out=tmp_path / "xc"), "content", pipe=tiny_sdxl(), progress=False
+    )
+    s = train_stage1(
+        _s1(data, tmp_path, "style", out=tmp_path / "xs"), "style", pipe=tiny_sdxl(), progress=False
+    )
+    pipe = tiny_sdxl()
+    path = train_stage2(
+        Stage2Config(
+            content=c,
+            style=s,
+            base="tiny",
+            out=tmp_path / "xf",
+            stage2_steps=2,
+            stage2_lr=1e-2,
+            resolution=32,
+        ),
+        pipe=pipe,
+        progress=False,
+    )
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(1, 4, 8, 8, generator=g),
+        "timestep": torch.tensor([300]),
+        "encoder_hidden_states": torch.randn(1, 5, 64, generator=g),
+        "added_cond_kwargs": {
+            "text_embeds": torch.randn(1, 32, generator=g),
+            "time_ids": torch.randn(1, 6, generator=g),
+        },
+    }
+    with torch.no_grad():
+        in_memory = pipe.unet(**inputs).sample
+        fresh = tiny_sdxl()
+        base_out = fresh.unet(**inputs).sample
+        fresh.load_lora_weights(str(path))
+        reloaded = fresh.unet(**inputs).sample
+    assert (in_memory - base_out).abs().max() > 1e-4
+    assert torch.allclose(reloaded, in_memory, atol=1e-5, rtol=0)
