@@ -221,7 +221,7 @@ def test_stage2_fine_tunes_b_and_d(tiny_sd, trained_pair, tmp_path, optimizer):
     assert tuned.meta["stage"] == 2 and tuned.meta["role"] == "fused"
     changed = sum(not torch.equal(tuned.factors[m][0], fused.factors[m][0]) for m in fused.factors)
     assert changed == len(fused.factors)
-    for m, (u, v) in tuned.factors.items():
+    for u, v in tuned.factors.values():
         assert torch.isfinite(u).all() and torch.isfinite(v).all()
 
 

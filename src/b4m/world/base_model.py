@@ -84,9 +84,9 @@ class BaseModelConfig:
     vae_layers_per_block: int = 1
     vae_latent_channels: int = 4
     vae_norm_num_groups: int = 16
-    vae_steps: int = 2500
+    vae_steps: int = 1000
     """Autoencoder training steps (phase 1)."""
-    vae_batch_size: int = 64
+    vae_batch_size: int = 48
     vae_lr: float = 1e-3
     vae_kl_weight: float = 1e-4
     """Weight of the per-element KL term; tiny, so the latent stays informative but bounded."""
@@ -100,7 +100,7 @@ class BaseModelConfig:
     """Tokenizer ``model_max_length`` and the encoder's position count (BOS + words + EOS must fit)."""
 
     # UNet (UNet2DConditionModel)
-    unet_block_out_channels: tuple[int, ...] = (64, 128, 128)
+    unet_block_out_channels: tuple[int, ...] = (32, 64, 128)
     unet_down_block_types: tuple[str, ...] = ("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D")
     unet_up_block_types: tuple[str, ...] = ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D")
     unet_layers_per_block: int = 1
@@ -116,13 +116,13 @@ class BaseModelConfig:
     prediction_type: str = "epsilon"
 
     # Diffusion training (phase 2)
-    pool_size: int = 60000
+    pool_size: int = 80000
     """Number of pre-rendered training images (random held-in scenes, each with its own render seed)."""
     attribute_prob: float = 0.5
     """Probability that ``random_scene`` sets each attribute (and names it in the caption)."""
-    train_steps: int = 12000
+    train_steps: int = 9000
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 8e-4
     lr_warmup_steps: int = 300
     lr_min_ratio: float = 0.05
     """Cosine decay from ``lr`` to ``lr * lr_min_ratio``."""
