@@ -1,6 +1,12 @@
 """b4m: content-style customization of text-to-image diffusion models with B4M (Break-for-Make).
 
 Xu et al., "B4M: Breaking Low-Rank Adapter for Making Content-Style Customization", ACM TOG 2025.
+The Python API mirrors the CLI: :func:`train_content`, :func:`train_style`, :func:`fuse`, :func:`generate`,
+:func:`demo`.
 """
 
 __version__ = "0.1.0"
+
+from b4m.api import demo, fuse, generate, train_content, train_style  # noqa: E402
+
+__all__ = ["demo", "fuse", "generate", "train_content", "train_style"]

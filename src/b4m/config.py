@@ -58,11 +58,11 @@ def _coerce(name: str, value: Any, tp: Any, problems: list[str]) -> Any:
         return None
     origin = typing.get_origin(inner)
     try:
-        if origin is list:
-            (item,) = typing.get_args(inner) or (str,)
+        if origin in (list, tuple):
+            item = (typing.get_args(inner) or (str,))[0]
             if isinstance(value, str):
                 value = [value]
-            return [_coerce(name, v, item, problems) for v in value]
+            return origin(_coerce(name, v, item, problems) for v in value)
         if inner is bool:
             if isinstance(value, str):
                 if value.lower() in ("1", "true", "yes", "on"):
@@ -141,18 +141,24 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
         inner, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f"{f.metadata.get('help', '')} (default: {default})"
+        help_text = f.metadata.get("help", "")
+        if "default" not in help_text and default not in (None, [], ()):
+            help_text += f" (default: {default})"
         if inner is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
-        elif typing.get_origin(inner) is list:
-            parser.add_argument(flag, nargs="+", default=None, metavar=f.name.upper(), help=help_text)
+            parser.add_argument(
+                flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=help_text
+            )
+        elif typing.get_origin(inner) in (list, tuple):
+            parser.add_argument(
+                flag, nargs="+", default=None, dest=f.name, metavar=f.name.upper(), help=help_text
+            )
         else:
             kind = {int: int, float: float}.get(inner, str)
             choices = f.metadata.get("choices")
-            parser.add_argument(flag, type=kind, default=None, choices=choices, metavar=None, help=help_text)
+            parser.add_argument(flag, type=kind, default=None, choices=choices, dest=f.name, help=help_text)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
@@ -283,3 +289,23 @@ class Stage2Config:
     resolution: int | None = opt(None, "training resolution in pixels")
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=["no", "bf16", "fp16"])
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerateConfig:
+    """``b4m generate``: images from a prompt with an adapter (or the base model alone)."""
+
+    prompt: list[str] = opt([], "one or more prompts, e.g. 'a snq teddy in w@z style'")
+    adapter: Path | None = opt(None, "adapter file (.safetensors); none: the base model alone")
+    content_scale: float = opt(1.0, "strength of the content part B (b4m adapters)")
+    style_scale: float = opt(1.0, "strength of the style part D (b4m adapters)")
+    n: int = opt(4, "images per prompt")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    out: Path = opt(Path("out"), "output folder for the PNGs and grid.png")
+    seed: int = opt(0, "seed of the first image of each prompt (image j uses seed + j)")
+    steps: int | None = opt(None, "sampling steps (built-in model: its recorded default; SD/SDXL: 25)")
+    guidance: float | None = opt(
+        None, "classifier-free guidance (built-in: its recorded default; SD/SDXL: 5.0)"
+    )
+    resolution: int | None = opt(None, "image size in pixels (built-in: 32; SDXL 1024; SD 512)")
+    overwrite: bool = opt(False, "replace images already in the output folder")

@@ -36,7 +36,10 @@ def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.flo
     if base is None or str(base) == BUILTIN:
         from b4m.world.base_model import load_base_pipeline
 
-        pipe = load_base_pipeline(None, torch_dtype=dtype)
+        try:
+            pipe = load_base_pipeline(None, torch_dtype=dtype)
+        except FileNotFoundError as err:
+            raise B4MError(f"built-in base model: {err}") from None
     else:
         try:
             pipe = DiffusionPipeline.from_pretrained(str(base), torch_dtype=dtype)

@@ -19,6 +19,7 @@ from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec, mcp_routing
 from b4m.config import Stage1Config, resolve_preset, to_dict
+from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -37,8 +38,6 @@ def _check(cfg: Stage1Config, role: str) -> None:
     problems = []
     if cfg.images is None:
         problems.append("--images: give the folder of target images")
-    if not cfg.prompt:
-        problems.append("--prompt: give the prompt of the target images, with a trigger word")
     if cfg.mcp and not cfg.aux:
         problems.append(f"{aux_opt}: give at least one auxiliary folder, or pass --no-mcp")
     if cfg.aux_prompts and len(cfg.aux_prompts) != len(cfg.aux):
@@ -47,6 +46,10 @@ def _check(cfg: Stage1Config, role: str) -> None:
         )
     if problems:
         raise B4MError("; ".join(problems))
+    # Check every folder before the (slow) model load, so a typo fails in a second.
+    read_image_folder(cfg.images, "--images")
+    for folder in cfg.aux if cfg.mcp else []:
+        read_image_folder(folder, aux_opt)
 
 
 def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool = True) -> Path:
@@ -139,7 +142,8 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
             prompt=cfg.prompt,
             images=str(Path(cfg.images).resolve()),
             aux=[str(Path(a).resolve()) for a in cfg.aux],
-            trigger_words=cfg.trigger_words or trigger_words_of(cfg.prompt, pipe.tokenizer),
+            trigger_words=cfg.trigger_words
+            or trigger_words_of(cfg.prompt or target.prompts[0], pipe.tokenizer),
             base_model=base_model_name(cfg.base),
             config=to_dict(cfg),
         )

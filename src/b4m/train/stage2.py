@@ -58,11 +58,12 @@ def fuse(content_path: str | Path, style_path: str | Path) -> tuple[LoraFile, PL
     return LoraFile(factors=factors, meta=meta), spec
 
 
-def _recorded(value: Any, lora_meta: dict, key: str, option: str) -> Any:
+def _recorded(value: Any, lora_meta: dict, key: str, option: str, required: bool = True) -> Any:
+    """The option's value, else what the stage-1 adapter recorded (its images folder, its prompt)."""
     if value is not None:
         return value
     recorded = lora_meta.get(key)
-    if not recorded:
+    if required and not recorded:
         raise B4MError(f"{option}: not given, and the adapter file records no {key}; pass {option}")
     return recorded
 
@@ -93,14 +94,14 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
             cache_set(
                 pipe,
                 _recorded(cfg.content_images, c_meta, "images", "--content-images"),
-                _recorded(cfg.content_prompt, c_meta, "prompt", "--content-prompt"),
+                _recorded(cfg.content_prompt, c_meta, "prompt", "--content-prompt", required=False),
                 cfg.resolution,
                 "--content-images",
             ),
             cache_set(
                 pipe,
                 _recorded(cfg.style_images, s_meta, "images", "--style-images"),
-                _recorded(cfg.style_prompt, s_meta, "prompt", "--style-prompt"),
+                _recorded(cfg.style_prompt, s_meta, "prompt", "--style-prompt", required=False),
                 cfg.resolution,
                 "--style-images",
             ),

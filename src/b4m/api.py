@@ -1,0 +1,93 @@
+"""The Python API: one function per CLI command, each taking a config file and/or keyword options.
+
+import b4m
+content = b4m.train_content(images="refs/teddy", prompt="a photo of snq teddy", aux=["s1", "s2", "s3"])
+style = b4m.train_style(images="refs/paper", prompt="a cup in w@z style", aux=["c1", "c2", "c3"])
+fused = b4m.fuse(content=content, style=style)
+b4m.generate(adapter=fused, prompt=["a snq teddy in w@z style"], n=4)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
+from b4m.errors import B4MError
+
+__all__ = ["demo", "fuse", "generate", "train_content", "train_style"]
+
+
+def train_content(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
+    """Stage 1, content: the target images train ``B``, auxiliary styles train ``D``. Returns the adapter file."""
+    from b4m.train.stage1 import train_stage1
+
+    return train_stage1(load_config(Stage1Config, config, options), "content", progress=progress)
+
+
+def train_style(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
+    """Stage 1, style: the target images train ``D``, auxiliary contents train ``B``. Returns the adapter file."""
+    from b4m.train.stage1 import train_stage1
+
+    return train_stage1(load_config(Stage1Config, config, options), "style", progress=progress)
+
+
+def fuse(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
+    """Stage 2: fuse a content and a style adapter and fine-tune with Riemannian preconditioning."""
+    from b4m.train.stage2 import train_stage2
+
+    return train_stage2(load_config(Stage2Config, config, options), progress=progress)
+
+
+def generate(config: str | Path | None = None, progress: bool = True, **options: Any) -> list[Path]:
+    """Generate ``n`` images per prompt; writes PNGs and ``grid.png`` into ``out``. Returns the image paths."""
+    from PIL import Image
+
+    from b4m.adapters.codec import load_lora
+    from b4m.diffusion.pipeline import load_pipeline
+    from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
+    from b4m.world.sheet import image_grid
+
+    cfg = load_config(GenerateConfig, config, options)
+    if not cfg.prompt:
+        raise B4MError("--prompt: give at least one prompt")
+    out = Path(cfg.out)
+    names = [out / f"{i:02d}_{j:02d}.png" for i in range(len(cfg.prompt)) for j in range(cfg.n)]
+    clash = [p for p in [*names, out / "grid.png"] if p.exists()]
+    if clash and not cfg.overwrite:
+        raise B4MError(
+            f"--out {out}: {clash[0].name} and others exist; choose another --out or pass --overwrite"
+        )
+    if cfg.adapter is not None:
+        load_lora(cfg.adapter)  # a bad file fails before the model loads
+    pipe = load_pipeline(cfg.base)
+    defaults = generation_defaults(pipe, cfg.base)
+    if cfg.adapter is not None:
+        load_adapter(pipe, cfg.adapter, cfg.content_scale, cfg.style_scale)
+    images = sample(
+        pipe,
+        cfg.prompt,
+        n=cfg.n,
+        seed=cfg.seed,
+        steps=cfg.steps or defaults["steps"],
+        guidance=defaults["guidance"] if cfg.guidance is None else cfg.guidance,
+        resolution=cfg.resolution or defaults["resolution"],
+        progress=progress,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    flat = [img for row in images for img in row]
+    for path, img in zip(names, flat, strict=True):
+        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
+    grid = image_grid(flat, ncols=cfg.n)
+    if grid.width < 512:  # tiny built-in images: enlarge the grid so people can look at it
+        k = max(1, 512 // grid.width)
+        grid = grid.resize((grid.width * k, grid.height * k), Image.Resampling.NEAREST)
+    grid.save(out / "grid.png")
+    return names
+
+
+def demo(config: str | Path | None = None, progress: bool = True, **options: Any) -> dict[str, Any]:
+    """The full demo on the built-in world (see :mod:`b4m.demo`)."""
+    from b4m.demo import DemoConfig, run_demo
+
+    return run_demo(load_config(DemoConfig, config, options), progress=progress)

@@ -1,0 +1,239 @@
+"""``b4m``: the command line, a thin shell over :mod:`b4m.api` and the config dataclasses.
+
+Every training/generation flag is generated from a config field (``b4m.config``), so ``--help`` shows the
+same defaults the Python API uses, and ``--config x.yaml`` takes the same options as a file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+# The CLI prints its own errors; library chatter (e.g. "torchvision not installed") only hides them.
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+from b4m.config import GenerateConfig, Stage1Config, Stage2Config, add_config_args, config_from_args
+from b4m.errors import B4MError
+
+EPILOG = """examples:
+  b4m demo                                          # the whole pipeline on the built-in world
+  b4m world export --out refs/teddy --content teddy -n 4 --content-word "snq teddy"
+  b4m train content --images refs/teddy --prompt "a photo of a snq teddy" --aux-styles s1 s2 s3
+  b4m train style --images refs/paper --aux-contents c1 c2 c3      # prompts from the .txt captions
+  b4m fuse --content runs/content/adapter.safetensors --style runs/style/adapter.safetensors
+  b4m generate --adapter runs/fused/adapter.safetensors --prompt "a snq teddy in w@z style" -n 8
+"""
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from b4m.demo import DemoConfig, run_demo
+
+    results = run_demo(config_from_args(DemoConfig, args))
+    out = Path(results["config"]["out"])
+    _print_scores(results["scores"])
+    print(f"\nreport: {out / 'report.html'}\nadapter: {results['adapter']}")
+    return 0
+
+
+def _print_scores(scores: dict) -> None:
+    cols = ["content", "style", "prompt", "mean", "hmean", "content_acc", "style_acc"]
+    width = max(len(k) for k in scores) + 2
+    print("\n" + "model".ljust(width) + "".join(c.rjust(12) for c in cols))
+    for name, row in scores.items():
+        print(name.ljust(width) + "".join(f"{row[c]:12.3f}" for c in cols))
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from b4m.train.stage1 import train_stage1
+
+    path = train_stage1(config_from_args(Stage1Config, args), args.role)
+    print(path)
+    return 0
+
+
+def _cmd_fuse(args: argparse.Namespace) -> int:
+    from b4m.train.stage2 import train_stage2
+
+    print(train_stage2(config_from_args(Stage2Config, args)))
+    return 0
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from b4m.api import generate
+
+    cfg = config_from_args(GenerateConfig, args)
+    paths = generate(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+    print(f"{len(paths)} images and grid.png in {paths[0].parent}")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from b4m.diffusion.sampling import describe
+
+    for path in args.files:
+        print(describe(path))
+    return 0
+
+
+def _cmd_world_export(args: argparse.Namespace) -> int:
+    from b4m.world.export import export_concept
+
+    try:
+        path = export_concept(
+            args.out,
+            content=args.content,
+            style=args.style,
+            n=args.n,
+            seed=args.seed,
+            content_word=args.content_word,
+            style_word=args.style_word,
+            overwrite=args.overwrite,
+        )
+    except (ValueError, FileExistsError) as err:
+        raise B4MError(f"world export: {err}") from None
+    print(path)
+    return 0
+
+
+def _cmd_world_show(args: argparse.Namespace) -> int:
+    from b4m.world.concepts import CONTENTS, STYLES
+    from b4m.world.sheet import contact_sheet
+
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise B4MError(f"--out {out}: exists; choose another path or pass --overwrite")
+    sheet = contact_sheet(args.contents or CONTENTS, args.styles or STYLES, seed=args.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    print(out)
+    return 0
+
+
+def _cmd_base_sample(args: argparse.Namespace) -> int:
+    return _cmd_generate(args)
+
+
+def _cmd_base_train(args: argparse.Namespace) -> int:
+    from b4m.world.base_model import BaseModelConfig, train_base_model
+
+    print(train_base_model(config_from_args(BaseModelConfig, args), args.out))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="b4m",
+        description="Content-style customization with B4M (Break-for-Make): learn a subject and a style from a "
+        "few images each, fuse them into one LoRA that diffusers, ComfyUI and A1111 load.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    from b4m.demo import DemoConfig
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the built-in world and write a report")
+    add_config_args(p, DemoConfig)
+    p.set_defaults(func=_cmd_demo)
+
+    train = sub.add_parser("train", help="stage 1: train a content or a style PLP adapter")
+    roles = train.add_subparsers(dest="role", required=True, metavar="ROLE")
+    for role, aux_flag, aux_help in (
+        (
+            "content",
+            "--aux-styles",
+            "folders of other styles (one or more images each, own captions) that train D",
+        ),
+        (
+            "style",
+            "--aux-contents",
+            "folders of other contents (one or more images each, own captions) that train B",
+        ),
+    ):
+        p = roles.add_parser(role, help=f"train the {role} PLP (multi-correspondence, paper Eq. 12)")
+        add_config_args(p, Stage1Config, skip=("aux",))
+        p.add_argument(aux_flag, "--aux", dest="aux", nargs="+", default=None, metavar="DIR", help=aux_help)
+        p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser(
+        "fuse", help="stage 2: fuse content + style adapters, fine-tune with Riemannian preconditioning"
+    )
+    add_config_args(p, Stage2Config)
+    p.set_defaults(func=_cmd_fuse)
+
+    p = sub.add_parser(
+        "generate", help="generate images with an adapter; content and style strength are separate"
+    )
+    add_config_args(p, GenerateConfig)
+    p.set_defaults(func=_cmd_generate)
+
+    p = sub.add_parser(
+        "info", help="show what an adapter file holds (method, rank, rho, basis id, trigger words)"
+    )
+    p.add_argument("files", nargs="+", type=Path)
+    p.set_defaults(func=_cmd_info)
+
+    world = sub.add_parser("world", help="the built-in synthetic world").add_subparsers(
+        dest="world_cmd", required=True
+    )
+    p = world.add_parser(
+        "export", help="write reference images + captions of a concept to a folder", formatter_class=fmt
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to create (must not exist or be empty)")
+    p.add_argument("--content", help="content name (with no --style: photo style)")
+    p.add_argument("--style", help="style name (with no --content: over random held-in contents)")
+    p.add_argument("-n", type=int, default=4, help="number of images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--content-word", help="replaces the content name in captions, e.g. 'snq teddy'")
+    p.add_argument("--style-word", help="replaces the style name in captions, e.g. 'w@z'")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
+    p.set_defaults(func=_cmd_world_export)
+    p = world.add_parser("show", help="write a contact sheet (PNG) of contents x styles", formatter_class=fmt)
+    p.add_argument("--out", type=Path, default=Path("world.png"))
+    p.add_argument("--contents", nargs="+", help="subset of contents (default: all)")
+    p.add_argument("--styles", nargs="+", help="subset of styles (default: all)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_world_show)
+
+    base = sub.add_parser("base", help="the built-in base model").add_subparsers(
+        dest="base_cmd", required=True
+    )
+    p = base.add_parser("sample", help="generate images from prompts with the base model (no adapter)")
+    add_config_args(p, GenerateConfig, skip=("adapter", "content_scale", "style_scale"))
+    p.set_defaults(func=_cmd_base_sample)
+    from b4m.world.base_model import BaseModelConfig
+
+    p = base.add_parser(
+        "train", help="rebuild the built-in base model from scratch (about an hour on 2 cores)"
+    )
+    add_config_args(p, BaseModelConfig)
+    p.add_argument("--out", type=Path, default=Path("runs/base"), help="output pipeline folder")
+    p.set_defaults(func=_cmd_base_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except B4MError as err:
+        print(f"b4m: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "b4m: interrupted (finished stages and checkpoints are kept; rerun with --resume)",
+            file=sys.stderr,
+        )
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""Generate images with a b4m adapter loaded the stock way (``pipe.load_lora_weights``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
+from tqdm.auto import tqdm
+
+from b4m.adapters.codec import LoraFile, load_lora
+from b4m.adapters.plp import scale_parts, split_dims
+from b4m.errors import B4MError
+
+__all__ = ["describe", "generation_defaults", "load_adapter", "sample"]
+
+
+def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, Any]:
+    """Steps, guidance and resolution: the built-in model's recorded values, else the official B4M settings
+    (25 steps, guidance 5.0; 1024 px on SDXL, 512 px on SD)."""
+    if base in (None, "builtin"):
+        from b4m.world.base_model import read_base_info
+
+        info = read_base_info(None)
+        return {
+            "steps": info.num_inference_steps,
+            "guidance": info.guidance_scale,
+            "resolution": info.resolution,
+        }
+    resolution = 1024 if isinstance(pipe, StableDiffusionXLPipeline) else 512
+    return {"steps": 25, "guidance": 5.0, "resolution": resolution}
+
+
+def _scaled_state_dict(lora: LoraFile, content_scale: float, style_scale: float) -> dict[str, torch.Tensor]:
+    rho = lora.meta.get("rho")
+    if (content_scale, style_scale) != (1.0, 1.0) and rho is None:
+        raise B4MError(
+            f"{lora.path}: --content-scale/--style-scale need a b4m PLP adapter (this file has no rho); "
+            "use the pipeline's adapter weight to scale a plain LoRA"
+        )
+    state = {}
+    for module, (u, v) in lora.factors.items():
+        if rho is not None:
+            d_out, d_in = split_dims(u.shape[0], v.shape[1], float(rho))
+            u, v = scale_parts(u, v, d_out, d_in, content_scale, style_scale)
+        state[f"unet.{module}.lora_A.weight"] = v
+        state[f"unet.{module}.lora_B.weight"] = u
+    return state
+
+
+def load_adapter(
+    pipe: DiffusionPipeline,
+    path: str | Path,
+    content_scale: float = 1.0,
+    style_scale: float = 1.0,
+    adapter_name: str = "b4m",
+) -> LoraFile:
+    """Load an adapter file into ``pipe`` through diffusers' own ``load_lora_weights``.
+
+    Content and style strength scale ``B`` and ``D`` (``dW = [[AC, s AD], [c BC, c s BD]]``); the result is
+    still an ordinary rank-r LoRA, so this is exactly what any diffusers user gets from the scaled file.
+    """
+    lora = load_lora(path)
+    alpha = lora.lora_alpha if lora.lora_alpha is not None else lora.rank
+    if abs(alpha - lora.rank) > 1e-9:
+        raise B4MError(f"{path}: lora_alpha {alpha} != rank {lora.rank}; b4m writes scale-1 adapters only")
+    state = _scaled_state_dict(lora, content_scale, style_scale)
+    pipe.load_lora_weights(state, adapter_name=adapter_name)
+    return lora
+
+
+def sample(
+    pipe: DiffusionPipeline,
+    prompts: Sequence[str],
+    n: int = 1,
+    seed: int = 0,
+    steps: int = 25,
+    guidance: float = 5.0,
+    resolution: int = 512,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> list[torch.Tensor]:
+    """``n`` images per prompt, ``(n, 3, H, W)`` in ``[0, 1]`` each; image ``j`` of every prompt uses seed
+    ``seed + j``, so grids compare prompts (and adapters) at equal noise."""
+    pipe.set_progress_bar_config(disable=True)
+    jobs = [(p, j) for p in prompts for j in range(n)]
+    images: list[torch.Tensor] = []
+    for i in tqdm(range(0, len(jobs), batch_size), desc="generate", disable=not progress):
+        chunk = jobs[i : i + batch_size]
+        device = pipe.unet.device
+        gens = [torch.Generator(device="cpu").manual_seed(seed + j) for _, j in chunk]
+        latents = torch.stack(
+            [
+                torch.randn(
+                    (
+                        pipe.unet.config.in_channels,
+                        resolution // pipe.vae_scale_factor,
+                        resolution // pipe.vae_scale_factor,
+                    ),
+                    generator=g,
+                )
+                for g in gens
+            ]
+        ).to(device, pipe.unet.dtype)
+        out = pipe(
+            [p for p, _ in chunk],
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            height=resolution,
+            width=resolution,
+            latents=latents,
+            output_type="pt",
+        )
+        images.extend(out.images.float().clamp(0, 1).cpu())
+    return [torch.stack(images[k * n : (k + 1) * n]) for k in range(len(prompts))]
+
+
+def describe(path: str | Path) -> str:
+    """A short human-readable summary of an adapter file (``b4m info``)."""
+    lora = load_lora(path)
+    meta = dict(lora.meta)
+    lines = [f"{path}", f"  layers: {len(lora.factors)}, rank {lora.rank}, lora_alpha {lora.lora_alpha}"]
+    for key in (
+        "method",
+        "role",
+        "stage",
+        "rho",
+        "orth",
+        "basis_seed",
+        "basis_id",
+        "base_model",
+        "trigger_words",
+        "prompt",
+    ):
+        if key in meta:
+            lines.append(f"  {key}: {json.dumps(meta[key])}")
+    return "\n".join(lines)
