@@ -662,6 +662,8 @@ def render(scene: Scene, seed: int, resolution: int = 32) -> np.ndarray:
     """Render ``scene`` as an ``(H, W, 3)`` uint8 image; deterministic in ``(scene, seed, resolution)``."""
     if resolution < 8:
         raise ValueError(f"resolution={resolution} is too small; use 8 or more (32 is the world's default)")
+    if seed < 0:
+        raise ValueError(f"seed={seed} must be >= 0")
     ctx = _Ctx(scene, int(seed), int(resolution))
     rgb = _STYLE_FNS[scene.style](ctx)
     f = _SUPERSAMPLE
