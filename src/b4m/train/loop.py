@@ -19,9 +19,13 @@ __all__ = ["CachedSet", "TrainLog", "cache_set", "make_accelerator", "sample_bat
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present."""
-    precision = mixed_precision if torch.cuda.is_available() else "no"
-    return Accelerator(mixed_precision=precision)
+    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present.
+
+    Without a GPU, ``cpu=True`` lets processes started by ``accelerate launch``/torchrun form a gloo DDP group
+    (accelerate only picks the CPU backend when told it runs on the CPU).
+    """
+    on_gpu = torch.cuda.is_available()
+    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu)
 
 
 @dataclass
