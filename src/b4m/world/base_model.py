@@ -84,10 +84,10 @@ class BaseModelConfig:
     vae_layers_per_block: int = 1
     vae_latent_channels: int = 4
     vae_norm_num_groups: int = 16
-    vae_steps: int = 1000
+    vae_steps: int = 3000
     """Autoencoder training steps (phase 1)."""
-    vae_batch_size: int = 48
-    vae_lr: float = 1e-3
+    vae_batch_size: int = 32
+    vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-4
     """Weight of the per-element KL term; tiny, so the latent stays informative but bounded."""
 
@@ -120,8 +120,8 @@ class BaseModelConfig:
     """Number of pre-rendered training images (random held-in scenes, each with its own render seed)."""
     attribute_prob: float = 0.5
     """Probability that ``random_scene`` sets each attribute (and names it in the caption)."""
-    train_steps: int = 9000
-    batch_size: int = 64
+    train_steps: int = 8000
+    batch_size: int = 48
     lr: float = 8e-4
     lr_warmup_steps: int = 300
     lr_min_ratio: float = 0.05
@@ -133,7 +133,9 @@ class BaseModelConfig:
     """Probability of replacing the caption by the empty prompt (classifier-free guidance)."""
     checkpoint_every: int = 500
     log_every: int = 50
-    num_threads: int = 2
+    num_threads: int = 0
+    """Torch CPU threads; 0 = adaptive: 2 while the machine is otherwise idle, 1 while other processes
+    keep it busy (two threads on an oversubscribed 2-core machine run 2-4x slower than one)."""
 
     # Sampling defaults written into the folder
     sample_steps: int = BASE_INFO.num_inference_steps
@@ -429,6 +431,26 @@ def _to_model_range(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- training
 
 
+class _Threads:
+    """Chooses the torch thread count from the 1-minute load average (with hysteresis) unless fixed."""
+
+    def __init__(self) -> None:
+        self.fixed = 0
+
+    def update(self, force: bool = False) -> None:
+        if self.fixed:
+            if force:
+                torch.set_num_threads(self.fixed)
+            return
+        cur = torch.get_num_threads()
+        others = os.getloadavg()[0] - (0 if force else cur)
+        if force or others < 0.6 or others > 1.2:
+            torch.set_num_threads(2 if others < 0.6 else 1)
+
+
+_threads = _Threads()
+
+
 class _Log:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -492,10 +514,17 @@ def train_vae(
         step += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.vae_steps:
+            _threads.update()
             rec_mse = F.mse_loss(rec.detach(), x).item()
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", kl=f"{kl.item():.3f}")
             log(
-                phase="vae", step=step, rec=rec_loss.item(), rec_mse=rec_mse, kl=kl.item(), t=time.time() - t0
+                phase="vae",
+                step=step,
+                rec=rec_loss.item(),
+                rec_mse=rec_mse,
+                kl=kl.item(),
+                t=time.time() - t0,
+                threads=torch.get_num_threads(),
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
             _save_atomic(
@@ -607,12 +636,13 @@ def train_diffusion(
         loss_n += 1
         bar.update(1)
         if step % cfg.log_every == 0 or step == cfg.train_steps:
+            _threads.update()
             now = time.time()
             sps = (step - step_last) * cfg.batch_size / max(1e-9, now - t_last)
             t_last, step_last = now, step
             bar.set_postfix(loss=f"{loss_acc / loss_n:.4f}", sps=f"{sps:.0f}")
             log(phase="diffusion", step=step, loss=loss_acc / loss_n, lr=opt.param_groups[0]["lr"],
-                samples_per_s=sps, t=now - t0)  # fmt: skip
+                samples_per_s=sps, threads=torch.get_num_threads(), t=now - t0)  # fmt: skip
             loss_acc, loss_n = 0.0, 0
         if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
             _save_atomic(
@@ -633,6 +663,10 @@ def train_diffusion(
     unet.eval()
     text_encoder.eval()
     return {"steps": step, "wall_s": time.time() - t0}
+
+
+_RUNTIME_FIELDS = ("num_threads", "log_every", "checkpoint_every")
+"""Config fields that may change when a run resumes (they do not change the result)."""
 
 
 def train_base_model(
@@ -659,13 +693,14 @@ def train_base_model(
             (out_dir / name).unlink(missing_ok=True)
     if cfg_file.exists():
         old = BaseModelConfig.from_dict(json.loads(cfg_file.read_text()))
-        if old != cfg:
+        if dataclasses.replace(old, **{k: getattr(cfg, k) for k in _RUNTIME_FIELDS}) != cfg:
             raise ValueError(
                 f"train_base_model: {out_dir} holds a run with a different config; "
                 "use another out_dir or resume=False to start over."
             )
     cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    torch.set_num_threads(cfg.num_threads)
+    _threads.fixed = cfg.num_threads
+    _threads.update(force=True)
     log = _Log(out_dir / "train_log.jsonl")
     t_start = time.time()
 
