@@ -112,3 +112,31 @@ def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path):
             v[:, d_in:], 2.0 * ref_v[:, d_in:]
         )
         assert torch.equal(u[:d_out], ref_u[:d_out]) and torch.equal(v[:, :d_in], ref_v[:, :d_in])
+
+
+def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, capsys):
+    pipe = tiny_sdxl()
+    adapter = inject_plp(pipe.unet, PLPSpec(rank=8))
+    with torch.no_grad():
+        for p in adapter.parameters("BD"):
+            p.normal_(std=0.2)
+    src = save_plp(adapter, tmp_path / "f.safetensors")
+    assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 0
+    assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 2  # never overwrites
+    assert "exists" in capsys.readouterr().err
+    g = torch.Generator().manual_seed(0)
+    inputs = {
+        "sample": torch.randn(1, 4, 8, 8, generator=g),
+        "timestep": torch.tensor([300]),
+        "encoder_hidden_states": torch.randn(1, 5, 64, generator=g),
+        "added_cond_kwargs": {
+            "text_embeds": torch.randn(1, 32, generator=g),
+            "time_ids": torch.randn(1, 6, generator=g),
+        },
+    }
+    with torch.no_grad():
+        want = pipe.unet(**inputs).sample
+        fresh = tiny_sdxl()
+        fresh.load_lora_weights(str(tmp_path / "k.safetensors"))
+        got = fresh.unet(**inputs).sample
+    assert torch.allclose(got, want, atol=1e-2)  # kohya files are fp16

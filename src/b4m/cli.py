@@ -77,6 +77,20 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from b4m.adapters.codec import load_lora, save_kohya
+
+    if args.out.exists() and not args.overwrite:
+        raise B4MError(f"--out {args.out}: exists; choose another path or pass --overwrite")
+    lora = load_lora(args.adapter)
+    if lora.lora_alpha is not None and abs(lora.lora_alpha - lora.rank) > 1e-9:
+        raise B4MError(
+            f"{args.adapter}: lora_alpha {lora.lora_alpha} != rank {lora.rank}; b4m exports scale-1 files"
+        )
+    print(save_kohya(args.out, lora.factors, base_model_version=args.base_model_version, meta=lora.meta))
+    return 0
+
+
 def _cmd_world_export(args: argparse.Namespace) -> int:
     from b4m.world.export import export_concept
 
@@ -175,6 +189,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("files", nargs="+", type=Path)
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser(
+        "export", help="convert an adapter to kohya keys for ComfyUI / A1111", formatter_class=fmt
+    )
+    p.add_argument("adapter", type=Path, help="b4m (diffusers/peft) LoRA file")
+    p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
+    p.add_argument(
+        "--base-model-version",
+        default="sdxl_base_v1-0",
+        help="ss_base_model_version written into the header (A1111 lists SDXL LoRAs only if it starts with sdxl_)",
+    )
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_export)
 
     world = sub.add_parser("world", help="the built-in synthetic world").add_subparsers(
         dest="world_cmd", required=True
