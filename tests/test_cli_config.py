@@ -140,3 +140,14 @@ def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, capsys):
         fresh.load_lora_weights(str(tmp_path / "k.safetensors"))
         got = fresh.unet(**inputs).sample
     assert torch.allclose(got, want, atol=1e-2)  # kohya files are fp16
+
+
+@pytest.mark.parametrize("name", ["content", "style", "fuse"])
+def test_example_configs_load(name):
+    from pathlib import Path
+
+    from b4m.config import Stage2Config
+
+    cls = Stage2Config if name == "fuse" else Stage1Config
+    cfg = load_config(cls, Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
+    assert cfg.out is not None
