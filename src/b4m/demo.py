@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from b4m.config import Stage1Config, Stage2Config, opt, to_dict
+from b4m.config import Stage1Config, Stage2Config, opt, resolve_preset, to_dict
 from b4m.errors import B4MError
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -88,10 +88,11 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     }
 
 
-def _done(adapter: Path, config: dict[str, Any]) -> bool:
-    """A stage is reusable if its adapter exists and was made with exactly this config."""
+def _done(adapter: Path, config: Any) -> bool:
+    """A stage is reusable if its adapter exists and was made with exactly this (preset-resolved) config."""
     if not adapter.is_file():
         return False
+    config = json.loads(json.dumps(to_dict(resolve_preset(config))))
     from b4m.adapters.codec import load_lora
 
     try:
@@ -157,7 +158,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     for role, s1cfg in s1.items():
         path = out / role / "adapter.safetensors"
         t = time.perf_counter()
-        if not _done(path, to_dict(s1cfg)):
+        if not _done(path, s1cfg):
             path = train_stage1(s1cfg, role, progress=progress)
         paths[role] = path
         timings[f"stage 1: {role}"] = time.perf_counter() - t
@@ -171,7 +172,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     )
     fused = out / "fused" / "adapter.safetensors"
     t = time.perf_counter()
-    if not _done(fused, to_dict(s2cfg)):
+    if not _done(fused, s2cfg):
         fused = train_stage2(s2cfg, progress=progress)
     timings["stage 2: fuse + RP"] = time.perf_counter() - t
 
