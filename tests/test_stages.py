@@ -156,6 +156,18 @@ def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypa
         assert torch.equal(a[m][0], b[m][0]) and torch.equal(a[m][1], b[m][1])
 
 
+def test_finished_work_is_never_overwritten(tiny_sd, data, tmp_path):
+    cfg = _s1(data, tmp_path, "content", steps=2)
+    path = train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
+    before = path.read_bytes()
+    with pytest.raises(B4MError, match="holds a finished adapter.*--overwrite"):
+        train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
+    from dataclasses import replace
+
+    assert train_stage1(replace(cfg, resume=True), "content", pipe=tiny_sd(), progress=False) == path
+    assert path.read_bytes() == before  # a resumed, finished run is left alone
+
+
 def test_stage1_input_errors_name_the_option(data, tmp_path):
     with pytest.raises(B4MError, match="--aux-styles: give at least one auxiliary folder"):
         train_stage1(_s1(data, tmp_path, "content", aux=[]), "content", pipe=object())

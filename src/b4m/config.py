@@ -245,6 +245,9 @@ class Stage1Config(AdapterOptions):
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     checkpoint_every: int = opt(100, "save a resumable checkpoint every N steps (0: never)")
     resume: bool = opt(False, "resume from the last checkpoint in the output folder")
+    overwrite: bool = opt(
+        False, "replace a finished adapter or an unfinished run already in the output folder"
+    )
     mixed_precision: str = opt(
         "no",
         "autocast dtype on GPU: no, bf16, fp16 (adapter weights stay fp32)",
@@ -289,6 +292,7 @@ class Stage2Config:
     resolution: int | None = opt(None, "training resolution in pixels")
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=["no", "bf16", "fp16"])
+    overwrite: bool = opt(False, "replace a fused adapter already in the output folder")
 
 
 @dataclasses.dataclass(frozen=True)

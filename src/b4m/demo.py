@@ -143,6 +143,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.content_word],
+            overwrite=True,
         ),
         "style": Stage1Config(
             images=data["style"],
@@ -152,6 +153,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.style_word],
+            overwrite=True,
         ),
     }
     paths = {}
@@ -169,6 +171,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         out=out / "fused",
         stage2_steps=cfg.stage2_steps,
         seed=cfg.seed,
+        overwrite=True,  # the demo owns its folder; _done() already reused what is still valid
     )
     fused = out / "fused" / "adapter.safetensors"
     t = time.perf_counter()

@@ -9,6 +9,7 @@ the official code runs four passes and leaks gradients between the groups (compe
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -52,11 +53,27 @@ def _check(cfg: Stage1Config, role: str) -> None:
         read_image_folder(folder, aux_opt)
 
 
+def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse to clobber earlier work; ``True`` if ``out`` already holds the finished result of a resumed run."""
+    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
+    if resume:
+        return ckpts is None and adapter.is_file()
+    if overwrite:
+        return False
+    if adapter.is_file():
+        raise B4MError(f"--out {out}: holds a finished adapter; choose another --out, or pass --overwrite")
+    if ckpts is not None:
+        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
+    return False
+
+
 def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool = True) -> Path:
     """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path."""
     _check(cfg, role)
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
+    if _claim_output(out, cfg.resume, cfg.overwrite):
+        return out / "adapter.safetensors"
     target_part, aux_opt = ROLES[role]
     other_part = "D" if target_part == "B" else "B"
 
@@ -96,6 +113,9 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
     start = 0
     if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
         start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
+    elif not cfg.resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # _claim_output allowed it: --overwrite, or nothing there
+        (out / "train_log.jsonl").unlink(missing_ok=True)
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
 
     sets = [target, *aux]
@@ -113,7 +133,7 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
         with accelerator.autocast(), maybe(cfg.mcp, mcp_routing(1, target_part)):
             losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
         loss_target = losses[:1].mean()
-        loss = loss_target + losses[1:].mean() if cfg.mcp else loss_target
+        loss = (loss_target + losses[1:].mean()) if cfg.mcp else loss_target  # Eq. 12
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

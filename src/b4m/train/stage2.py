@@ -79,7 +79,10 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
             f"--base {cfg.base}: the adapters were trained on {fused.meta['base_model']}; use that base model"
         )
     out = Path(cfg.out or Path("runs") / "fused")
+    if (out / "adapter.safetensors").is_file() and not cfg.overwrite:
+        raise B4MError(f"--out {out}: holds a fused adapter; choose another --out, or pass --overwrite")
     out.mkdir(parents=True, exist_ok=True)
+    (out / "train_log.jsonl").unlink(missing_ok=True)
 
     accelerator = make_accelerator(cfg.mixed_precision)
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
