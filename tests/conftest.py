@@ -26,3 +26,23 @@ def tiny_sd(tmp_path):
         return tiny_sd_pipeline(tmp_path / f"tok_sd{seed}", seed=seed)
 
     return make
+
+
+@pytest.fixture
+def sdxl_inputs():
+    return sdxl_unet_inputs
+
+
+def sdxl_unet_inputs(unet, batch=1, size=8, tokens=5, seed=0):
+    """Seeded inputs for a tiny SDXL UNet: latents, timesteps, text states and SDXL's added conditioning."""
+    g = torch.Generator().manual_seed(seed)
+    text_dim = unet.config.projection_class_embeddings_input_dim - 6 * unet.config.addition_time_embed_dim
+    return {
+        "sample": torch.randn(batch, unet.config.in_channels, size, size, generator=g),
+        "timestep": torch.linspace(10, 900, batch).long(),
+        "encoder_hidden_states": torch.randn(batch, tokens, unet.config.cross_attention_dim, generator=g),
+        "added_cond_kwargs": {
+            "text_embeds": torch.randn(batch, text_dim, generator=g),
+            "time_ids": torch.randn(batch, 6, generator=g),
+        },
+    }

@@ -75,7 +75,7 @@ def test_help_teaches_defaults():
     assert "--aux-styles" in content and "1e-4 on SD/SDXL" in content and "(default: 0.5)" in content
 
 
-def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path):
+def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path, sdxl_inputs):
     """Scales 0/0 leave only A C = 0: the base model. Content scale alone changes only the B-blocks."""
     pipe = tiny_sdxl()
     adapter = inject_plp(pipe.unet, PLPSpec(rank=8))
@@ -83,16 +83,7 @@ def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path):
         for p in adapter.parameters("BD"):
             p.normal_(std=0.2)
     path = save_plp(adapter, tmp_path / "f.safetensors")
-    g = torch.Generator().manual_seed(0)
-    inputs = {
-        "sample": torch.randn(1, 4, 8, 8, generator=g),
-        "timestep": torch.tensor([300]),
-        "encoder_hidden_states": torch.randn(1, 5, 64, generator=g),
-        "added_cond_kwargs": {
-            "text_embeds": torch.randn(1, 32, generator=g),
-            "time_ids": torch.randn(1, 6, generator=g),
-        },
-    }
+    inputs = sdxl_inputs(pipe.unet)
     fresh = tiny_sdxl()
     with torch.no_grad():
         base = fresh.unet(**inputs).sample
@@ -114,7 +105,7 @@ def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path):
         assert torch.equal(u[:d_out], ref_u[:d_out]) and torch.equal(v[:, :d_in], ref_v[:, :d_in])
 
 
-def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, capsys):
+def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, sdxl_inputs, capsys):
     pipe = tiny_sdxl()
     adapter = inject_plp(pipe.unet, PLPSpec(rank=8))
     with torch.no_grad():
@@ -124,16 +115,7 @@ def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, capsys):
     assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 0
     assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err
-    g = torch.Generator().manual_seed(0)
-    inputs = {
-        "sample": torch.randn(1, 4, 8, 8, generator=g),
-        "timestep": torch.tensor([300]),
-        "encoder_hidden_states": torch.randn(1, 5, 64, generator=g),
-        "added_cond_kwargs": {
-            "text_embeds": torch.randn(1, 32, generator=g),
-            "time_ids": torch.randn(1, 6, generator=g),
-        },
-    }
+    inputs = sdxl_inputs(pipe.unet)
     with torch.no_grad():
         want = pipe.unet(**inputs).sample
         fresh = tiny_sdxl()

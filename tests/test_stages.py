@@ -250,7 +250,7 @@ def test_stage2_zero_steps_is_the_plain_fusion(tiny_sd, trained_pair, tmp_path):
         assert torch.equal(got[m][0], fused.factors[m][0]) and torch.equal(got[m][1], fused.factors[m][1])
 
 
-def test_stage1_on_sdxl_and_fused_file_loads_in_stock_pipeline(tiny_sdxl, data, tmp_path):
+def test_stage1_on_sdxl_and_fused_file_loads_in_stock_pipeline(tiny_sdxl, data, tmp_path, sdxl_inputs):
     c = train_stage1(
         _s1(data, tmp_path, "content", out=tmp_path / "xc"), "content", pipe=tiny_sdxl(), progress=False
     )
@@ -271,16 +271,7 @@ def test_stage1_on_sdxl_and_fused_file_loads_in_stock_pipeline(tiny_sdxl, data, 
         pipe=pipe,
         progress=False,
     )
-    g = torch.Generator().manual_seed(0)
-    inputs = {
-        "sample": torch.randn(1, 4, 8, 8, generator=g),
-        "timestep": torch.tensor([300]),
-        "encoder_hidden_states": torch.randn(1, 5, 64, generator=g),
-        "added_cond_kwargs": {
-            "text_embeds": torch.randn(1, 32, generator=g),
-            "time_ids": torch.randn(1, 6, generator=g),
-        },
-    }
+    inputs = sdxl_inputs(pipe.unet)
     with torch.no_grad():
         in_memory = pipe.unet(**inputs).sample
         fresh = tiny_sdxl()
