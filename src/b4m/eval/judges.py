@@ -175,11 +175,13 @@ class WorldJudges(nn.Module):
         fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
         os.close(fd)
         save_file(state, tmp, metadata={"format": "b4m-world-judges", "format_version": str(FORMAT_VERSION)})
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600 files
         os.replace(tmp, out / WEIGHTS_NAME)
         fd, tmp = tempfile.mkstemp(dir=out, suffix=".tmp")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(config, f, indent=1)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, out / CONFIG_NAME)
 
     @classmethod
