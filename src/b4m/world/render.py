@@ -375,7 +375,7 @@ def _guard(colors: np.ndarray, bg: np.ndarray, min_dist: float = 0.2) -> np.ndar
 
 def _pick(ctx: _Ctx, palettes: tuple[tuple[tuple[float, float, float], ...], ...]) -> np.ndarray:
     """A random palette whose first two colours both stand out from the background."""
-    ok = [p for p in palettes if min(_distance(p[0], ctx.bg_rgb), _distance(p[1], ctx.bg_rgb)) > 0.18]
+    ok = [p for p in palettes if _distance(p[0], ctx.bg_rgb) > 0.25 and _distance(p[1], ctx.bg_rgb) > 0.18]
     choices = ok or list(palettes)
     return np.array(choices[int(ctx.rng.integers(len(choices)))], dtype=np.float32)
 
@@ -409,7 +409,7 @@ def _flat(ctx: _Ctx) -> np.ndarray:
 
 def _outline(ctx: _Ctx) -> np.ndarray:
     ink = np.float32(0.1) if ctx.bg_rgb.mean() > 0.4 else np.float32(0.95)
-    lines = (ctx.dpart < 0.55) | (ctx.role == 3)
+    lines = (ctx.dpart < 0.75) | (ctx.role == 3)
     obj = np.where(lines[..., None], ink, ctx.bg)
     return ctx.compose(obj)
 
@@ -418,7 +418,6 @@ _STRIPE_PALETTES = (
     ((0.85, 0.15, 0.15), (0.97, 0.97, 0.95)),
     ((0.1, 0.15, 0.45), (0.98, 0.85, 0.2)),
     ((0.15, 0.55, 0.3), (0.98, 0.6, 0.7)),
-    ((0.05, 0.05, 0.05), (0.95, 0.95, 0.95)),
 )
 
 
@@ -453,8 +452,8 @@ def _dots(ctx: _Ctx) -> np.ndarray:
 
 _CHECKER_PALETTES = (
     ((0.1, 0.1, 0.1), (0.95, 0.95, 0.95)),
-    ((0.8, 0.1, 0.1), (0.98, 0.95, 0.9)),
-    ((0.2, 0.6, 0.25), (0.95, 0.9, 0.5)),
+    ((0.95, 0.5, 0.1), (0.1, 0.35, 0.4)),
+    ((0.4, 0.15, 0.55), (0.85, 0.75, 0.95)),
 )
 
 
@@ -505,9 +504,9 @@ def _metal(ctx: _Ctx) -> np.ndarray:
 
 
 _MARBLE_PALETTES = (
-    ((0.93, 0.92, 0.88), (0.35, 0.36, 0.4)),
+    ((0.93, 0.92, 0.88), (0.25, 0.26, 0.3)),
     ((0.3, 0.55, 0.45), (0.92, 0.95, 0.9)),
-    ((0.95, 0.85, 0.82), (0.55, 0.3, 0.3)),
+    ((0.95, 0.85, 0.82), (0.5, 0.22, 0.25)),
 )
 
 
@@ -515,7 +514,7 @@ def _marble(ctx: _Ctx) -> np.ndarray:
     pal = _pick(ctx, _MARBLE_PALETTES)
     n = ctx.field(5)
     s = np.sin(2 * math.pi * (ctx.tu * 0.1 + ctx.tv * 0.05 + 0.9 * n + ctx.rng.random()))
-    vein = np.clip(1.0 - np.abs(s) * 4.0, 0.0, 1.0)[..., None]
+    vein = np.clip(1.0 - np.abs(s) * 2.5, 0.0, 1.0)[..., None]
     base = pal[0] * (0.92 + 0.08 * n[..., None])
     obj = base * (1 - vein) + pal[1] * vein
     return ctx.compose(ctx.structure(obj, lines=0.8))
@@ -551,7 +550,7 @@ def _mosaic(ctx: _Ctx) -> np.ndarray:
 _KNIT_PALETTES = (
     ((0.75, 0.12, 0.15), (0.95, 0.9, 0.8)),
     ((0.15, 0.25, 0.55), (0.95, 0.95, 0.95)),
-    ((0.3, 0.55, 0.25), (0.95, 0.88, 0.7)),
+    ((0.5, 0.2, 0.55), (0.95, 0.82, 0.35)),
 )
 
 
@@ -593,9 +592,9 @@ _GLASS_TINTS = ((0.5, 0.85, 0.95), (0.55, 0.95, 0.6), (0.95, 0.7, 0.35))
 
 def _glass(ctx: _Ctx) -> np.ndarray:
     tint = np.array(_GLASS_TINTS[int(ctx.rng.integers(len(_GLASS_TINTS)))], np.float32)
-    obj = ctx.bg * 0.3 + tint * 0.6 * ctx.shade[..., None]
-    streak = ((ctx.tu - ctx.tv) / 9.0 + ctx.rng.random()) % 1.0 < 0.14
-    obj = obj + 0.3 * streak[..., None] + 0.5 * ctx.spec[..., None]
+    obj = ctx.bg * 0.25 + tint * 0.65 * ctx.shade[..., None]
+    streak = ((ctx.tu - ctx.tv) / 9.0 + ctx.rng.random()) % 1.0 < 0.2
+    obj = obj + 0.4 * streak[..., None] + 0.5 * ctx.spec[..., None]
     highlight = (ctx.sd > -1.0) & (ctx.shade > 1.0)
     obj = np.where(highlight[..., None], np.float32(0.97), obj)
     obj = np.where((ctx.sd > -0.55)[..., None], tint * 0.4, obj)
