@@ -13,6 +13,7 @@ from pathlib import Path
 
 # The CLI prints its own errors; library chatter (e.g. "torchvision not installed") only hides them.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, add_config_args, config_from_args
 from b4m.errors import B4MError
