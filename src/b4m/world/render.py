@@ -44,8 +44,8 @@ _SUPERSAMPLE = 2
 _UNIT_RES = 32  # texture sizes are given in pixels of a 32 px image
 
 # Object half-extent (fraction of image width) and horizontal offset of "left"/"right" per size.
-_SIZE_RADIUS = {"small": 0.17, "medium": 0.26, "large": 0.33}
-_SIZE_OFFSET = {"small": 0.29, "medium": 0.23, "large": 0.17}
+_SIZE_RADIUS = {"small": 0.19, "medium": 0.26, "large": 0.33}
+_SIZE_OFFSET = {"small": 0.28, "medium": 0.23, "large": 0.17}
 _POSITION_SIGN = {"left": -1.0, "center": 0.0, "right": 1.0}
 
 
@@ -401,9 +401,9 @@ def _photo(ctx: _Ctx) -> np.ndarray:
 
 
 def _flat(ctx: _Ctx) -> np.ndarray:
-    colors = _guard(_saturate(ctx.natural, 1.5), ctx.bg_rgb)
+    colors = _guard(0.25 + 0.75 * _saturate(ctx.natural, 1.6), ctx.bg_rgb)
     obj = colors[ctx.role]
-    obj = np.where((ctx.dpart < 0.55)[..., None], np.float32(0.08), obj)
+    obj = np.where((ctx.dpart < 0.45)[..., None], np.float32(0.08), obj)
     return ctx.compose(obj)
 
 
