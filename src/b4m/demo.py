@@ -43,6 +43,18 @@ class DemoConfig:
     stage2_steps: int | None = opt(None, "stage-2 steps (default: the built-in preset)")
     n: int = opt(4, "images per prompt")
     seed: int = opt(0, "seed of data export, training and sampling")
+    # Ablation knobs (the paper's Table 1 arms), defaults = full B4M:
+    orth: str = opt(
+        "exact",
+        "frozen parts: exact, approx (official code) or none (w/o Orth)",
+        choices=["exact", "approx", "none"],
+    )
+    mcp: bool = opt(True, "multi-correspondence learning in stage 1 (--no-mcp: w/o MCP)")
+    optimizer: str = opt(
+        "riemannian-adamw",
+        "stage-2 optimizer; adamw is w/o RP",
+        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
+    )
 
 
 _PROMPT_ATTRIBUTES: list[dict[str, str]] = [
@@ -143,6 +155,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.content_word],
+            orth=cfg.orth,
+            mcp=cfg.mcp,
             overwrite=True,
         ),
         "style": Stage1Config(
@@ -153,6 +167,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.style_word],
+            orth=cfg.orth,
+            mcp=cfg.mcp,
             overwrite=True,
         ),
     }
@@ -171,6 +187,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         out=out / "fused",
         stage2_steps=cfg.stage2_steps,
         seed=cfg.seed,
+        optimizer=cfg.optimizer,
         overwrite=True,  # the demo owns its folder; _done() already reused what is still valid
     )
     fused = out / "fused" / "adapter.safetensors"
@@ -198,6 +215,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "progress": progress,
     }
     outputs = {"base model (prompt only)": sample(pipe, prompts, **kw)}
+    load_adapter(pipe, paths["content"], adapter_name="content")
+    outputs["content adapter alone"] = sample(pipe, prompts, **kw)
+    pipe.delete_adapters("content")
     load_adapter(pipe, fused)
     outputs["B4M (fused, stage 2)"] = sample(pipe, prompts, **kw)
     timings["generate"] = time.perf_counter() - t

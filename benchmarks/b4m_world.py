@@ -1,0 +1,100 @@
+"""B4M and its ablations on the built-in world (the paper's Table 1 arms), scored by the judges.
+
+Each arm runs the demo pipeline (export references, stage 1 content + style, stage 2, generate, judge) for
+each held-out content x held-out style pair, and reports the fused adapter's content / style / prompt
+alignment, their mean and harmonic mean, and the judges' content and style accuracies, with the base model
+(prompt only) as the floor. Run by hand; results go to benchmarks/b4m_world.md.
+
+    python benchmarks/b4m_world.py --out runs/ablation --md benchmarks/b4m_world.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ARMS: dict[str, dict] = {
+    "B4M (exact orth, MCP, RP-AdamW)": {},
+    "w/o MCP": {"mcp": False},
+    "w/o Orth (random frozen parts)": {"orth": "none"},
+    "approx orth (official construction)": {"orth": "approx"},
+    "w/o RP (plain AdamW in stage 2)": {"optimizer": "adamw"},
+    "RP, SGD form (Eq. 13-14 literally)": {"optimizer": "riemannian-sgd"},
+    "no stage 2 (fusion only)": {"stage2_steps": 0},
+}
+COLS = ("content", "style", "prompt", "mean", "hmean", "content_acc", "style_acc")
+
+
+def main(argv: list[str] | None = None) -> Path:
+    from b4m.demo import DemoConfig, run_demo
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
+    parser.add_argument("--md", type=Path, default=Path("benchmarks/b4m_world.md"))
+    parser.add_argument(
+        "--pairs", nargs="+", default=["teddy:papercut", "cat:knit"], help="content:style pairs"
+    )
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), help="subset of arms (names as listed)")
+    parser.add_argument("--n", type=int, default=4, help="images per prompt (5 prompts per pair)")
+    args = parser.parse_args(argv)
+
+    rows: dict[str, list[dict]] = {}
+    base_rows: list[dict] = []
+    timings: dict[str, float] = {}
+    for arm in args.arms:
+        for pair in args.pairs:
+            content, style = pair.split(":")
+            slug = "".join(c if c.isalnum() else "_" for c in arm.lower())[:40]
+            t0 = time.perf_counter()
+            res = run_demo(
+                DemoConfig(
+                    out=args.out / f"{content}_{style}" / slug,
+                    content=content,
+                    style=style,
+                    n=args.n,
+                    **ARMS[arm],
+                ),
+                progress=False,
+            )
+            timings[f"{arm} / {pair}"] = time.perf_counter() - t0
+            rows.setdefault(arm, []).append(res["scores"]["B4M (fused, stage 2)"])
+            if arm == args.arms[0]:
+                base_rows.append(res["scores"]["base model (prompt only)"])
+            print(
+                arm,
+                pair,
+                json.dumps({k: round(res["scores"]["B4M (fused, stage 2)"][k], 3) for k in COLS}),
+                flush=True,
+            )
+
+    def avg(items: list[dict]) -> dict:
+        return {k: sum(r[k] for r in items) / len(items) for k in COLS}
+
+    lines = [
+        "# B4M on the built-in world: main result and ablations",
+        "",
+        f"Command: `python benchmarks/b4m_world.py {' '.join(sys.argv[1:] if argv is None else argv)}`",
+        "",
+        f"Pairs (held-out content : held-out style): {', '.join(args.pairs)}; 5 prompts x {args.n} seeds each; "
+        "defaults of `b4m demo` (built-in presets) unless the arm says otherwise. Scores are the judges' "
+        "(see b4m/eval/metrics.py): alignment = cosine to the references' mean embedding; prompt = fraction "
+        "of requested attributes present; acc = judge names the target concept. Averaged over pairs.",
+        "",
+        "| arm | " + " | ".join(COLS) + " |",
+        "|---|" + "---|" * len(COLS),
+        "| base model (prompt only) | " + " | ".join(f"{avg(base_rows)[k]:.3f}" for k in COLS) + " |",
+    ]
+    for arm, items in rows.items():
+        lines.append(f"| {arm} | " + " | ".join(f"{avg(items)[k]:.3f}" for k in COLS) + " |")
+    lines += ["", "Wall time per arm and pair (2 CPU cores):", ""]
+    lines += [f"- {k}: {v:.0f} s" for k, v in timings.items()]
+    args.md.write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.md}")
+    return args.md
+
+
+if __name__ == "__main__":
+    main()
