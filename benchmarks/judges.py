@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--steps", type=int, default=2500)
+    parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads; 1 is fastest when other jobs share the cores"
+    )
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where the weights go")
     parser.add_argument("--n-eval", type=int, default=30, help="evaluation images per content and per style")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the weights in --out")

@@ -82,6 +82,7 @@ class WorldJudges(nn.Module):
         self.styles = tuple(styles)
         self.attributes = {k: tuple(v) for k, v in (attributes or ATTRIBUTES).items()}
         self.width, self.embed_dim, self.resolution = width, embed_dim, resolution
+        self.metrics: dict = {}  # filled by load() from judges.json
         w = width
         self.trunk = nn.Sequential(
             *_block(3, w),
@@ -307,16 +308,16 @@ def _shift_batch(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, pad: 
 
 
 def _augment(images: torch.Tensor, gen: torch.Generator, color: torch.Tensor) -> torch.Tensor:
-    """Training augmentation, per image: shift (|d| <= 2 px, p=0.7), Gaussian blur (sigma 0.4, 0.7 or 1.0,
-    p=0.6), noise (std up to 0.07, p=0.5); where ``color`` (bool, (B,)) is set, brightness and contrast jitter
+    """Training augmentation, per image: shift (|d| <= 2 px, p=0.75), Gaussian blur (sigma 0.4, 0.7 or 1.0,
+    p=0.75), noise (std up to 0.08, p=0.7); where ``color`` (bool, (B,)) is set, brightness and contrast jitter
     of +-12 %."""
     b = len(images)
-    move = torch.rand(b, generator=gen) < 0.7
+    move = torch.rand(b, generator=gen) < 0.75
     dx = torch.randint(-2, 3, (b,), generator=gen) * move
     dy = torch.randint(-2, 3, (b,), generator=gen) * move
     x = _shift_batch(images, dx, dy)
-    which = torch.randint(0, 5, (b,), generator=gen)  # 0, 1: sharp; 2, 3, 4: sigma 0.4, 0.7, 1.0
-    for k, sigma in ((2, 0.4), (3, 0.7), (4, 1.0)):
+    which = torch.randint(0, 4, (b,), generator=gen)  # 0: sharp; 1, 2, 3: sigma 0.4, 0.7, 1.0
+    for k, sigma in ((1, 0.4), (2, 0.7), (3, 1.0)):
         sel = which == k
         if sel.any():
             x[sel] = _blur(x[sel], sigma)
@@ -324,7 +325,7 @@ def _augment(images: torch.Tensor, gen: torch.Generator, color: torch.Tensor) ->
     contrast = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 0.24 - 0.12) * color.view(-1, 1, 1, 1)
     bright = 1.0 + (torch.rand(b, 1, 1, 1, generator=gen) * 0.24 - 0.12) * color.view(-1, 1, 1, 1)
     x = (x - mean) * contrast + mean * bright
-    std = torch.rand(b, 1, 1, 1, generator=gen) * 0.07 * (torch.rand(b, 1, 1, 1, generator=gen) < 0.5)
+    std = torch.rand(b, 1, 1, 1, generator=gen) * 0.08 * (torch.rand(b, 1, 1, 1, generator=gen) < 0.7)
     x = x + std * torch.randn(x.shape, generator=gen)
     return x.clamp(0.0, 1.0)
 
@@ -344,13 +345,13 @@ def _labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
 
 def train_judges(
     out_dir: str | Path | None,
-    steps: int = 2500,
+    steps: int = 6000,
     seed: int = 0,
     progress: bool = True,
     batch_size: int = 128,
     lr: float = 3e-3,
-    threads: int = 2,
-    pool_size: int = 16384,
+    threads: int = 1,
+    pool_size: int = 24576,
     refresh: int = 32,
     n_eval: int = 30,
 ) -> dict:
