@@ -126,6 +126,15 @@ def cmd_ship(args: argparse.Namespace) -> None:
     log = src.parent / "train_log.jsonl"
     if log.exists():
         shutil.copy(log, dst / "train_log.jsonl")
+    info_file = dst / bm.INFO_FILE
+    info = json.loads(info_file.read_text())
+    if args.guidance_scale is not None:
+        info["guidance_scale"] = args.guidance_scale
+    if args.steps is not None:
+        info["num_inference_steps"] = args.steps
+    if args.eval_json:
+        info["quality"] = json.loads(Path(args.eval_json).read_text())
+    info_file.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     total = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file())
     print(f"copied {src} -> {dst} ({total / 1e6:.1f} MB)")
 
@@ -161,6 +170,9 @@ def main() -> None:
     g.set_defaults(fn=cmd_grid)
     s = sub.add_parser("ship")
     s.add_argument("--path", required=True)
+    s.add_argument("--guidance-scale", type=float, default=None, help="recommended guidance (measured)")
+    s.add_argument("--steps", type=int, default=None, help="recommended sampling steps")
+    s.add_argument("--eval-json", default=None, help="evaluation results to store in b4m_base.json")
     s.set_defaults(fn=cmd_ship)
     args = p.parse_args()
     args.fn(args)
