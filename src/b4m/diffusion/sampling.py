@@ -19,12 +19,14 @@ __all__ = ["describe", "generation_defaults", "load_adapter", "sample"]
 
 
 def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, Any]:
-    """Steps, guidance and resolution: the built-in model's recorded values, else the official B4M settings
-    (25 steps, guidance 5.0; 1024 px on SDXL, 512 px on SD)."""
-    if base in (None, "builtin"):
-        from b4m.world.base_model import read_base_info
+    """Steps, guidance and resolution: those a b4m base folder records (``b4m_base.json``: the built-in model,
+    or one rebuilt with ``b4m base train``), else the official B4M settings (25 steps, guidance 5.0; 1024 px on
+    SDXL, 512 px on SD)."""
+    from b4m.world.base_model import INFO_FILE, default_base_path, read_base_info
 
-        info = read_base_info(None)
+    folder = default_base_path() if base in (None, "builtin") else Path(str(base))
+    if (folder / INFO_FILE).is_file():
+        info = read_base_info(folder)
         return {
             "steps": info.num_inference_steps,
             "guidance": info.guidance_scale,
