@@ -41,6 +41,8 @@ class DemoConfig:
     aux_contents: list[str] = opt(["car", "house", "fish"], "auxiliary contents for the style stage")
     steps: int | None = opt(None, "stage-1 steps (default: the built-in preset)")
     stage2_steps: int | None = opt(None, "stage-2 steps (default: the built-in preset)")
+    lr: float | None = opt(None, "stage-1 learning rate (default: the built-in preset)")
+    stage2_lr: float | None = opt(None, "stage-2 learning rate (default: the built-in preset)")
     n: int = opt(4, "images per prompt")
     seed: int = opt(0, "seed of data export, training and sampling")
     # Ablation knobs (the paper's Table 1 arms), defaults = full B4M:
@@ -155,6 +157,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.content_word],
+            lr=cfg.lr,
             orth=cfg.orth,
             mcp=cfg.mcp,
             overwrite=True,
@@ -167,6 +170,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             steps=cfg.steps,
             seed=cfg.seed,
             trigger_words=[cfg.style_word],
+            lr=cfg.lr,
             orth=cfg.orth,
             mcp=cfg.mcp,
             overwrite=True,
@@ -188,6 +192,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         stage2_steps=cfg.stage2_steps,
         seed=cfg.seed,
         optimizer=cfg.optimizer,
+        stage2_lr=cfg.stage2_lr,
         overwrite=True,  # the demo owns its folder; _done() already reused what is still valid
     )
     fused = out / "fused" / "adapter.safetensors"
