@@ -28,7 +28,7 @@ def test_file_then_flags_override_field_by_field(tmp_path):
 
 def test_presets_fill_only_unset_fields():
     builtin = resolve_preset(Stage1Config())
-    assert (builtin.rank, builtin.lr, builtin.resolution) == (16, 1e-3, 32)
+    assert (builtin.rank, builtin.lr, builtin.steps, builtin.resolution) == (16, 2e-3, 800, 32)
     sdxl = resolve_preset(Stage1Config(base="stabilityai/stable-diffusion-xl-base-1.0", lr=3e-5))
     assert (sdxl.rank, sdxl.lr, sdxl.steps, sdxl.resolution) == (64, 3e-5, 1000, 512)
 

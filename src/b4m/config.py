@@ -233,8 +233,8 @@ class Stage1Config(AdapterOptions):
     aux_prompts: list[str] = opt([], "one prompt per auxiliary folder (default: each image's .txt caption)")
     base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
     out: Path | None = opt(None, "output folder (default: runs/<role>)")
-    steps: int | None = opt(None, "training steps (1000 on SD/SDXL, 300 on the built-in model)")
-    lr: float | None = opt(None, "AdamW learning rate (1e-4 on SD/SDXL, 1e-3 on the built-in model)")
+    steps: int | None = opt(None, "training steps (1000 on SD/SDXL, 800 on the built-in model)")
+    lr: float | None = opt(None, "AdamW learning rate (1e-4 on SD/SDXL, 2e-3 on the built-in model)")
     weight_decay: float = opt(1e-2, "AdamW weight decay (B and D only; A and C are never decayed)")
     resolution: int | None = opt(
         None, "training resolution in pixels (512 on SD/SDXL, 32 on the built-in model)"
