@@ -540,7 +540,7 @@ def train_vae(
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     step = 0
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=True)  # tensors and plain data only: never unpickles code
         vae.load_state_dict(ck["vae"])
         opt.load_state_dict(ck["opt"])
         gen.set_state(ck["gen"])
@@ -651,7 +651,7 @@ def train_diffusion(
     step = 0
     ckpt_path = work / "diffusion_ckpt.pt"
     if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=False)
+        ck = torch.load(ckpt_path, weights_only=True)
         unet.load_state_dict(ck["unet"])
         text_encoder.load_state_dict(ck["text_encoder"])
         opt.load_state_dict(ck["opt"])
@@ -782,7 +782,7 @@ def train_base_model(
     vae = components["vae"]
     latents_path = out_dir / "latents.pt"
     if latents_path.exists():
-        saved = torch.load(latents_path, weights_only=False)
+        saved = torch.load(latents_path, weights_only=True)
         vae.load_state_dict(saved["vae"])
         latents = saved["latents"]
     else:
@@ -792,7 +792,7 @@ def train_base_model(
         std = float(latents[:, 0].float().std())
         vae.register_to_config(scaling_factor=1.0 / std)
         _save_atomic({"vae": vae.state_dict(), "latents": latents, "scaling_factor": 1.0 / std}, latents_path)
-    scaling = torch.load(latents_path, weights_only=False)["scaling_factor"]
+    scaling = torch.load(latents_path, weights_only=True)["scaling_factor"]
     vae.register_to_config(scaling_factor=scaling)
     vae.requires_grad_(False)
     log(phase="latents", scaling_factor=scaling, t=time.time() - t_start)
