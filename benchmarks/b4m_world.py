@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,12 @@ ARMS: dict[str, dict] = {
     "no stage 2 (fusion only)": {"stage2_steps": 0},
 }
 COLS = ("content", "style", "prompt", "mean", "hmean", "content_acc", "style_acc")
+STAGE2_ONLY = {"optimizer", "stage2_steps", "stage2_lr"}
+"""Arms that change only these knobs share stage 1 with the first arm (same seeds: the same adapters)."""
+
+
+def _slug(arm: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in arm.lower())[:40]
 
 
 def main(argv: list[str] | None = None) -> Path:
@@ -47,16 +54,17 @@ def main(argv: list[str] | None = None) -> Path:
     for arm in args.arms:
         for pair in args.pairs:
             content, style = pair.split(":")
-            slug = "".join(c if c.isalnum() else "_" for c in arm.lower())[:40]
+            out = args.out / f"{content}_{style}" / _slug(arm)
+            first = args.out / f"{content}_{style}" / _slug(args.arms[0])
+            if arm != args.arms[0] and not ARMS[args.arms[0]] and set(ARMS[arm]) <= STAGE2_ONLY:
+                # run_demo reuses a stage whose adapter was made with an identical config, so copying the
+                # first arm's stage-1 folders skips retraining them without changing the result.
+                for role in ("data", "content", "style"):
+                    if (first / role).is_dir() and not (out / role).exists():
+                        shutil.copytree(first / role, out / role)
             t0 = time.perf_counter()
             res = run_demo(
-                DemoConfig(
-                    out=args.out / f"{content}_{style}" / slug,
-                    content=content,
-                    style=style,
-                    n=args.n,
-                    **ARMS[arm],
-                ),
+                DemoConfig(out=out, content=content, style=style, n=args.n, **ARMS[arm]),
                 progress=False,
             )
             timings[f"{arm} / {pair}"] = time.perf_counter() - t0

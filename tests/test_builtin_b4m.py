@@ -41,3 +41,36 @@ def test_demo_b4m_beats_the_base_model_on_held_out_concepts(tmp_path):
     assert b4m["style_acc"] >= base["style_acc"] + 0.3
     assert b4m["content"] > base["content"] and b4m["style"] > base["style"]
     assert (tmp_path / "demo" / "report.html").is_file()
+
+
+def test_demo_runs_end_to_end_and_a_moved_folder_reuses_its_stages(tmp_path):
+    """A few-step demo: every stage runs, the report is written, and a renamed demo folder retrains nothing."""
+    import json
+    import shutil
+
+    from b4m.demo import DemoConfig, run_demo
+
+    quick = {"steps": 2, "stage2_steps": 1, "n": 1, "n_content": 2, "n_style": 2}
+    results = run_demo(DemoConfig(out=tmp_path / "a", **quick), progress=False)
+    assert set(results["scores"]) == {
+        "base model (prompt only)",
+        "content adapter alone",
+        "B4M (fused, stage 2)",
+    }
+    for scores in results["scores"].values():
+        assert 0.0 <= scores["content_acc"] <= 1.0 and -1.0 <= scores["style"] <= 1.0
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["prompts"] == results["prompts"]
+    assert (tmp_path / "a" / "report.html").is_file()
+
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    stages = ("content", "style", "fused")
+    before = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
+    run_demo(DemoConfig(out=tmp_path / "b", **quick), progress=False)
+    after = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
+    assert after == before
+
+    # A changed stage-2 setting retrains stage 2 only.
+    run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", **quick), progress=False)
+    changed = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
+    assert changed["content"] == before["content"] and changed["style"] == before["style"]
+    assert changed["fused"] != before["fused"]

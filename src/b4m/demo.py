@@ -102,17 +102,29 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     }
 
 
-def _done(adapter: Path, config: Any) -> bool:
-    """A stage is reusable if its adapter exists and was made with exactly this (preset-resolved) config."""
+def _done(adapter: Path, config: Any, root: Path) -> bool:
+    """A stage is reusable if its adapter exists and was made with exactly this (preset-resolved) config.
+
+    Paths inside the demo folder ``root`` are compared relative to it, so a renamed or copied demo folder
+    still reuses its finished stages.
+    """
     if not adapter.is_file():
         return False
-    config = json.loads(json.dumps(to_dict(resolve_preset(config))))
     from b4m.adapters.codec import load_lora
 
+    def relative(cfg: dict, at: Path) -> str:
+        # Every demo path is a JSON string that starts with the demo folder: rewrite that prefix only.
+        return json.dumps(cfg, sort_keys=True).replace(json.dumps(f"{at}/")[:-1], '"<demo>/')
+
     try:
-        return load_lora(adapter).meta.get("config") == config
+        stored = load_lora(adapter).meta.get("config")
     except B4MError:
         return False
+    if not isinstance(stored, dict) or "out" not in stored:
+        return False
+    # Stage outputs live in <demo>/<stage>, so the folder the adapter was made in is its out's parent.
+    made_in = Path(stored["out"]).parent
+    return relative(stored, made_in) == relative(to_dict(resolve_preset(config)), root)
 
 
 def _save_grid(images: list[torch.Tensor], path: Path, scale: int = 3) -> str:
@@ -180,7 +192,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     for role, s1cfg in s1.items():
         path = out / role / "adapter.safetensors"
         t = time.perf_counter()
-        if not _done(path, s1cfg):
+        if not _done(path, s1cfg, out):
             path = train_stage1(s1cfg, role, progress=progress)
         paths[role] = path
         timings[f"stage 1: {role}"] = time.perf_counter() - t
@@ -197,7 +209,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     )
     fused = out / "fused" / "adapter.safetensors"
     t = time.perf_counter()
-    if not _done(fused, s2cfg):
+    if not _done(fused, s2cfg, out):
         fused = train_stage2(s2cfg, progress=progress)
     timings["stage 2: fuse + RP"] = time.perf_counter() - t
 

@@ -753,18 +753,27 @@ def train_base_model(
             "config.json",
         ):
             (out_dir / name).unlink(missing_ok=True)
+    extended_from = None
     if cfg_file.exists():
         old = BaseModelConfig.from_dict(json.loads(cfg_file.read_text()))
-        if dataclasses.replace(old, **{k: getattr(cfg, k) for k in _RUNTIME_FIELDS}) != cfg:
+        same = dataclasses.replace(old, **{k: getattr(cfg, k) for k in (*_RUNTIME_FIELDS, "train_steps")})
+        if same != cfg or cfg.train_steps < old.train_steps:
             raise ValueError(
                 f"train_base_model: {out_dir} holds a run with a different config; "
-                "use another out_dir or resume=False to start over."
+                "use another out_dir or resume=False to start over "
+                "(only train_steps may grow, to continue a run)."
             )
+        if cfg.train_steps > old.train_steps:
+            extended_from = old.train_steps
     cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     _threads.fixed = cfg.num_threads
     _threads.update(force=True)
     log = _Log(out_dir / "train_log.jsonl")
     t_start = time.time()
+    if extended_from is not None:
+        # The cosine schedule is re-laid over the new total: the result is that of the two commands in
+        # order (a warm restart at the schedule's value for the old step count), not of one longer run.
+        log(phase="extend", train_steps_from=extended_from, train_steps_to=cfg.train_steps)
 
     pool_path = out_dir / "pool.npz"
     if pool_path.exists():
