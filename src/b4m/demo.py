@@ -33,8 +33,12 @@ class DemoConfig:
     out: Path = opt(Path("demo"), "output folder")
     content: str = opt("teddy", "held-out content to learn (see 'b4m world show')")
     style: str = opt("papercut", "held-out style to learn")
-    content_word: str = opt("snq", "trigger word of the content")
-    style_word: str = opt("w@z", "trigger word of the style")
+    content_word: str = opt(
+        "", "trigger word put before the content's name ('': the name alone, a token the base never trained)"
+    )
+    style_word: str = opt(
+        "", "trigger word of the style ('': the style's name, a token the base never trained)"
+    )
     n_content: int = opt(4, "content reference images")
     n_style: int = opt(3, "style reference images")
     aux_styles: list[str] = opt(["stripes", "dots", "checker"], "auxiliary styles for the content stage")
@@ -43,6 +47,7 @@ class DemoConfig:
     stage2_steps: int | None = opt(None, "stage-2 steps (default: the built-in preset)")
     lr: float | None = opt(None, "stage-1 learning rate (default: the built-in preset)")
     stage2_lr: float | None = opt(None, "stage-2 learning rate (default: the built-in preset)")
+    rank: int | None = opt(None, "LoRA rank (default: the built-in preset)")
     n: int = opt(4, "images per prompt")
     seed: int = opt(0, "seed of data export, training and sampling")
     # Ablation knobs (the paper's Table 1 arms), defaults = full B4M:
@@ -68,6 +73,14 @@ _PROMPT_ATTRIBUTES: list[dict[str, str]] = [
 ]
 
 
+def _content_phrase(cfg: DemoConfig) -> str:
+    return f"{cfg.content_word} {cfg.content}".strip()
+
+
+def _style_phrase(cfg: DemoConfig) -> str:
+    return cfg.style_word or cfg.style
+
+
 def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
     from b4m.world.export import export_concept
@@ -87,14 +100,18 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
         raise B4MError("; ".join(problems))
 
     def once(folder: Path, **kw: Any) -> Path:
-        if not (folder / "metadata.jsonl").is_file():
+        # Re-export when the settings changed (e.g. another trigger word), never reuse stale captions.
+        stamp = folder / "b4m_export.json"
+        want = json.dumps({"seed": cfg.seed, **kw}, sort_keys=True)
+        if not (folder / "metadata.jsonl").is_file() or not stamp.is_file() or stamp.read_text() != want:
             export_concept(folder, seed=cfg.seed, overwrite=True, **kw)
+            stamp.write_text(want)
         return folder
 
-    content_word = f"{cfg.content_word} {cfg.content}"
+    content_word = _content_phrase(cfg)
     return {
         "content": once(data / "content", content=cfg.content, n=cfg.n_content, content_word=content_word),
-        "style": once(data / "style", style=cfg.style, n=cfg.n_style, style_word=cfg.style_word),
+        "style": once(data / "style", style=cfg.style, n=cfg.n_style, style_word=_style_phrase(cfg)),
         "aux_styles": [once(data / f"aux-style-{s}", style=s, n=1) for s in cfg.aux_styles],
         "aux_contents": [once(data / f"aux-content-{c}", content=c, n=1) for c in cfg.aux_contents],
         "content_prompt": f"a photo of a {content_word}",
@@ -168,8 +185,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             out=out / "content",
             steps=cfg.steps,
             seed=cfg.seed,
-            trigger_words=[cfg.content_word],
+            trigger_words=[_content_phrase(cfg)],
             lr=cfg.lr,
+            rank=cfg.rank,
             orth=cfg.orth,
             mcp=cfg.mcp,
             overwrite=True,
@@ -181,8 +199,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             out=out / "style",
             steps=cfg.steps,
             seed=cfg.seed,
-            trigger_words=[cfg.style_word],
+            trigger_words=[_style_phrase(cfg)],
             lr=cfg.lr,
+            rank=cfg.rank,
             orth=cfg.orth,
             mcp=cfg.mcp,
             overwrite=True,
@@ -217,9 +236,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     prompts, wanted = [], []
     for attrs in _PROMPT_ATTRIBUTES:
         scene = Scene(cfg.content, cfg.style, **attrs)
-        prompts.append(
-            caption(scene, content_word=f"{cfg.content_word} {cfg.content}", style_word=cfg.style_word)
-        )
+        prompts.append(caption(scene, content_word=_content_phrase(cfg), style_word=_style_phrase(cfg)))
         wanted.append(attrs)
     pipe = load_pipeline(None)
     gen = generation_defaults(pipe, None)
@@ -256,7 +273,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "style references": _save_grid([style_refs], out / "ref_style.png"),
     }
     results = {
-        "title": f"b4m demo: {cfg.content_word} {cfg.content} (held-out) in {cfg.style_word} = {cfg.style} style",
+        "title": f"b4m demo: '{_content_phrase(cfg)}' (held-out {cfg.content}) in "
+        f"'{_style_phrase(cfg)}' style (held-out {cfg.style})",
         "summary": "The base model never saw this content or this style; B4M learned both from the reference "
         "folders below and fused them into one LoRA.",
         "prompts": prompts,
