@@ -146,7 +146,7 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         if "default" not in help_text and default not in (None, [], ()):
-            help_text += f" (default: {default})"
+            help_text += f" (default: {default!r})" if default == "" else f" (default: {default})"
         if inner is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=help_text
