@@ -177,34 +177,31 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     data = _export(cfg, out / "data")
     timings["export references"] = time.perf_counter() - t0
 
+    shared = {
+        "steps": cfg.steps,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "rank": cfg.rank,
+        "orth": cfg.orth,
+        "mcp": cfg.mcp,
+        "overwrite": True,  # the demo owns its folder; _done() reuses what is still valid
+    }
     s1 = {
         "content": Stage1Config(
             images=data["content"],
             prompt=data["content_prompt"],
             aux=[str(p) for p in data["aux_styles"]],
             out=out / "content",
-            steps=cfg.steps,
-            seed=cfg.seed,
             trigger_words=[_content_phrase(cfg)],
-            lr=cfg.lr,
-            rank=cfg.rank,
-            orth=cfg.orth,
-            mcp=cfg.mcp,
-            overwrite=True,
+            **shared,
         ),
         "style": Stage1Config(
             images=data["style"],
             prompt=None,
             aux=[str(p) for p in data["aux_contents"]],
             out=out / "style",
-            steps=cfg.steps,
-            seed=cfg.seed,
             trigger_words=[_style_phrase(cfg)],
-            lr=cfg.lr,
-            rank=cfg.rank,
-            orth=cfg.orth,
-            mcp=cfg.mcp,
-            overwrite=True,
+            **shared,
         ),
     }
     paths = {}
