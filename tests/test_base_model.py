@@ -135,6 +135,28 @@ def test_training_resumes_to_the_same_weights(tmp_path):
     assert any(r["phase"] == "diffusion" and math.isfinite(r["loss"]) for r in lines)
 
 
+def test_a_finished_run_continues_when_train_steps_grow_and_refuses_other_changes(tmp_path):
+    cfg = bm.BaseModelConfig(
+        **{**TINY.to_dict(), "pool_size": 32, "vae_steps": 2, "train_steps": 2, "batch_size": 4,
+           "vae_batch_size": 4, "checkpoint_every": 2, "log_every": 1, "lr_warmup_steps": 1}
+    )  # fmt: skip
+    bm.train_base_model(cfg, tmp_path, progress=False)
+    for bad in ({"train_steps": 1}, {"lr": 1e-3}):
+        with pytest.raises(ValueError, match="different config"):
+            bm.train_base_model(
+                bm.BaseModelConfig.from_dict({**cfg.to_dict(), **bad}), tmp_path, progress=False
+            )
+    longer = bm.BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 4})
+    bm.train_base_model(longer, tmp_path, progress=False)
+    log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    assert {"phase": "extend", "train_steps_from": 2, "train_steps_to": 4}.items() <= next(
+        r for r in log if r["phase"] == "extend"
+    ).items()
+    steps = [r["step"] for r in log if r["phase"] == "diffusion"]
+    assert steps == [1, 2, 3, 4]  # continued from step 2, not restarted
+    assert json.loads((tmp_path / "pipeline" / bm.INFO_FILE).read_text())["diffusion_steps"] == 4
+
+
 shipped = pytest.mark.skipif(
     not (bm.default_base_path() / "model_index.json").exists(), reason="no shipped base model yet"
 )
