@@ -46,3 +46,19 @@ def sdxl_unet_inputs(unet, batch=1, size=8, tokens=5, seed=0):
             "time_ids": torch.randn(batch, 6, generator=g),
         },
     }
+
+
+@pytest.fixture
+def random_plp():
+    return random_plp_file
+
+
+def random_plp_file(unet, path, rank=8, std=0.2):
+    """Inject a PLP adapter into ``unet``, fill B and D with noise (seed torch first for repeatable values), save it; (adapter, path)."""
+    from b4m.adapters import PLPSpec, inject_plp, save_plp
+
+    adapter = inject_plp(unet, PLPSpec(rank=rank))
+    with torch.no_grad():
+        for p in adapter.parameters("BD"):
+            p.normal_(std=std)
+    return adapter, save_plp(adapter, path)

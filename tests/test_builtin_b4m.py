@@ -4,17 +4,12 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from b4m.adapters import PLPSpec, inject_plp, save_plp
 from b4m.world.base_model import default_base_path
 
 
-def test_fused_adapter_is_an_ordinary_lora_for_the_builtin_pipeline(tmp_path):
+def test_fused_adapter_is_an_ordinary_lora_for_the_builtin_pipeline(tmp_path, random_plp):
     pipe = DiffusionPipeline.from_pretrained(str(default_base_path()))
-    adapter = inject_plp(pipe.unet, PLPSpec(rank=16))
-    with torch.no_grad():
-        for p in adapter.parameters("BD"):
-            p.normal_(std=0.05)
-    path = save_plp(adapter, tmp_path / "f.safetensors")
+    _, path = random_plp(pipe.unet, tmp_path / "f.safetensors", rank=16, std=0.05)
     g = torch.Generator().manual_seed(0)
     size = pipe.unet.config.sample_size
     x = torch.randn(2, pipe.unet.config.in_channels, size, size, generator=g)

@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 
-from b4m.adapters import PLPSpec, inject_plp, save_plp
 from b4m.cli import build_parser, main
 from b4m.config import Stage1Config, config_from_args, load_config, resolve_preset
 from b4m.diffusion.sampling import load_adapter
@@ -75,14 +74,10 @@ def test_help_teaches_defaults():
     assert "--aux-styles" in content and "1e-4 on SD/SDXL" in content and "(default: 0.5)" in content
 
 
-def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path, sdxl_inputs):
+def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path, sdxl_inputs, random_plp):
     """Scales 0/0 leave only A C = 0: the base model. Content scale alone changes only the B-blocks."""
     pipe = tiny_sdxl()
-    adapter = inject_plp(pipe.unet, PLPSpec(rank=8))
-    with torch.no_grad():
-        for p in adapter.parameters("BD"):
-            p.normal_(std=0.2)
-    path = save_plp(adapter, tmp_path / "f.safetensors")
+    adapter, path = random_plp(pipe.unet, tmp_path / "f.safetensors")
     inputs = sdxl_inputs(pipe.unet)
     fresh = tiny_sdxl()
     with torch.no_grad():
@@ -105,13 +100,9 @@ def test_content_and_style_scales_on_a_stock_pipeline(tiny_sdxl, tmp_path, sdxl_
         assert torch.equal(u[:d_out], ref_u[:d_out]) and torch.equal(v[:, :d_in], ref_v[:, :d_in])
 
 
-def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, sdxl_inputs, capsys):
+def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, sdxl_inputs, capsys, random_plp):
     pipe = tiny_sdxl()
-    adapter = inject_plp(pipe.unet, PLPSpec(rank=8))
-    with torch.no_grad():
-        for p in adapter.parameters("BD"):
-            p.normal_(std=0.2)
-    src = save_plp(adapter, tmp_path / "f.safetensors")
+    _, src = random_plp(pipe.unet, tmp_path / "f.safetensors")
     assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 0
     assert main(["export", str(src), "--out", str(tmp_path / "k.safetensors")]) == 2  # never overwrites
     assert "exists" in capsys.readouterr().err

@@ -50,9 +50,12 @@ from diffusers import (
     StableDiffusionPipeline,
     UNet2DConditionModel,
 )
+from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from b4m.adapters.codec import atomic_save_safetensors
+from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from b4m.world.tokenizer import build_tokenizer, save_tokenizer
 
 INFO_FILE = "b4m_base.json"
@@ -502,12 +505,6 @@ class _Log:
             fh.write(json.dumps(rec) + "\n")
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _lr_at(cfg: BaseModelConfig, step: int, total: int, base_lr: float, warmup: int) -> float:
     if step < warmup:
         return base_lr * (step + 1) / warmup
@@ -535,16 +532,13 @@ def train_vae(
     progress: bool = True,
 ) -> dict[str, float]:
     """Phase 1: autoencoder training (L1 + MSE reconstruction + tiny KL), resumable from ``work``."""
-    ckpt_path = work / "vae_ckpt.pt"
+    ckpt_dir = work / "vae_ckpt"
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
+    state = dict(vae.state_dict())  # tensors share storage with the module: restored in place
     step = 0
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)  # tensors and plain data only: never unpickles code
-        vae.load_state_dict(ck["vae"])
-        opt.load_state_dict(ck["opt"])
-        gen.set_state(ck["gen"])
-        step = ck["step"]
+    if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        step = load_checkpoint(ckpt, state, opt, gen)["step"]
     vae.train()
     n = len(images)
     t0 = time.time()
@@ -583,10 +577,7 @@ def train_vae(
                 threads=torch.get_num_threads(),
             )
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
-            _save_atomic(
-                {"vae": vae.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state(), "step": step},
-                ckpt_path,
-            )
+            save_checkpoint(ckpt_dir, step, state, opt, gen)
     bar.close()
     vae.eval()
     return {"steps": step}
@@ -649,16 +640,15 @@ def train_diffusion(
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     alphas_cumprod = noise_sched.alphas_cumprod
     step = 0
-    ckpt_path = work / "diffusion_ckpt.pt"
-    if ckpt_path.exists():
-        ck = torch.load(ckpt_path, weights_only=True)
-        unet.load_state_dict(ck["unet"])
-        text_encoder.load_state_dict(ck["text_encoder"])
-        opt.load_state_dict(ck["opt"])
-        for e, v in zip(ema, ck["ema"], strict=True):
-            e.copy_(v)
-        gen.set_state(ck["gen"])
-        step = ck["step"]
+    ckpt_dir = work / "diffusion_ckpt"
+    # Every tensor shares storage with the modules or the EMA list, so a checkpoint is restored in place.
+    state = (
+        {f"unet.{k}": v for k, v in unet.state_dict().items()}
+        | {f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()}
+        | {f"ema.{i}": e for i, e in enumerate(ema)}
+    )
+    if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+        step = load_checkpoint(ckpt, state, opt, gen)["step"]
     unet.train()
     text_encoder.train()
     n = len(latents)
@@ -707,17 +697,7 @@ def train_diffusion(
                 samples_per_s=sps, threads=torch.get_num_threads(), t=now - t0)  # fmt: skip
             loss_acc, loss_n = 0.0, 0
         if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
-            _save_atomic(
-                {
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(),
-                    "ema": ema,
-                    "gen": gen.get_state(),
-                    "step": step,
-                },
-                ckpt_path,
-            )
+            save_checkpoint(ckpt_dir, step, state, opt, gen)
     bar.close()
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
@@ -744,15 +724,10 @@ def train_base_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = out_dir / "config.json"
     if not resume:
-        for name in (
-            "train_log.jsonl",
-            "pool.npz",
-            "vae_ckpt.pt",
-            "latents.pt",
-            "diffusion_ckpt.pt",
-            "config.json",
-        ):
+        for name in ("train_log.jsonl", "pool.npz", "latents.safetensors", "config.json"):
             (out_dir / name).unlink(missing_ok=True)
+        for name in ("vae_ckpt", "diffusion_ckpt"):
+            shutil.rmtree(out_dir / name, ignore_errors=True)
     extended_from = None
     if cfg_file.exists():
         old = BaseModelConfig.from_dict(json.loads(cfg_file.read_text()))
@@ -789,19 +764,19 @@ def train_base_model(
     words = world_words()
     components = build_components(cfg, words)
     vae = components["vae"]
-    latents_path = out_dir / "latents.pt"
+    latents_path = out_dir / "latents.safetensors"
     if latents_path.exists():
-        saved = torch.load(latents_path, weights_only=True)
-        vae.load_state_dict(saved["vae"])
-        latents = saved["latents"]
+        with safe_open(str(latents_path), framework="pt") as f:
+            vae.load_state_dict({k[4:]: f.get_tensor(k) for k in f.keys() if k.startswith("vae.")})
+            latents = f.get_tensor("latents")
+            scaling = float(f.metadata()["scaling_factor"])
     else:
         train_vae(vae, images, cfg, out_dir, log, progress)
         vae.eval()
         latents = encode_pool(vae, images, progress=progress)
-        std = float(latents[:, 0].float().std())
-        vae.register_to_config(scaling_factor=1.0 / std)
-        _save_atomic({"vae": vae.state_dict(), "latents": latents, "scaling_factor": 1.0 / std}, latents_path)
-    scaling = torch.load(latents_path, weights_only=True)["scaling_factor"]
+        scaling = 1.0 / float(latents[:, 0].float().std())  # latents of unit std, as SD's 0.18215
+        tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()} | {"latents": latents}
+        atomic_save_safetensors(tensors, latents_path, {"scaling_factor": repr(scaling)})
     vae.register_to_config(scaling_factor=scaling)
     vae.requires_grad_(False)
     log(phase="latents", scaling_factor=scaling, t=time.time() - t_start)
