@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -177,6 +178,20 @@ def test_shipped_base_model_loads_offline_with_attention_projections():
     pipe.set_progress_bar_config(disable=True)
     img = pipe("a photo of a car", num_inference_steps=3, output_type="np").images
     assert img.shape == (1, 32, 32, 3)
+
+
+@shipped
+def test_builtin_pipeline_loads_without_deprecation_warnings_and_in_the_asked_dtype():
+    from b4m.diffusion.pipeline import load_pipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pipe = load_pipeline("builtin", dtype=torch.bfloat16)
+    assert pipe.unet.dtype == pipe.text_encoder.dtype == torch.bfloat16
+    deprecations = [
+        str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))
+    ]
+    assert not [m for m in deprecations if "dtype" in m], deprecations
 
 
 @shipped

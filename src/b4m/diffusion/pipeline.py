@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
@@ -23,12 +24,24 @@ __all__ = [
     "encode_images",
     "encode_prompts",
     "freeze",
+    "from_pretrained",
     "load_pipeline",
     "per_sample_loss",
     "training_scheduler",
 ]
 
 BUILTIN = "builtin"  # the name of the built-in base model in configs and adapter metadata
+
+# diffusers 0.42 renamed from_pretrained's ``torch_dtype`` to ``dtype`` and warns on the old name; older
+# releases read only ``torch_dtype``.
+_DTYPE_KWARG = (
+    "dtype" if tuple(int(p) for p in diffusers.__version__.split(".")[:2]) >= (0, 42) else "torch_dtype"
+)
+
+
+def from_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+    """``DiffusionPipeline.from_pretrained`` with ``dtype`` passed under the name this diffusers reads."""
+    return DiffusionPipeline.from_pretrained(str(path_or_id), **{_DTYPE_KWARG: dtype})
 
 
 def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
@@ -37,12 +50,12 @@ def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.flo
         from b4m.world.base_model import load_base_pipeline
 
         try:
-            pipe = load_base_pipeline(None, torch_dtype=dtype)
+            pipe = load_base_pipeline(None, dtype=dtype)
         except FileNotFoundError as err:
             raise B4MError(f"built-in base model: {err}") from None
     else:
         try:
-            pipe = DiffusionPipeline.from_pretrained(str(base), torch_dtype=dtype)
+            pipe = from_pretrained(base, dtype)
         except (OSError, ValueError) as err:
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise B4MError(

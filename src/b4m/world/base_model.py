@@ -55,6 +55,7 @@ from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from b4m.adapters.codec import atomic_save_safetensors
+from b4m.diffusion.pipeline import from_pretrained
 from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from b4m.world.tokenizer import build_tokenizer, save_tokenizer
 
@@ -381,7 +382,7 @@ def default_base_path() -> Path:
 
 
 def load_base_pipeline(
-    path_or_id: str | Path | None = None, torch_dtype: torch.dtype = torch.float32
+    path_or_id: str | Path | None = None, dtype: torch.dtype = torch.float32
 ) -> DiffusionPipeline:
     """Load a base pipeline: ``None`` → the shipped world model; otherwise any diffusers folder or hub id."""
     if path_or_id is None:
@@ -391,7 +392,7 @@ def load_base_pipeline(
                 f"load_base_pipeline: no shipped base model at {path_or_id}; "
                 "train one with `python benchmarks/base_model.py train` or pass a path."
             )
-    return DiffusionPipeline.from_pretrained(str(path_or_id), torch_dtype=torch_dtype)
+    return from_pretrained(path_or_id, dtype)
 
 
 def read_base_info(path: str | Path | None = None) -> BaseModelInfo:
