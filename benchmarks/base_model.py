@@ -4,6 +4,7 @@
     python benchmarks/base_model.py eval --path runs/base/pipeline --guidance 1.5 2 3 4
     python benchmarks/base_model.py grid --path runs/base/pipeline --out docs/images/base_samples.png
     python benchmarks/base_model.py ship --path runs/base/pipeline   # copies into src/b4m/assets/base
+    python benchmarks/base_model.py diagnose --path runs/base/pipeline   # where style errors arise
 
 ``--set key=value`` overrides any :class:`b4m.world.base_model.BaseModelConfig` field (JSON values).
 """
@@ -117,6 +118,66 @@ def cmd_grid(args: argparse.Namespace) -> None:
           "then attribute prompts, then held-out contents (flat style)")  # fmt: skip
 
 
+def _elastic(images: torch.Tensor, px: float, smooth: float, gen: torch.Generator) -> torch.Tensor:
+    """Warp each image by a random displacement field: Gaussian noise blurred with ``sigma=smooth`` pixels,
+    scaled to an RMS displacement of ``px`` pixels (border padding)."""
+    import torch.nn.functional as F
+
+    from b4m.eval.judges import _blur
+
+    b, _, h, w = images.shape
+    d = _blur(torch.randn(b, 2, h, w, generator=gen), smooth)
+    d = d / d.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * px * 2 / w  # grid units span 2 / w per px
+    grid = F.affine_grid(torch.eye(2, 3).expand(b, 2, 3), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid + d.permute(0, 2, 3, 1), padding_mode="border", align_corners=False)
+
+
+def cmd_diagnose(args: argparse.Namespace) -> None:
+    """Two measurements behind the style gap: (1) SDEdit from renders: noise a render to a given strength and
+    let the model finish it with the true prompt; style accuracy per strength shows at which noise levels the
+    model loses the texture. (2) The style judge on elastically warped renders: how much texture distortion
+    it tolerates."""
+    from diffusers import StableDiffusionImg2ImgPipeline
+
+    from b4m.eval.judges import render_batch
+    from b4m.world.render import caption
+
+    torch.set_num_threads(args.threads)
+    judges = _load_judges()
+    scenes = bm._eval_scenes(args.n_per_concept, args.seed)["held_in"]
+    renders = render_batch(scenes, [args.seed + i for i in range(len(scenes))])
+
+    def style_acc(images: torch.Tensor) -> float:
+        pred = judges.predict(images)["style"]
+        return float(np.mean([p == s.style for p, s in zip(pred, scenes, strict=True)]))
+
+    rows: dict[str, object] = {"n": len(scenes), "renders": style_acc(renders)}
+    print(f"{len(scenes)} held-in scenes; style judge on the renders: {rows['renders']:.3f}")
+    pipe = bm.load_base_pipeline(args.path)
+    info = bm.read_base_info(args.path)
+    i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
+    i2i.set_progress_bar_config(disable=True)
+    prompts = [caption(s) for s in scenes]
+    for strength in args.strengths:
+        out = []
+        for i in range(0, len(scenes), 64):
+            out.append(
+                i2i(prompts[i : i + 64], image=renders[i : i + 64], strength=strength,
+                    num_inference_steps=info.num_inference_steps, guidance_scale=info.guidance_scale,
+                    generator=torch.Generator().manual_seed(args.seed + i), output_type="pt").images
+            )  # fmt: skip
+        rows[f"sdedit_{strength}"] = acc = style_acc(torch.cat(out).float().clamp(0, 1))
+        print(f"SDEdit strength {strength}: style {acc:.3f}", flush=True)
+    gen = torch.Generator().manual_seed(args.seed)
+    for smooth in (4.0, 2.0):
+        for px in (0.5, 1.0, 1.5, 2.0):
+            rows[f"warp_{px}px_sigma{smooth}"] = acc = style_acc(_elastic(renders, px, smooth, gen))
+            print(f"renders warped {px} px RMS (field sigma {smooth} px): style {acc:.3f}", flush=True)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2) + "\n")
+
+
 def cmd_ship(args: argparse.Namespace) -> None:
     src = Path(args.path)
     dst = bm.default_base_path()
@@ -142,13 +203,13 @@ def cmd_ship(args: argparse.Namespace) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train")
+    t = sub.add_parser("train", help="train the VAE, UNet and text encoder (resumes if killed)")
     t.add_argument("--out", default="runs/base")
     t.add_argument("--set", action="append", default=[], help="config override key=value")
     t.add_argument("--restart", action="store_true", help="ignore checkpoints in --out")
     t.add_argument("--no-progress", action="store_true")
     t.set_defaults(fn=cmd_train)
-    e = sub.add_parser("eval")
+    e = sub.add_parser("eval", help="judge fresh samples against the quality bars")
     e.add_argument("--path", default=None)
     e.add_argument("--guidance", type=float, nargs="+", default=[bm.BASE_INFO.guidance_scale])
     e.add_argument("--steps", type=int, nargs="+", default=[bm.BASE_INFO.num_inference_steps])
@@ -158,7 +219,7 @@ def main() -> None:
     e.add_argument("--json", default=None)
     e.add_argument("--no-progress", action="store_true")
     e.set_defaults(fn=cmd_eval)
-    g = sub.add_parser("grid")
+    g = sub.add_parser("grid", help="write a sample grid (styles, attributes, held-out contents)")
     g.add_argument("--path", default=None)
     g.add_argument("--out", default="docs/images/base_samples.png")
     g.add_argument("--cols", type=int, default=6)
@@ -168,12 +229,20 @@ def main() -> None:
     g.add_argument("--threads", type=int, default=2)
     g.add_argument("--prompts", action="store_true", help="also write the prompts next to the image")
     g.set_defaults(fn=cmd_grid)
-    s = sub.add_parser("ship")
+    s = sub.add_parser("ship", help="copy a trained pipeline into src/b4m/assets/base")
     s.add_argument("--path", required=True)
     s.add_argument("--guidance-scale", type=float, default=None, help="recommended guidance (measured)")
     s.add_argument("--steps", type=int, default=None, help="recommended sampling steps")
     s.add_argument("--eval-json", default=None, help="evaluation results to store in b4m_base.json")
     s.set_defaults(fn=cmd_ship)
+    d = sub.add_parser("diagnose", help="SDEdit style accuracy by noise level; style judge under warps")
+    d.add_argument("--path", default=None)
+    d.add_argument("--strengths", type=float, nargs="+", default=[0.2, 0.5, 0.7, 0.9, 1.0])
+    d.add_argument("--n-per-concept", type=int, default=8)
+    d.add_argument("--seed", type=int, default=99)
+    d.add_argument("--threads", type=int, default=2)
+    d.add_argument("--json", default=None)
+    d.set_defaults(fn=cmd_diagnose)
     args = p.parse_args()
     args.fn(args)
 
