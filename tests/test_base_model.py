@@ -23,6 +23,7 @@ TINY = bm.BaseModelConfig(
     text_hidden_size=16,
     text_intermediate_size=32,
     unet_block_out_channels=(16, 32, 32),
+    unet_layers_per_block=1,
     unet_norm_num_groups=8,
     max_length=16,
 )
