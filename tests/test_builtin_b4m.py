@@ -55,6 +55,11 @@ def test_demo_runs_end_to_end_and_a_moved_folder_reuses_its_stages(tmp_path):
     for scores in results["scores"].values():
         assert 0.0 <= scores["content_acc"] <= 1.0 and -1.0 <= scores["style"] <= 1.0
     assert json.loads((tmp_path / "a" / "results.json").read_text())["prompts"] == results["prompts"]
+    fused = results["scores"]["B4M (fused, stage 2)"]
+    assert (
+        f"name teddy in {fused['content_acc']:.0%} and papercut in {fused['style_acc']:.0%}"
+        in results["summary"]
+    )
     assert (tmp_path / "a" / "report.html").is_file()
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")

@@ -158,6 +158,17 @@ def _save_grid(images: list[torch.Tensor], path: Path, scale: int = 3) -> str:
     return path.name
 
 
+def _summary(cfg: DemoConfig, scores: dict[str, dict[str, Any]]) -> str:
+    """What the report says first: what was learned, then what the judges saw (numbers, not a claim)."""
+    base, b4m = scores["base model (prompt only)"], scores["B4M (fused, stage 2)"]
+    return (
+        f"The base model never saw {cfg.content} or {cfg.style}; B4M learned each from the reference folders "
+        f"below and fused them into one LoRA. The judges name {cfg.content} in {b4m['content_acc']:.0%} and "
+        f"{cfg.style} in {b4m['style_acc']:.0%} of its images (base model, prompt only: "
+        f"{base['content_acc']:.0%} and {base['style_acc']:.0%})."
+    )
+
+
 def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the results dict also written to ``<out>/results.json``."""
     from b4m.data.folders import load_images, read_image_folder
@@ -272,8 +283,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     results = {
         "title": f"b4m demo: '{_content_phrase(cfg)}' (held-out {cfg.content}) in "
         f"'{_style_phrase(cfg)}' style (held-out {cfg.style})",
-        "summary": "The base model never saw this content or this style; B4M learned both from the reference "
-        "folders below and fused them into one LoRA.",
+        "summary": _summary(cfg, scores),
         "prompts": prompts,
         "scores": scores,
         "grids": grids,
