@@ -5,7 +5,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# One fixed thread count for the whole suite (b4m.threads): results never depend on the machine's load.
+os.environ.setdefault("B4M_THREADS", str(min(2, os.cpu_count() or 1)))
+torch.set_num_threads(int(os.environ["B4M_THREADS"]))
 
 
 @pytest.fixture

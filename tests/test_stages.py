@@ -150,6 +150,9 @@ def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypa
     monkeypatch.setattr(stage1_mod, "save_checkpoint", real_save)
     from dataclasses import replace
 
+    from b4m.train.checkpoint import recorded_threads
+
+    assert recorded_threads(tmp_path / "b" / "checkpoints") == torch.get_num_threads()  # the run's count
     resumed = train_stage1(replace(cfg, resume=True), "content", pipe=tiny_sd(), progress=False)
     a, b = load_lora(full).factors, load_lora(resumed).factors
     for m in a:

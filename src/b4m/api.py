@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from b4m import threads
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
 from b4m.errors import B4MError
 
@@ -60,6 +61,7 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
         )
     if cfg.adapter is not None:
         load_lora(cfg.adapter)  # a bad file fails before the model loads
+    threads.apply()
     pipe = load_pipeline(cfg.base)
     defaults = generation_defaults(pipe, cfg.base)
     if cfg.adapter is not None:

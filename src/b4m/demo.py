@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from b4m import threads
 from b4m.config import Stage1Config, Stage2Config, opt, resolve_preset, to_dict
 from b4m.errors import B4MError
 
@@ -182,6 +183,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     from b4m.world.render import Scene, caption
 
     cfg = cfg or DemoConfig()
+    threads.apply()  # once for the whole demo: its stages and scores then run with the same count
     out = Path(cfg.out)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()

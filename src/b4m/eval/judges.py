@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from b4m import threads as b4m_threads
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
 from b4m.world.render import Scene, render
 
@@ -364,7 +365,7 @@ def train_judges(
     (label smoothing 0.05), AdamW with a one-cycle schedule. Half of each batch gets colour jitter and
     trains only the content head.
     """
-    torch.set_num_threads(threads)
+    b4m_threads.apply(threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng([seed, 17])

@@ -18,7 +18,7 @@ from safetensors import safe_open
 from b4m.adapters.codec import atomic_save_safetensors
 from b4m.errors import B4MError
 
-__all__ = ["latest_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = ["latest_checkpoint", "load_checkpoint", "recorded_threads", "save_checkpoint"]
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -78,6 +78,19 @@ def save_checkpoint(
 def latest_checkpoint(folder: str | Path) -> Path | None:
     found = sorted(Path(folder).glob("step-*"))
     return found[-1] if found else None
+
+
+def recorded_threads(folder: str | Path) -> int | None:
+    """The torch thread count the run checkpointed in ``folder`` was started with (None if not recorded), so
+    that a resumed run computes what the uninterrupted one would (:mod:`b4m.threads`)."""
+    ckpt = latest_checkpoint(folder)
+    if ckpt is None:
+        return None
+    try:
+        value = json.loads((ckpt / "state.json").read_text()).get("threads")
+    except (OSError, ValueError):
+        return None
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def load_checkpoint(

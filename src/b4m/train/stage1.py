@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from b4m import threads
 from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec, mcp_routing
@@ -23,7 +24,7 @@ from b4m.config import Stage1Config, resolve_preset, to_dict
 from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
-from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, recorded_threads, save_checkpoint
 from b4m.train.loop import TrainLog, cache_set, make_accelerator, maybe, sample_batch, trigger_words_of
 
 __all__ = ["ROLES", "train_stage1"]
@@ -77,6 +78,7 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
     target_part, aux_opt = ROLES[role]
     other_part = "D" if target_part == "B" else "B"
 
+    n_threads = threads.apply(recorded=recorded_threads(out / "checkpoints") if cfg.resume else None)
     accelerator = make_accelerator(cfg.mixed_precision)
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
     freeze(pipe)
@@ -148,7 +150,7 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
             and not last
             and accelerator.is_main_process
         ):
-            save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen)
+            save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra={"threads": n_threads})
     unet.eval()
 
     path = out / "adapter.safetensors"

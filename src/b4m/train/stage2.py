@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from b4m import threads
 from b4m.adapters.codec import LoraFile
 from b4m.adapters.files import check_fusable, read_plp_file, save_plp
 from b4m.adapters.inject import inject_plp
@@ -84,6 +85,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_log.jsonl").unlink(missing_ok=True)
 
+    threads.apply()
     accelerator = make_accelerator(cfg.mixed_precision)
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
     freeze(pipe)

@@ -54,6 +54,7 @@ from safetensors import safe_open
 from tqdm.auto import tqdm
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from b4m import threads
 from b4m.adapters.codec import atomic_save_safetensors
 from b4m.diffusion.pipeline import from_pretrained
 from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -153,8 +154,9 @@ class BaseModelConfig:
     checkpoint_every: int = 500
     log_every: int = 50
     num_threads: int = 0
-    """Torch CPU threads; 0 = adaptive: 2 while the machine is otherwise idle, 1 while other processes
-    keep it busy (two threads on an oversubscribed 2-core machine run 2-4x slower than one)."""
+    """Torch CPU threads; 0 = automatic (:mod:`b4m.threads`: chosen once at the start from the machine's
+    load, recorded in the run folder's ``threads.json`` and reused on resume, so that the result does not
+    depend on the load)."""
 
     # Sampling defaults written into the folder
     sample_steps: int = BASE_INFO.num_inference_steps
@@ -450,55 +452,6 @@ def _to_model_range(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------- training
 
 
-class _Threads:
-    """Chooses the torch thread count from how busy the other processes keep the CPUs, unless fixed.
-
-    Two threads on a 2-core machine that another process keeps busy ran up to 25x slower than one thread
-    here (OpenMP workers wait for a descheduled sibling), so: one thread while other processes use more than
-    0.3 of a core (measured from ``/proc/stat`` minus this process's CPU time since the last call), two
-    otherwise. Falls back to the load average where ``/proc/stat`` does not exist. The thread count does not
-    change the result beyond float rounding.
-    """
-
-    def __init__(self) -> None:
-        self.fixed = 0
-        self._last: tuple[float, float, float] | None = None
-
-    @staticmethod
-    def _sample() -> tuple[float, float, float] | None:
-        try:
-            with open("/proc/stat") as fh:
-                vals = [int(v) for v in fh.readline().split()[1:9]]
-        except (OSError, ValueError):
-            return None
-        busy = (sum(vals) - vals[3] - vals[4]) / os.sysconf("SC_CLK_TCK")
-        t = os.times()
-        return time.monotonic(), busy, t.user + t.system
-
-    def update(self, force: bool = False) -> None:
-        if self.fixed:
-            if force:
-                torch.set_num_threads(self.fixed)
-            return
-        now = self._sample()
-        if now is None:
-            others = os.getloadavg()[0] - (0 if force else torch.get_num_threads())
-        elif self._last is None or now[0] - self._last[0] < 1.0:
-            self._last = self._last or now
-            others = os.getloadavg()[0] if force else None
-        else:
-            (t0, b0, s0), (t1, b1, s1) = self._last, now
-            others = max(0.0, (b1 - b0) - (s1 - s0)) / (t1 - t0)
-            self._last = now
-        if others is not None:
-            want = 1 if others > (0.3 if now is not None and not force else 1.0) else 2
-            if want != torch.get_num_threads():
-                torch.set_num_threads(want)
-
-
-_threads = _Threads()
-
-
 class _Log:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -565,8 +518,6 @@ def train_vae(
         opt.step()
         step += 1
         bar.update(1)
-        if step % 10 == 0:
-            _threads.update()
         if step % cfg.log_every == 0 or step == cfg.vae_steps:
             rec_mse = F.mse_loss(rec.detach(), x).item()
             bar.set_postfix(rec=f"{rec_loss.item():.4f}", kl=f"{kl.item():.3f}")
@@ -689,8 +640,6 @@ def train_diffusion(
         loss_acc += loss.item()
         loss_n += 1
         bar.update(1)
-        if step % 10 == 0:
-            _threads.update()
         if step % cfg.log_every == 0 or step == cfg.train_steps:
             now = time.time()
             sps = (step - step_last) * cfg.batch_size / max(1e-9, now - t_last)
@@ -711,7 +660,9 @@ def train_diffusion(
 
 
 _RUNTIME_FIELDS = ("num_threads", "log_every", "checkpoint_every")
-"""Config fields that may change when a run resumes (they do not change the result)."""
+"""Config fields that may change when a run resumes (they do not change the result: a resumed run uses the
+thread count recorded in ``THREADS_FILE``)."""
+THREADS_FILE = "threads.json"
 
 
 def train_base_model(
@@ -727,7 +678,7 @@ def train_base_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg_file = out_dir / "config.json"
     if not resume:
-        for name in ("train_log.jsonl", "pool.npz", "latents.safetensors", "config.json"):
+        for name in ("train_log.jsonl", "pool.npz", "latents.safetensors", "config.json", THREADS_FILE):
             (out_dir / name).unlink(missing_ok=True)
         for name in ("vae_ckpt", "diffusion_ckpt"):
             shutil.rmtree(out_dir / name, ignore_errors=True)
@@ -744,9 +695,13 @@ def train_base_model(
         if cfg.train_steps > old.train_steps:
             extended_from = old.train_steps
     cfg_file.write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    _threads.fixed = cfg.num_threads
-    _threads.update(force=True)
+    threads_file = out_dir / THREADS_FILE
+    recorded = json.loads(threads_file.read_text())["threads"] if threads_file.exists() else None
+    n_threads = threads.apply(cfg.num_threads, recorded)
+    if recorded is None:
+        threads_file.write_text(json.dumps({"threads": n_threads}) + "\n")
     log = _Log(out_dir / "train_log.jsonl")
+    log(phase="threads", threads=n_threads, recorded=recorded is not None)
     t_start = time.time()
     if extended_from is not None:
         # The cosine schedule is re-laid over the new total: the result is that of the two commands in
