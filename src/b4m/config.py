@@ -201,8 +201,14 @@ def _preset_help(key: str) -> str:
     return f"{fmt(PRESETS['sd'][key])} on SD/SDXL, {fmt(PRESETS['builtin'][key])} on the built-in model"
 
 
+BASE_INFO_FILE = "b4m_base.json"
+"""The file that marks a folder as a b4m world base model (the shipped one, or one rebuilt from it)."""
+
+
 def preset_for(base: str | None) -> dict[str, Any]:
-    return PRESETS["builtin" if base in (None, "builtin") else "sd"]
+    """The built-in preset for the built-in model and for any b4m world base folder; the SD preset else."""
+    builtin = base in (None, "builtin") or (Path(str(base)) / BASE_INFO_FILE).is_file()
+    return PRESETS["builtin" if builtin else "sd"]
 
 
 def resolve_preset(config: T) -> T:

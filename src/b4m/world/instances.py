@@ -32,6 +32,7 @@ __all__ = [
     "N_STYLE_CODES",
     "STYLE_TRAITS",
     "ConceptRef",
+    "catalogue",
     "content_traits",
     "parse_concept",
     "personal_codes",
@@ -135,3 +136,35 @@ def parse_concept(text: str, kind: str) -> ConceptRef:
     if not idx.isdigit() or not 0 <= int(idx) < N_PERSONAL:
         raise ValueError(f"{kind} {text!r}: the personal instance number must be 0..{N_PERSONAL - 1}")
     return ConceptRef(kind, name, int(idx))
+
+
+def describe_code(kind: str, code: int) -> str:
+    """``"narrow, top taper, crest"`` / ``"palette p2, coarse, bold edge"``: the traits that are not plain."""
+    if kind == "content":
+        t = content_traits(code)
+        words = [CONTENT_TRAITS["squeeze"][t["squeeze"]], CONTENT_TRAITS["taper"][t["taper"]] + " taper",
+                 CONTENT_TRAITS["mark"][t["mark"]]]  # fmt: skip
+        words = [w for w in words if not w.startswith("none")]
+        return ", ".join(words) or "plain"
+    t = style_traits(code)
+    return (f"palette {STYLE_TRAITS['palette'][t['palette']]}, {STYLE_TRAITS['scale'][t['scale']]}, "
+            f"{STYLE_TRAITS['edge'][t['edge']]} edge")  # fmt: skip
+
+
+def catalogue() -> list[tuple[str, str]]:
+    """Every name the world's commands accept, with what it is: each content class and style family (known
+    to the base model, or held out as a brand-new class), and each personal instance of the known ones."""
+    from b4m.world.concepts import HELD_IN_CONTENTS, HELD_IN_STYLES, HELD_OUT_CONTENTS, HELD_OUT_STYLES
+
+    rows: list[tuple[str, str]] = []
+    for kind, known, new in (("content", HELD_IN_CONTENTS, HELD_OUT_CONTENTS),
+                             ("style", HELD_IN_STYLES, HELD_OUT_STYLES)):  # fmt: skip
+        for name in known:
+            rows.append((name, f"{kind} class, known to the base model"))
+            for i, code in enumerate(personal_codes(kind, name)):
+                rows.append(
+                    (f"{name}#{i}", f"personal {kind} instance of {name}: {describe_code(kind, code)}")
+                )
+        for name in new:
+            rows.append((name, f"held-out {kind}: a new class the base model never saw"))
+    return rows
