@@ -2,8 +2,8 @@
 
 One convolutional trunk (three stages, 32 -> 16 -> 8 px) feeds
 
-- a content embedding and a style embedding: global-average-pooled trunk features through separate linear
-  projections, L2-normalised. Each is trained through a cosine classifier (NormFace; Wang et al. 2017):
+- a content embedding and a style embedding: global-average-pooled trunk features (for style, their mean
+  and standard deviation) through separate linear projections, L2-normalised. Each is trained through a cosine classifier (NormFace; Wang et al. 2017):
   ``logits = s * <normalize(f), normalize(w_k)>`` with ``s = 16``, so cosine similarity between embeddings is what
   the classifiers rank by: images of the same content in different styles map close together in content space,
   and images of the same style over different contents close together in style space.
@@ -107,7 +107,7 @@ class WorldJudges(nn.Module):
             *_block(4 * w, 4 * w),
         )
         self.content_proj = nn.Linear(4 * w, embed_dim)
-        self.style_proj = nn.Linear(4 * w, embed_dim)
+        self.style_proj = nn.Linear(8 * w, embed_dim)  # mean and std of the features: texture statistics
         self.content_head = _CosineClassifier(embed_dim, len(self.contents))
         self.style_head = _CosineClassifier(embed_dim, len(self.styles))
         # identity = class + instance traits, each trait read off the identity embedding by its own head
@@ -157,7 +157,9 @@ class WorldJudges(nn.Module):
         fmap = self.trunk(self._prepare(images))
         pooled = fmap.mean(dim=(2, 3))
         content = F.normalize(self.content_proj(pooled), dim=-1)
-        style = F.normalize(self.style_proj(pooled), dim=-1)
+        # style from first- and second-order statistics of the feature map (Gatys et al.'s observation
+        # that texture lives in feature correlations; the diagonal is enough here)
+        style = F.normalize(self.style_proj(torch.cat([pooled, fmap.std(dim=(2, 3))], dim=-1)), dim=-1)
         return fmap, content, style
 
     def content_features(self, images: torch.Tensor) -> torch.Tensor:

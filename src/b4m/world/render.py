@@ -370,7 +370,7 @@ _SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6)}
 """Width and height factors of the ``squeeze`` trait (objects only ever shrink, so they stay in frame)."""
 _TAPER = 0.45
 """The narrow end of a tapered instance is this much narrower than the other end."""
-_SCALE = {"fine": 0.8, "medium": 1.15, "coarse": 1.6}
+_SCALE = {"fine": 1.0, "medium": 1.3, "coarse": 1.7}
 """Texture period / line and layer width factors of the style ``scale`` trait."""
 
 
@@ -460,12 +460,13 @@ class _Ctx:
         return rgb * factor[..., None]
 
     def compose(self, obj: np.ndarray, bg: np.ndarray | None = None) -> np.ndarray:
-        """The object over the background; a style instance with a bold ``edge`` gets a contour of about
-        1 px (dark on light backgrounds, light on dark ones) just inside the object's outline."""
+        """The object over the background; a style instance with a bold ``edge`` gets a thin contour (dark
+        on light backgrounds, light on dark ones) just inside the object's outline, drawn over the style's
+        colours so that thin objects keep their texture."""
         if self.edge:
             ink = np.float32(0.08) if self.bg_rgb.mean() > 0.4 else np.float32(0.92)
-            rim = self.inside & (self.sd > -1.0)
-            obj = np.where(rim[..., None], ink, obj)
+            rim = self.inside & (self.sd > -0.7)
+            obj = np.where(rim[..., None], 0.3 * obj + 0.7 * ink, obj)
         return np.where(self.inside[..., None], obj, self.bg if bg is None else bg)
 
     def pick(self, palettes: tuple[tuple[tuple[float, float, float], ...], ...]) -> np.ndarray:
@@ -475,10 +476,11 @@ class _Ctx:
         return pal
 
     def tint(self, colors: np.ndarray) -> np.ndarray:
-        """Natural colours in the style instance's palette: as they are, hues turned by a third or two
-        thirds of the colour wheel (channels rotated), or muted."""
+        """Natural colours in the style instance's palette: as they are, toned golden or blue (their
+        brightness in one hue: recognisable whatever the content's own colours), or muted."""
         if self.palette in (1, 2):
-            colors = np.roll(colors, self.palette, axis=-1)
+            tone = np.array((1.12, 0.86, 0.52) if self.palette == 1 else (0.55, 0.82, 1.15), np.float32)
+            colors = (0.2 + 0.8 * _lum(colors))[..., None] * tone
         elif self.palette == 3:
             colors = _saturate(colors, 0.25)
         return np.clip(colors, 0.0, 1.0)
@@ -512,8 +514,9 @@ def _lum(rgb: np.ndarray) -> np.ndarray:
 
 def _photo(ctx: _Ctx) -> np.ndarray:
     colors = _guard(ctx.tint(ctx.natural), ctx.bg_rgb, 0.15)
-    obj = colors[ctx.role] * ctx.shade[..., None] + 0.4 * ctx.spec[..., None]
-    shadow_sd = ctx.sample(1.2 * ctx.scale, 1.6 * ctx.scale)[2] * ctx.pose.radius * _UNIT_RES
+    # the scale trait of a photo is its lighting: soft, normal or hard shading
+    obj = colors[ctx.role] * (ctx.shade ** (ctx.scale**2 - 0.4))[..., None] + 0.4 * ctx.spec[..., None]
+    shadow_sd = ctx.sample(1.2, 1.6)[2] * ctx.pose.radius * _UNIT_RES
     shadow = 0.32 * np.clip(1.0 - shadow_sd / 2.2, 0.0, 1.0)
     return ctx.compose(obj, ctx.bg * (1.0 - shadow[..., None]))
 
@@ -521,7 +524,7 @@ def _photo(ctx: _Ctx) -> np.ndarray:
 def _flat(ctx: _Ctx) -> np.ndarray:
     colors = _guard(0.25 + 0.75 * _saturate(ctx.tint(ctx.natural), 1.6), ctx.bg_rgb)
     obj = colors[ctx.role]
-    obj = np.where((ctx.dpart < 0.4 * ctx.scale)[..., None], np.float32(0.08), obj)
+    obj = np.where((ctx.dpart < 0.25 * ctx.scale**2)[..., None], np.float32(0.08), obj)
     return ctx.compose(obj)
 
 
@@ -532,7 +535,7 @@ _OUTLINE_INKS_ON_DARK = ((0.95, 0.95, 0.95), (0.55, 0.75, 1.0), (1.0, 0.6, 0.6),
 def _outline(ctx: _Ctx) -> np.ndarray:
     inks = _OUTLINE_INKS if ctx.bg_rgb.mean() > 0.4 else _OUTLINE_INKS_ON_DARK
     ink = np.array(inks[ctx.palette % len(inks)], np.float32)
-    lines = (ctx.dpart < 0.6 * ctx.scale) | (ctx.role == 3)
+    lines = (ctx.dpart < 0.35 * ctx.scale**2) | (ctx.role == 3)
     obj = np.where(lines[..., None], ink, ctx.bg)
     return ctx.compose(obj)
 
@@ -548,7 +551,7 @@ _STRIPE_PALETTES = (
 def _stripes(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_STRIPE_PALETTES)
     a = math.radians(45.0 + ctx.rng.uniform(-8, 8))
-    s = (ctx.tu * math.cos(a) + ctx.tv * math.sin(a)) / (3.6 * ctx.scale) + ctx.rng.random()
+    s = (ctx.tu * math.cos(a) + ctx.tv * math.sin(a)) / (4.0 * ctx.scale) + ctx.rng.random()
     obj = np.where(((s % 1.0) < 0.5)[..., None], pal[0], pal[1])
     return ctx.compose(ctx.structure(obj))
 
@@ -563,7 +566,7 @@ _DOT_PALETTES = (
 
 def _dots(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_DOT_PALETTES)
-    period = 3.9 * ctx.scale
+    period = 4.6 * ctx.scale
     gx = ctx.tu / period + ctx.rng.random()
     gy = ctx.tv / (period * 0.866) + ctx.rng.random()
     row = np.floor(gy)
@@ -584,7 +587,7 @@ _CHECKER_PALETTES = (
 
 def _checker(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_CHECKER_PALETTES)
-    period = 3.1 * ctx.scale
+    period = 3.6 * ctx.scale
     cell = (np.floor(ctx.tu / period + ctx.rng.random()) + np.floor(ctx.tv / period + ctx.rng.random())) % 2
     obj = np.where((cell < 0.5)[..., None], pal[0], pal[1])
     return ctx.compose(ctx.structure(obj))
@@ -600,10 +603,10 @@ _GRADIENT_PALETTES = (
 
 def _gradient(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_GRADIENT_PALETTES)
-    # one smooth sweep (coarse) or more there-and-back sweeps (finer) over the object's height
-    reps = 2.4 / ctx.scale
-    t = np.abs(((ctx.v + 1.0) / 2.0 * reps) % 2.0 - 1.0)
-    t = np.where(ctx.scale > 1.5, np.clip((ctx.v + 1.0) / 2.0, 0.0, 1.0), t)[..., None]
+    # one smooth sweep over the object's height (coarse), or two / three there-and-back sweeps (finer)
+    reps = {1.0: 3.0, 1.3: 2.0}.get(ctx.scale, 1.0)
+    t = np.abs(((ctx.v + 1.0) / 2.0 * reps) % 2.0 - 1.0) if reps > 1 else np.clip((ctx.v + 1.0) / 2.0, 0.0, 1.0)
+    t = t[..., None]
     obj = pal[0] * (1 - t) + pal[1] * t
     return ctx.compose(ctx.structure(obj, lines=0.75))
 
@@ -616,7 +619,7 @@ def _grain(ctx: _Ctx) -> np.ndarray:
     lum = 0.15 + 0.75 * lum
     tone = np.array(_GRAIN_TONES[ctx.palette % len(_GRAIN_TONES)], np.float32)
     sepia = lum[..., None] * tone + np.float32(0.04)
-    noise = ctx.rng.normal(0.0, 0.2 * ctx.scale, (ctx.size, ctx.size, 1)).astype(np.float32)
+    noise = ctx.rng.normal(0.0, 0.12 * ctx.scale**2.5, (ctx.size, ctx.size, 1)).astype(np.float32)
     obj = sepia + noise
     bg = ctx.bg + ctx.rng.normal(0.0, 0.05, (ctx.size, ctx.size, 1)).astype(np.float32)
     return ctx.compose(obj, bg)
@@ -627,7 +630,7 @@ _METAL_TINTS = ((1.0, 1.0, 1.0), (1.15, 0.95, 0.55), (1.1, 0.72, 0.55), (0.7, 0.
 
 def _metal(ctx: _Ctx) -> np.ndarray:
     t = ctx.v * 0.8 + 0.9 * (1.0 - ctx.shade) - 0.15
-    horizon = 0.05 + 0.1 * np.sin(ctx.tu * 0.46 / ctx.scale)
+    horizon = 0.75 * (ctx.scale - 1.3) + 0.1 * np.sin(ctx.tu * 0.4)  # how much sky the metal reflects
     sky = np.array([0.55, 0.68, 0.85], np.float32) + (np.clip(t + 1.0, 0, 1)[..., None]) * np.array(
         [0.4, 0.3, 0.15], np.float32
     )
@@ -651,7 +654,7 @@ _MARBLE_PALETTES = (
 def _marble(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_MARBLE_PALETTES)
     n = ctx.field(5)
-    s = np.sin(2 * math.pi * ((ctx.tu * 0.12 + ctx.tv * 0.06) / ctx.scale + 0.9 * n + ctx.rng.random()))
+    s = np.sin(2 * math.pi * ((ctx.tu * 0.14 + ctx.tv * 0.07) / ctx.scale + 0.9 * n + ctx.rng.random()))
     vein = np.clip(1.0 - np.abs(s) * 2.5, 0.0, 1.0)[..., None]
     base = pal[0] * (0.92 + 0.08 * n[..., None])
     obj = base * (1 - vein) + pal[1] * vein
@@ -670,7 +673,7 @@ _CAMO = np.array(
 
 
 def _camo(ctx: _Ctx) -> np.ndarray:
-    knots = max(3, round(9 / ctx.scale))
+    knots = max(3, round(10 / ctx.scale))
     a, b = ctx.field(knots), ctx.field(knots - 1)
     idx = (a > 0.0).astype(np.int64) + 2 * (b > 0.25)
     obj = _CAMO[ctx.palette % len(_CAMO)][idx]
@@ -689,7 +692,7 @@ _MOSAIC = np.array(
 
 
 def _mosaic(ctx: _Ctx) -> np.ndarray:
-    period = 2.9 * ctx.scale
+    period = 3.3 * ctx.scale
     gu, gv = ctx.tu / period + 50.0, ctx.tv / period + 50.0
     i, j = np.floor(gu).astype(np.int64), np.floor(gv).astype(np.int64)
     off = int(ctx.rng.integers(1000))
@@ -710,7 +713,7 @@ _KNIT_PALETTES = (
 
 def _knit(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_KNIT_PALETTES)
-    w, h = 2.6 * ctx.scale, 2.3 * ctx.scale
+    w, h = 3.0 * ctx.scale, 2.6 * ctx.scale
     lx = (ctx.tu / w) % 1.0 - 0.5
     ly = (ctx.tv / h) % 1.0
     stitch = 0.6 + 0.4 * np.cos(2 * math.pi * (ly - 1.3 * np.abs(lx)))
@@ -732,7 +735,7 @@ _PAPER_PALETTES = (
 
 def _papercut(ctx: _Ctx) -> np.ndarray:
     pal = ctx.pick(_PAPER_PALETTES)
-    depth = -ctx.sd / (1.3 * ctx.scale)
+    depth = -ctx.sd / (0.8 * ctx.scale**2)
     layer = np.clip(np.floor(depth), 0, 3).astype(np.int64)
     obj = pal[layer]
     step_shadow = (layer > 0) & ((depth % 1.0) < 0.35)
@@ -748,7 +751,7 @@ _GLASS_TINTS = ((0.5, 0.85, 0.95), (0.55, 0.95, 0.6), (0.95, 0.7, 0.35), (0.85, 
 def _glass(ctx: _Ctx) -> np.ndarray:
     tint = np.array(_GLASS_TINTS[ctx.palette % len(_GLASS_TINTS)], np.float32)
     obj = ctx.bg * 0.25 + tint * 0.65 * ctx.shade[..., None]
-    streak = ((ctx.tu - ctx.tv) / (7.5 * ctx.scale) + ctx.rng.random()) % 1.0 < 0.2
+    streak = ((ctx.tu - ctx.tv) / (7.0 * ctx.scale) + ctx.rng.random()) % 1.0 < 0.2
     obj = obj + 0.4 * streak[..., None] + 0.5 * ctx.spec[..., None]
     highlight = (ctx.sd > -1.0) & (ctx.shade > 1.0)
     obj = np.where(highlight[..., None], np.float32(0.97), obj)
@@ -761,8 +764,8 @@ _NEON = ((1.0, 0.2, 0.8), (0.2, 1.0, 1.0), (0.6, 1.0, 0.2), (1.0, 0.5, 0.1))
 
 def _neon(ctx: _Ctx) -> np.ndarray:
     col = np.array(_NEON[ctx.palette % len(_NEON)], np.float32)
-    line = ctx.dpart < 0.6 * ctx.scale
-    core = ctx.dpart < 0.26 * ctx.scale
+    line = ctx.dpart < 0.5 * ctx.scale
+    core = ctx.dpart < 0.22 * ctx.scale
     obj = np.where(line[..., None], col, np.float32(0.06) + 0.08 * col)
     obj = np.where((core & line)[..., None], col * 0.4 + 0.6, obj)
     glow = 0.75 * np.exp(-np.clip(ctx.sd, 0.0, None) / 1.1)[..., None]
@@ -772,8 +775,8 @@ def _neon(ctx: _Ctx) -> np.ndarray:
 def _sticker(ctx: _Ctx) -> np.ndarray:
     colors = _guard(_saturate(ctx.tint(ctx.natural), 1.3), np.array([0.98, 0.98, 0.98], np.float32))
     obj = colors[ctx.role]
-    border = ctx.sd < 1.1 * ctx.scale
-    ring = (ctx.sd >= 1.1 * ctx.scale) & (ctx.sd < 1.1 * ctx.scale + 0.9)
+    border = ctx.sd < 0.6 * ctx.scale**2
+    ring = (ctx.sd >= 0.6 * ctx.scale**2) & (ctx.sd < 0.6 * ctx.scale**2 + 0.9)
     bg = np.where(border[..., None], np.float32(0.99), ctx.bg)
     bg = np.where(ring[..., None], ctx.bg * 0.6, bg)
     return ctx.compose(obj, bg)
@@ -790,7 +793,7 @@ _WOOD_TONES = (
 def _wood(ctx: _Ctx) -> np.ndarray:
     ox, oy = ctx.rng.uniform(-6, 6), ctx.rng.uniform(-20, 20)
     d = np.sqrt((ctx.tu - ox) ** 2 + ((ctx.tv - oy) * 0.3) ** 2) + 0.6 * np.sin(ctx.tv * 0.5)
-    t = (0.5 + 0.5 * np.cos(2 * math.pi * d / (2.1 * ctx.scale)))[..., None]
+    t = (0.5 + 0.5 * np.cos(2 * math.pi * d / (2.4 * ctx.scale)))[..., None]
     light, dark = (np.array(c, np.float32) for c in _WOOD_TONES[ctx.palette % len(_WOOD_TONES)])
     obj = light * (1 - t) + dark * t
     return ctx.compose(ctx.structure(obj))
