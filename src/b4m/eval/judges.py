@@ -71,6 +71,10 @@ class _CosineClassifier(nn.Module):
         return _COS_SCALE * features @ F.normalize(self.weight, dim=-1).T
 
 
+def _identity(class_embedding: torch.Tensor, traits: torch.Tensor) -> torch.Tensor:
+    return F.normalize(torch.cat([class_embedding, F.normalize(traits, dim=-1)], dim=-1), dim=-1)
+
+
 class WorldJudges(nn.Module):
     """Content, style and attribute judges for world images.
 
@@ -110,11 +114,14 @@ class WorldJudges(nn.Module):
         self.style_proj = nn.Linear(8 * w, embed_dim)  # mean and std of the features: texture statistics
         self.content_head = _CosineClassifier(embed_dim, len(self.contents))
         self.style_head = _CosineClassifier(embed_dim, len(self.styles))
-        # identity = class + instance traits, each trait read off the identity embedding by its own head
-        # (shared by all classes: a trait looks alike on every content, so each head sees all the data)
+        # Instance traits: a small MLP per kind over the pooled statistics (a palette index means different
+        # colours in each style family, so it needs class x colour interactions that a linear head on a
+        # class-clustered embedding cannot draw), then one linear head per trait.
+        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w, 128), nn.ReLU(inplace=True))
+        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w, 128), nn.ReLU(inplace=True))
         self.trait_heads = nn.ModuleDict(
-            {f"content_{k}": nn.Linear(embed_dim, len(v)) for k, v in CONTENT_TRAITS.items()}
-            | {f"style_{k}": nn.Linear(embed_dim, len(v)) for k, v in STYLE_TRAITS.items()}
+            {f"content_{k}": nn.Linear(128, len(v)) for k, v in CONTENT_TRAITS.items()}
+            | {f"style_{k}": nn.Linear(128, len(v)) for k, v in STYLE_TRAITS.items()}
         )
         side = resolution // 4
         self.attr_reduce = nn.Sequential(nn.Conv2d(4 * w, 8, 1), nn.ReLU(inplace=True), nn.Flatten())
@@ -153,32 +160,41 @@ class WorldJudges(nn.Module):
             )
         return ((images - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.trunk(self._prepare(images))
         pooled = fmap.mean(dim=(2, 3))
-        content = F.normalize(self.content_proj(pooled), dim=-1)
         # style from first- and second-order statistics of the feature map (Gatys et al.'s observation
         # that texture lives in feature correlations; the diagonal is enough here)
-        style = F.normalize(self.style_proj(torch.cat([pooled, fmap.std(dim=(2, 3))], dim=-1)), dim=-1)
-        return fmap, content, style
+        stats = torch.cat([pooled, fmap.std(dim=(2, 3))], dim=-1)
+        return {
+            "fmap": fmap,
+            "content": F.normalize(self.content_proj(pooled), dim=-1),
+            "style": F.normalize(self.style_proj(stats), dim=-1),
+            "content_traits": self.content_trait_mlp(pooled),
+            "style_traits": self.style_trait_mlp(stats),
+        }
 
     def content_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim) unit-norm content identity embeddings (the DINOv2 stand-in): trained to tell every
-        instance of every content apart across styles, poses and sizes."""
-        return self._forward(images)[1]
+        """(B, embed_dim + 128) unit-norm content identity embeddings (the DINOv2 stand-in): the class
+        embedding and the instance-trait features, each normalised, concatenated, normalised; close for the
+        same instance of the same content across styles, poses and sizes."""
+        f = self._forward(images)
+        return _identity(f["content"], f["content_traits"])
 
     def style_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim) unit-norm style identity embeddings (the CLIP/CSD stand-in for style similarity):
-        trained to tell every instance of every style apart across contents."""
-        return self._forward(images)[2]
+        """(B, embed_dim + 128) unit-norm style identity embeddings (the CLIP/CSD stand-in for style
+        similarity), built like :meth:`content_features`: close for the same style instance across contents."""
+        f = self._forward(images)
+        return _identity(f["style"], f["style_traits"])
 
     def classify(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits: ``"content"`` over :attr:`contents`, ``"style"`` over :attr:`styles`, one entry per instance
         trait (``"content_squeeze"``, ..., ``"style_edge"``, over the trait's values) and one per attribute."""
-        fmap, content, style = self._forward(images)
-        out = {"content": self.content_head(content), "style": self.style_head(style)}
+        f = self._forward(images)
+        out = {"content": self.content_head(f["content"]), "style": self.style_head(f["style"])}
         for name, head in self.trait_heads.items():
-            out[name] = head(content if name.startswith("content_") else style)
+            out[name] = head(f["content_traits"] if name.startswith("content_") else f["style_traits"])
+        fmap = f["fmap"]
         hidden = self.attr_hidden(self.attr_reduce(fmap))
         for name, head in self.attr_heads.items():
             out[name] = head(hidden)

@@ -465,8 +465,8 @@ class _Ctx:
         colours so that thin objects keep their texture."""
         if self.edge:
             ink = np.float32(0.08) if self.bg_rgb.mean() > 0.4 else np.float32(0.92)
-            rim = self.inside & (self.sd > -0.7)
-            obj = np.where(rim[..., None], 0.3 * obj + 0.7 * ink, obj)
+            rim = self.inside & (self.sd > -0.8)
+            obj = np.where(rim[..., None], 0.15 * obj + 0.85 * ink, obj)
         return np.where(self.inside[..., None], obj, self.bg if bg is None else bg)
 
     def pick(self, palettes: tuple[tuple[tuple[float, float, float], ...], ...]) -> np.ndarray:
