@@ -30,12 +30,13 @@ def plp_meta(adapter: PLPAdapter, **extra: Any) -> dict[str, Any]:
     }
 
 
-def save_plp(adapter: PLPAdapter, path: str | Path, **extra: Any) -> Path:
+def save_plp(adapter: PLPAdapter, path: str | Path, *, hint: str = "rerun", **extra: Any) -> Path:
     """Write ``adapter`` as an ordinary rank-r LoRA (full ``U``, ``V``) plus its PLP metadata.
 
-    ``extra`` goes into the header as is, e.g. ``role="content"``, ``trigger_words=["snq"]``, ``base_model=...``.
+    ``extra`` goes into the header as is, e.g. ``role="content"``, ``trigger_words=["snq"]``, ``base_model=...``;
+    ``hint`` is what a full disk's message tells the user to rerun.
     """
-    return save_lora(path, adapter.factors(), plp_meta(adapter, **extra))
+    return save_lora(path, adapter.factors(), plp_meta(adapter, **extra), hint=hint)
 
 
 def spec_from_meta(meta: dict[str, Any], path: Path | str) -> PLPSpec:
