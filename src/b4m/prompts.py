@@ -67,8 +67,7 @@ def check_prompts(tokenizer: Any, prompts: Sequence[str], option: str) -> None:
         if not prompt.strip():
             continue
         ids = tokenizer(prompt, truncation=False, add_special_tokens=True)["input_ids"]
-        special = {tokenizer.bos_token_id, tokenizer.eos_token_id, getattr(tokenizer, "pad_token_id", None)}
-        content = [i for i in ids if i not in special]
+        content = ids[1:-1]  # between the start and end tokens (CLIP's unknown token is its end token)
         if not content or (unk is not None and all(i == unk for i in content)):
             raise B4MError(
                 f"{option}: the tokenizer cannot represent the prompt {prompt!r} (it would become the empty "
