@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 
 from b4m.adapters.codec import atomic_save_safetensors, clean_temp_files, file_mode
-from b4m.errors import B4MError, disk_full
+from b4m.errors import B4MError, DiskFullError, disk_full
 
 __all__ = [
     "clean_stale",
@@ -84,6 +84,9 @@ def save_checkpoint(
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
+    except DiskFullError:
+        shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
+        raise DiskFullError(f"no space left writing {final}; free space and {_RESUME}") from None
     except OSError as err:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
