@@ -140,3 +140,12 @@ def test_kohya_base_model_version_comes_from_what_the_file_knows(tiny_sd, tiny_s
     )
     with safe_open(str(tmp_path / "x.safetensors"), framework="pt") as f:
         assert f.metadata()["ss_base_model_version"] == "sd_v1"
+
+
+def test_kohya_files_with_sgm_block_names_are_one_line(tmp_path):
+    from b4m.errors import B4MError
+
+    factors = {"input_blocks.4.1.transformer_blocks.0.attn1.to_q": (torch.ones(8, 2), torch.ones(2, 8))}
+    path = _kohya_file(tmp_path / "sgm.safetensors", factors, alpha=2.0)
+    with pytest.raises(B4MError, match=r"sgm.safetensors: a kohya file with the original SGM block names"):
+        load_lora(path)

@@ -256,6 +256,12 @@ def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
             spellings.add("kohya")
         if module.startswith(_KOHYA_UNET):
             kohya = True
+            if module[len(_KOHYA_UNET) :].startswith(("input_blocks", "middle_block", "output_blocks")):
+                raise B4MError(
+                    f"{path}: a kohya file with the original SGM block names ({key}); b4m reads kohya files "
+                    "with diffusers block names (down_blocks/mid_block/up_blocks); load this one in ComfyUI "
+                    "or A1111 directly"
+                )
             module = _kohya_module(module[len(_KOHYA_UNET) :], known)
         elif module.startswith("lora_te"):
             continue  # text-encoder layers of a kohya file: b4m adapts the UNet only
@@ -333,13 +339,18 @@ def save_kohya(
     base_model_version: str | None = None,
     meta: Mapping[str, Any] | None = None,
     dtype: torch.dtype = torch.float32,
+    hint: str = "rerun",
 ) -> Path:
     """Save as kohya/ComfyUI/A1111 keys: ``lora_unet_<module path, '.' -> '_'>.lora_down/.lora_up/.alpha``.
 
     ``alpha = r`` (scale 1), float32 by default (lossless: :func:`load_lora` reads back the same factors).
     ``ss_base_model_version`` must start with ``sdxl_`` for A1111 to list an SDXL LoRA; ``None`` takes it from
-    the factors and ``meta`` (:func:`kohya_base_version`), ``""`` leaves it out.
+    the factors and ``meta`` (:func:`kohya_base_version`), ``""`` leaves it out. diffusers'
+    ``load_lora_weights`` reads these files too (exactly, scale 1), so this is the one file every tool opens.
+    ``hint`` is what a full disk's message tells the user to rerun.
     """
+    if not factors:
+        raise B4MError(f"refusing to write {path}: the adapter has no layers")
     if base_model_version is None:
         base_model_version = kohya_base_version(LoraFile(dict(factors), dict(meta or {})))
     tensors: dict[str, torch.Tensor] = {}
@@ -354,6 +365,6 @@ def save_kohya(
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
         **({"ss_base_model_version": base_model_version} if base_model_version else {}),
-        "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}, sort_keys=True),
+        "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {}), "rank": rank}, sort_keys=True),
     }
-    return atomic_save_safetensors(tensors, path, header)
+    return atomic_save_safetensors(tensors, path, header, hint=hint)
