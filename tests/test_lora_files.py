@@ -100,9 +100,9 @@ def test_file_header_describes_the_adapter(tiny_sdxl, tmp_path):
     assert meta["rank"] == 8 and meta["rho"] == 0.25 and meta["basis_seed"] == 9 and meta["orth"] == "exact"
     assert meta["basis_id"] == adapter.basis_id() and meta["trigger_words"] == ["w@z"]
     assert sorted(meta["target_modules"]) == sorted(adapter.module_names)
-    config = json.loads(header["lora_adapter_metadata"])
-    assert config["unet.r"] == 8 and config["unet.lora_alpha"] == 8
-    assert len(keys) == 2 * len(adapter.module_names) and all(k.startswith("unet.") for k in keys)
+    # kohya spelling (diffusers, ComfyUI and A1111 all load it), alpha = rank (scale 1)
+    assert header["ss_network_dim"] == "8" and header["ss_network_alpha"] == "8"
+    assert len(keys) == 3 * len(adapter.module_names) and all(k.startswith("lora_unet_") for k in keys)
 
 
 def test_reload_into_training_structure(tiny_sdxl, tmp_path):
@@ -145,7 +145,7 @@ def test_edited_frozen_part_is_detected(tiny_sdxl, tmp_path):
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata()
     tensors = load_file(str(path))
-    key = next(k for k in tensors if k.endswith("lora_B.weight"))
+    key = next(k for k in tensors if k.endswith(".lora_up.weight"))  # U = [A; B]
     tensors[key][0, 0] += 1.0  # a frozen entry of A
     save_file(tensors, str(tmp_path / "edited.safetensors"), metadata=header)
     with pytest.raises(B4MError, match="edited or damaged"):

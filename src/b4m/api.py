@@ -9,12 +9,15 @@ b4m.generate(adapter=fused, prompt=["a snq teddy in w@z style"], n=4)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from b4m import threads
+from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
-from b4m.errors import B4MError
+from b4m.errors import B4MError, disk_full
+from b4m.prompts import check_prompts
 
 __all__ = ["demo", "fuse", "generate", "train_content", "train_style"]
 
@@ -46,13 +49,23 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
 
     from b4m.adapters.codec import load_lora
     from b4m.diffusion.pipeline import load_pipeline
-    from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
+    from b4m.diffusion.sampling import check_base_model, generation_defaults, load_adapter, sample
     from b4m.world.sheet import image_grid
 
     cfg = load_config(GenerateConfig, config, options)
-    if not cfg.prompt:
-        raise B4MError("--prompt: give at least one prompt")
+    problems: list[str] = []
+    if not cfg.prompt or not all(p.strip() for p in cfg.prompt):
+        problems.append("--prompt: give at least one prompt, none of them empty")
+    integer_at_least(cfg.n, "-n", 1, problems, " images per prompt")
+    integer_at_least(cfg.steps, "--steps", 1, problems, " sampling steps")
+    finite(cfg.guidance, "--guidance", problems)
+    for name, value in (("--content-scale", cfg.content_scale), ("--style-scale", cfg.style_scale)):
+        if not math.isfinite(value):
+            problems.append(f"{name} {value}: give a finite number")
+    check_resolution(cfg.resolution, cfg.base, "--resolution", problems)
+    raise_problems(problems)
     out = Path(cfg.out)
+    check_out_folder(out)
     names = [out / f"{i:02d}_{j:02d}.png" for i in range(len(cfg.prompt)) for j in range(cfg.n)]
     clash = [p for p in [*names, out / "grid.png"] if p.exists()]
     if clash and not cfg.overwrite:
@@ -60,12 +73,17 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
             f"--out {out}: {clash[0].name} and others exist; choose another --out or pass --overwrite"
         )
     if cfg.adapter is not None:
-        load_lora(cfg.adapter)  # a bad file fails before the model loads
+        check_base_model(load_lora(cfg.adapter), cfg.base)  # a bad file fails before the model loads
     threads.apply()
     pipe = load_pipeline(cfg.base)
     defaults = generation_defaults(pipe, cfg.base)
     if cfg.adapter is not None:
         load_adapter(pipe, cfg.adapter, cfg.content_scale, cfg.style_scale)
+    check_prompts(pipe.tokenizer, cfg.prompt, "--prompt")
+    try:
+        out.mkdir(parents=True, exist_ok=True)  # before sampling: a folder that cannot be made loses nothing
+    except OSError as err:
+        raise B4MError(f"--out {out}: cannot create it ({err.strerror}); choose another --out") from None
     images = sample(
         pipe,
         cfg.prompt,
@@ -76,15 +94,18 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
         resolution=cfg.resolution or defaults["resolution"],
         progress=progress,
     )
-    out.mkdir(parents=True, exist_ok=True)
     flat = [img for row in images for img in row]
-    for path, img in zip(names, flat, strict=True):
-        Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")).save(path)
     grid = image_grid(flat, ncols=cfg.n)
     if grid.width < 512:  # tiny built-in images: enlarge the grid so people can look at it
         k = max(1, 512 // grid.width)
         grid = grid.resize((grid.width * k, grid.height * k), Image.Resampling.NEAREST)
-    grid.save(out / "grid.png")
+    pictures = [Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for img in flat]
+    for path, picture in zip([*names, out / "grid.png"], [*pictures, grid], strict=True):
+        try:
+            picture.save(path)
+        except OSError as err:
+            path.unlink(missing_ok=True)
+            raise disk_full(err, path) or B4MError(f"cannot write {path} ({err.strerror})") from None
     return names
 
 

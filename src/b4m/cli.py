@@ -16,7 +16,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, add_config_args, config_from_args
-from b4m.errors import B4MError
+from b4m.errors import B4MError, disk_full
 
 EPILOG = """examples:
   b4m demo                                          # the whole pipeline on the built-in world
@@ -25,6 +25,7 @@ EPILOG = """examples:
   b4m train style --images refs/paper --aux-contents c1 c2 c3      # prompts from the .txt captions
   b4m fuse --content runs/content/adapter.safetensors --style runs/style/adapter.safetensors
   b4m generate --adapter runs/fused/adapter.safetensors --prompt "a snq teddy in w@z style" -n 8
+  b4m convert runs/fused/adapter.safetensors teddy_kohya.safetensors --to kohya   # for ComfyUI / A1111
 """
 
 
@@ -79,16 +80,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from b4m.adapters.codec import load_lora, save_kohya
+    from b4m.adapters.convert import convert
 
-    if args.out.exists() and not args.overwrite:
-        raise B4MError(f"--out {args.out}: exists; choose another path or pass --overwrite")
-    lora = load_lora(args.adapter)
-    if lora.lora_alpha is not None and abs(lora.lora_alpha - lora.rank) > 1e-9:
-        raise B4MError(
-            f"{args.adapter}: lora_alpha {lora.lora_alpha} != rank {lora.rank}; b4m exports scale-1 files"
-        )
-    print(save_kohya(args.out, lora.factors, base_model_version=args.base_model_version, meta=lora.meta))
+    print(convert(args.adapter, args.out, "kohya", args.base_model_version, args.overwrite, "--out"))
+    return 0
+
+
+def _cmd_convert(args: argparse.Namespace) -> int:
+    from b4m.adapters.convert import convert
+
+    print(convert(args.adapter, args.out, args.to, args.base_model_version, args.overwrite, "OUT"))
     return 0
 
 
@@ -135,6 +136,12 @@ def _cmd_base_train(args: argparse.Namespace) -> int:
 
     print(train_base_model(config_from_args(BaseModelConfig, args), args.out))
     return 0
+
+
+_BASE_VERSION_HELP = (
+    "kohya ss_base_model_version (default: from the file: SDXL, SD 1.x or SD 2.x by its cross-attention "
+    "width or recorded base model; A1111 lists SDXL LoRAs only if it starts with sdxl_)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,15 +201,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export", help="convert an adapter to kohya keys for ComfyUI / A1111", formatter_class=fmt
     )
-    p.add_argument("adapter", type=Path, help="b4m (diffusers/peft) LoRA file")
+    p.add_argument("adapter", type=Path, help="LoRA file (diffusers, peft or kohya spelling)")
     p.add_argument("--out", type=Path, required=True, help="output .safetensors file")
-    p.add_argument(
-        "--base-model-version",
-        default="sdxl_base_v1-0",
-        help="ss_base_model_version written into the header (A1111 lists SDXL LoRAs only if it starts with sdxl_)",
-    )
+    p.add_argument("--base-model-version", default=None, help=_BASE_VERSION_HELP)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "convert",
+        help="rewrite a LoRA file in kohya (ComfyUI / A1111) or diffusers spelling, losslessly",
+        formatter_class=fmt,
+    )
+    p.add_argument("adapter", type=Path, metavar="IN", help="LoRA file (diffusers, peft or kohya spelling)")
+    p.add_argument("out", type=Path, metavar="OUT", help="output .safetensors file")
+    p.add_argument("--to", required=True, choices=["kohya", "diffusers"], help="spelling to write")
+    p.add_argument("--base-model-version", default=None, help=_BASE_VERSION_HELP)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_convert)
 
     world = sub.add_parser("world", help="the built-in synthetic world").add_subparsers(
         dest="world_cmd", required=True
@@ -251,6 +266,12 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except B4MError as err:
         print(f"b4m: error: {err}", file=sys.stderr)
+        return 2
+    except OSError as err:
+        full = disk_full(err, err.filename or "a file")
+        if full is None:
+            raise
+        print(f"b4m: error: {full}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(

@@ -86,7 +86,12 @@ def _coerce(name: str, value: Any, tp: Any, problems: list[str]) -> Any:
 def _read_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise B4MError(f"--config {path}: no such file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise B4MError(f"--config {path}: not UTF-8 text; save it as UTF-8") from None
+    except OSError as err:
+        raise B4MError(f"--config {path}: cannot read it ({err.strerror})") from None
     try:
         if path.suffix == ".toml":
             data = tomllib.loads(text)
@@ -308,7 +313,9 @@ class Stage2Config:
     resolution: int | None = opt(None, "training resolution in pixels")
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=["no", "bf16", "fp16"])
-    overwrite: bool = opt(False, "replace a fused adapter already in the output folder")
+    checkpoint_every: int = opt(50, "save a resumable checkpoint every N fine-tuning steps (0: never)")
+    resume: bool = opt(False, "resume from the last checkpoint in the output folder")
+    overwrite: bool = opt(False, "replace a fused adapter or an unfinished run already in the output folder")
 
 
 @dataclasses.dataclass(frozen=True)

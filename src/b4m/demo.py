@@ -7,13 +7,17 @@
 4. generate the new subject in the new style under several prompts, with the base model for comparison;
 5. score both with the judges and write ``report.html``, ``results.json`` and PNG grids.
 
-A second run reuses every finished stage whose settings are unchanged.
+A second run reuses every finished stage whose settings are unchanged. The demo writes only into a folder it
+made (``b4m_demo.json`` records that, and a hash of each adapter it trained): a folder with other files, an
+adapter it did not train or an image folder it did not export is refused unless ``--overwrite``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,9 @@ class DemoConfig:
         "stage-2 optimizer; adamw is w/o RP",
         choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
     )
+    overwrite: bool = opt(
+        False, "write into --out even if it holds files the demo did not make (replacing those it writes)"
+    )
 
 
 _PROMPT_ATTRIBUTES: list[dict[str, str]] = [
@@ -82,9 +89,8 @@ def _style_phrase(cfg: DemoConfig) -> str:
     return cfg.style_word or cfg.style
 
 
-def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
+def _check_concepts(cfg: DemoConfig) -> None:
     from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
-    from b4m.world.export import export_concept
 
     problems = []
     if cfg.content not in HELD_OUT_CONTENTS:
@@ -97,8 +103,25 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     for c in cfg.aux_contents:
         if c not in HELD_IN_CONTENTS:
             problems.append(f"--aux-contents {c}: not a held-in content")
+    from b4m.checks import check_rank, finite, integer_at_least
+
+    for option, value, least in (
+        ("-n", cfg.n, 1),
+        ("--n-content", cfg.n_content, 1),
+        ("--n-style", cfg.n_style, 1),
+        ("--steps", cfg.steps, 1),
+        ("--stage2-steps", cfg.stage2_steps, 0),
+    ):
+        integer_at_least(value, option, least, problems)
+    finite(cfg.lr, "--lr", problems, positive=True)
+    finite(cfg.stage2_lr, "--stage2-lr", problems, positive=True)
+    check_rank(cfg.rank, 0.5, problems)
     if problems:
         raise B4MError("; ".join(problems))
+
+
+def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
+    from b4m.world.export import export_concept
 
     def once(folder: Path, **kw: Any) -> Path:
         # Re-export when the settings changed (e.g. another trigger word), never reuse stale captions.
@@ -120,29 +143,90 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     }
 
 
-def _done(adapter: Path, config: Any, root: Path) -> bool:
-    """A stage is reusable if its adapter exists and was made with exactly this (preset-resolved) config.
+STAMP = "b4m_demo.json"
+"""The demo's claim on its folder: written when it starts in an empty one, with a hash of each adapter it trains."""
+_STAGES = ("content", "style", "fused")
 
-    Paths inside the demo folder ``root`` are compared relative to it, so a renamed or copied demo folder
-    still reuses its finished stages.
-    """
-    if not adapter.is_file():
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_stamp(out: Path) -> dict[str, Any] | None:
+    try:
+        stamp = json.loads((out / STAMP).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return stamp if isinstance(stamp, dict) and stamp.get("made_by") == "b4m demo" else None
+
+
+def _write_stamp(out: Path, stamp: dict[str, Any]) -> None:
+    tmp = out / f".{STAMP}.tmp"
+    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, out / STAMP)
+
+
+def _foreign(out: Path, stamp: dict[str, Any] | None) -> str | None:
+    """The first thing in ``out`` the demo did not make (``None``: the demo may write there)."""
+    entries = sorted(p.name for p in out.iterdir())
+    if stamp is None:
+        return entries[0] if entries else None
+    adapters = stamp.get("adapters", {})
+    for stage in _STAGES:
+        path = out / stage / "adapter.safetensors"
+        if path.is_file() and adapters.get(stage) != _sha256(path):
+            return f"{stage}/adapter.safetensors"
+    data = out / "data"
+    if data.is_dir():
+        for folder in sorted(data.iterdir()):
+            if not folder.is_dir() or (any(folder.iterdir()) and not (folder / "b4m_export.json").is_file()):
+                return f"data/{folder.name}"
+    return None
+
+
+def _claim(out: Path, overwrite: bool) -> dict[str, Any]:
+    """Check that the demo may write into ``out`` before it writes anything; returns its stamp."""
+    from b4m.checks import check_out_folder
+
+    check_out_folder(out)
+    stamp = _read_stamp(out) if out.is_dir() else None
+    foreign = _foreign(out, stamp) if out.is_dir() else None
+    if foreign is not None and not overwrite:
+        raise B4MError(
+            f"--out {out}: holds {foreign}, which b4m demo did not make; choose another --out (the demo "
+            "never writes over your files), or pass --overwrite to let it replace what it writes"
+        )
+    stamp = stamp or {"made_by": "b4m demo", "adapters": {}}
+    out.mkdir(parents=True, exist_ok=True)
+    _write_stamp(out, stamp)
+    return stamp
+
+
+def _record(out: Path, stamp: dict[str, Any], stage: str, adapter: Path) -> None:
+    stamp["adapters"][stage] = _sha256(adapter)
+    _write_stamp(out, stamp)
+
+
+def _done(adapter: Path, config: Any, stamp: dict[str, Any], stage: str) -> bool:
+    """A stage is reusable if the demo trained its adapter (the stamp's hash) with exactly this
+    (preset-resolved) config. Paths are compared relative to the adapter's folder (as stored), so a renamed
+    or copied demo folder still reuses its finished stages."""
+    if not adapter.is_file() or stamp["adapters"].get(stage) != _sha256(adapter):
         return False
     from b4m.adapters.codec import load_lora
-
-    def relative(cfg: dict, at: Path) -> str:
-        # Every demo path is a JSON string that starts with the demo folder: rewrite that prefix only.
-        return json.dumps(cfg, sort_keys=True).replace(json.dumps(f"{at}/")[:-1], '"<demo>/')
+    from b4m.paths import portable_config
 
     try:
         stored = load_lora(adapter).meta.get("config")
     except B4MError:
         return False
-    if not isinstance(stored, dict) or "out" not in stored:
+    if not isinstance(stored, dict):
         return False
-    # Stage outputs live in <demo>/<stage>, so the folder the adapter was made in is its out's parent.
-    made_in = Path(stored["out"]).parent
-    return relative(stored, made_in) == relative(to_dict(resolve_preset(config)), root)
+    return stored == portable_config(to_dict(resolve_preset(config)), adapter.parent)
 
 
 def _save_grid(images: list[torch.Tensor], path: Path, scale: int = 3) -> str:
@@ -185,6 +269,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     cfg = cfg or DemoConfig()
     threads.apply()  # once for the whole demo: its stages and scores then run with the same count
     out = Path(cfg.out)
+    _check_concepts(cfg)
+    stamp = _claim(out, cfg.overwrite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = _export(cfg, out / "data")
@@ -221,8 +307,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     for role, s1cfg in s1.items():
         path = out / role / "adapter.safetensors"
         t = time.perf_counter()
-        if not _done(path, s1cfg, out):
+        if not _done(path, s1cfg, stamp, role):
             path = train_stage1(s1cfg, role, progress=progress)
+            _record(out, stamp, role, path)
         paths[role] = path
         timings[f"stage 1: {role}"] = time.perf_counter() - t
 
@@ -238,8 +325,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     )
     fused = out / "fused" / "adapter.safetensors"
     t = time.perf_counter()
-    if not _done(fused, s2cfg, out):
+    if not _done(fused, s2cfg, stamp, "fused"):
         fused = train_stage2(s2cfg, progress=progress)
+        _record(out, stamp, "fused", fused)
     timings["stage 2: fuse + RP"] = time.perf_counter() - t
 
     t = time.perf_counter()

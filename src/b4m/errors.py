@@ -1,5 +1,30 @@
 """User-facing errors: the CLI prints their message on one line and exits with status 2."""
 
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+__all__ = ["B4MError", "DiskFullError", "disk_full", "warn"]
+
 
 class B4MError(Exception):
     """Bad input from the user (a file, an option, a config value). The message says what to do."""
+
+
+class DiskFullError(B4MError):
+    """A write failed because the disk (or the user's quota) is full; nothing half-written was left."""
+
+
+def disk_full(err: OSError, path: str | Path, hint: str = "rerun") -> DiskFullError | None:
+    """The :class:`DiskFullError` for ``err`` if it means "no space left" (``ENOSPC``/``EDQUOT``), else ``None``."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskFullError(f"no space left writing {path}; free space and {hint}")
+    return None
+
+
+def warn(message: str) -> None:
+    """One warning line on stderr, in the CLI's ``b4m: ...`` style (for inputs b4m accepts but changes)."""
+    import sys
+
+    print(f"b4m: warning: {message}", file=sys.stderr)

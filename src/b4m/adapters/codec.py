@@ -6,12 +6,19 @@ A b4m file is an ordinary rank-r LoRA in peft spelling (``unet.<module>.lora_A.w
 - ``lora_adapter_metadata``: the peft ``LoraConfig`` (keys prefixed ``unet.``), exactly as diffusers'
   ``save_lora_weights(unet_lora_adapter_metadata=...)`` writes it, so ``load_lora_weights`` restores alpha;
 - ``b4m``: JSON with the method, rank, rho, construction, basis seed and id, targets, trigger words, base model.
+
+:func:`load_lora` reads that, the older diffusers spelling (``lora.down``/``lora.up``), the diffusers-0.22
+attention-processor spelling of the official B4M checkpoints (``attn1.processor.to_q_lora.up.weight``) and
+kohya files (``lora_unet_<path>.lora_down/.lora_up/.alpha``, diffusers block names); the scale
+``alpha / rank`` is folded into ``U``, so every :class:`LoraFile` is a scale-1 LoRA. Weights that are not
+finite are refused on load, naming the file and the first bad tensor.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -22,9 +29,19 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from b4m.errors import B4MError
+from b4m.errors import B4MError, disk_full
 
-__all__ = ["FORMAT_VERSION", "LoraFile", "atomic_save_safetensors", "load_lora", "save_kohya", "save_lora"]
+__all__ = [
+    "FORMAT_VERSION",
+    "LoraFile",
+    "atomic_save_safetensors",
+    "kohya_base_version",
+    "clean_temp_files",
+    "file_mode",
+    "load_lora",
+    "save_kohya",
+    "save_lora",
+]
 
 FORMAT_VERSION = 1
 _META_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
@@ -38,23 +55,54 @@ class LoraFile:
     meta: dict[str, Any] = field(default_factory=dict)
     lora_alpha: float | None = None
     path: Path | None = None
+    spelling: str = "peft"
+    """How the file spells its keys: ``peft``, ``diffusers``, ``diffusers-0.22`` or ``kohya``."""
 
     @property
     def rank(self) -> int:
         return next(iter(self.factors.values()))[0].shape[1]
 
 
+def file_mode(folder: bool = False) -> int:
+    """The mode a plain ``open()``/``mkdir()`` would give under the current umask (``mkstemp``/``mkdtemp``
+    make 0600/0700, which a ComfyUI or A1111 service running as another user cannot read)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return (0o777 if folder else 0o666) & ~mask
+
+
+_TEMP = re.compile(r"^\..+\.safetensors\..+\.tmp$")
+
+
+def clean_temp_files(folder: str | Path) -> None:
+    """Remove the temporary files a killed :func:`atomic_save_safetensors` left in ``folder``."""
+    folder = Path(folder)
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+
+
 def atomic_save_safetensors(
-    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str]
+    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str], hint: str = "rerun"
 ) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    """Write ``tensors`` to ``path`` through a temporary file in the same folder and an atomic rename; the file
+    gets the umask's mode. A full disk is a :class:`~b4m.errors.DiskFullError` (``hint`` says what to rerun)
+    and leaves ``path`` as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise disk_full(err, path, hint) or B4MError(f"cannot write {path} ({err.strerror})") from None
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise disk_full(err, path, hint) or B4MError(f"cannot write {path} ({err.strerror})") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -74,8 +122,10 @@ def save_lora(
     meta: Mapping[str, Any] | None = None,
     prefix: str = "unet",
     dtype: torch.dtype = torch.float32,
+    hint: str = "rerun",
 ) -> Path:
-    """Save ``{module: (U, V)}`` as a diffusers/peft LoRA file (scale 1: ``lora_alpha = r``)."""
+    """Save ``{module: (U, V)}`` as a diffusers/peft LoRA file (scale 1: ``lora_alpha = r``); ``hint`` is what a
+    full disk's message tells the user to rerun."""
     if not factors:
         raise B4MError(f"refusing to write {path}: the adapter has no layers")
     rank = next(iter(factors.values()))[0].shape[1]
@@ -90,7 +140,7 @@ def save_lora(
         _META_KEY: json.dumps(config, sort_keys=True),
         "b4m": json.dumps(b4m_meta, sort_keys=True),
     }
-    return atomic_save_safetensors(tensors, path, header)
+    return atomic_save_safetensors(tensors, path, header, hint=hint)
 
 
 def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -100,66 +150,209 @@ def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
         raise B4MError(f"{path}: b4m reads LoRA weights from .safetensors files only (never pickles)")
     try:
         with safe_open(str(path), framework="pt") as f:
-            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+            tensors, header = {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except Exception as err:  # safetensors raises several error types for damaged files
-        raise B4MError(f"{path}: not a readable safetensors file ({err})") from None
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise B4MError(f"{path}: not a readable safetensors file ({first})") from None
+    check_finite(tensors, path)
+    return tensors, header
 
 
-# (down suffix, up suffix) spellings accepted on load.
-_SPELLINGS = ((".lora_A.weight", ".lora_B.weight"), (".lora.down.weight", ".lora.up.weight"))
+def check_finite(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
+    """Refuse weights holding NaN or infinity, naming ``path`` and the first bad tensor."""
+    for key in sorted(tensors):
+        t = tensors[key]
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            kind = "NaN" if bool(torch.isnan(t).any()) else "infinite"
+            raise B4MError(
+                f"{path}: tensor {key} holds {kind} values (a diverged training run or a damaged file); "
+                "retrain it or use another file"
+            )
+
+
+# (down suffix, up suffix) spellings accepted on load: peft, diffusers, kohya.
+_SPELLINGS = (
+    (".lora_A.weight", ".lora_B.weight"),
+    (".lora.down.weight", ".lora.up.weight"),
+    (".lora_down.weight", ".lora_up.weight"),
+)
+# diffusers 0.22 attention processors: ``attn1.processor.to_q_lora.down.weight`` -> module ``attn1.to_q``.
+_PROCESSOR = re.compile(r"\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")
+_KOHYA_UNET = "lora_unet_"
+# Module-name parts that hold an underscore themselves (diffusers UNet spelling); kohya writes '.' as '_'.
+_COMPOUND = (
+    "down_blocks",
+    "up_blocks",
+    "mid_block",
+    "transformer_blocks",
+    "proj_in",
+    "proj_out",
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out",
+    "conv_shortcut",
+    "time_emb_proj",
+    "time_embedding",
+    "add_embedding",
+    "linear_1",
+    "linear_2",
+    "conv_in",
+    "conv_out",
+    "conv_norm_out",
+    "class_embedding",
+)
+
+
+def _kohya_module(name: str, known: dict[str, str]) -> str:
+    """The diffusers module path of a kohya name (``down_blocks_1_attentions_0_..._to_q``)."""
+    if name in known:
+        return known[name]
+    out = name
+    for part in _COMPOUND:
+        out = out.replace(part, part.replace("_", "\0"))
+    return out.replace("_", ".").replace("\0", "_")
+
+
+def _split_key(key: str) -> tuple[str, str] | None:
+    """``(module key, "down"|"up"|"alpha")`` of a LoRA tensor name, or ``None``."""
+    m = _PROCESSOR.search(key)
+    if m:
+        proj = "to_out.0" if m.group(1) == "to_out" else m.group(1)
+        return key[: m.start()] + "." + proj, m.group(2)
+    if key.endswith(".alpha"):
+        return key[: -len(".alpha")], "alpha"
+    for down_sfx, up_sfx in _SPELLINGS:
+        if key.endswith(down_sfx):
+            return key[: -len(down_sfx)], "down"
+        if key.endswith(up_sfx):
+            return key[: -len(up_sfx)], "up"
+    return None
 
 
 def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
-    """Read a LoRA file in peft or diffusers spelling (``unet.`` prefix, or the doubled ``unet.unet.`` prefix of
-    the official B4M checkpoints). Raises :class:`B4MError` naming the file on anything unexpected."""
+    """Read a UNet LoRA file in peft, diffusers (also 0.22's ``processor`` spelling and the doubled ``unet.unet.``
+    prefix of the official B4M checkpoints) or kohya spelling. Raises :class:`B4MError` naming the file on
+    anything unexpected, including weights that are not finite. ``factors`` are scale 1 (alpha folded in)."""
     path = Path(path)
     tensors, header = _open(path)
-    factors: dict[str, list[torch.Tensor | None]] = {}
+    meta = _header_json(header, "b4m", path)
+    known = {m.replace(".", "_"): m for m in meta.get("target_modules", []) if isinstance(m, str)}
+    parts: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
+    kohya = False
+    spellings = set()
     for key, tensor in tensors.items():
-        for down_sfx, up_sfx in _SPELLINGS:
-            if key.endswith(down_sfx) or key.endswith(up_sfx):
-                is_down = key.endswith(down_sfx)
-                module = key[: -len(down_sfx if is_down else up_sfx)]
-                break
-        else:
+        split = _split_key(key)
+        if split is None:
             unknown.append(key)
             continue
+        module, kind = split
+        if _PROCESSOR.search(key):
+            spellings.add("diffusers-0.22")
+        elif key.endswith((".lora.down.weight", ".lora.up.weight")):
+            spellings.add("diffusers")
+        elif key.endswith((".lora_down.weight", ".lora_up.weight")):
+            spellings.add("kohya")
+        if module.startswith(_KOHYA_UNET):
+            kohya = True
+            if module[len(_KOHYA_UNET) :].startswith(("input_blocks", "middle_block", "output_blocks")):
+                raise B4MError(
+                    f"{path}: a kohya file with the original SGM block names ({key}); b4m reads kohya files "
+                    "with diffusers block names (down_blocks/mid_block/up_blocks); load this one in ComfyUI "
+                    "or A1111 directly"
+                )
+            module = _kohya_module(module[len(_KOHYA_UNET) :], known)
+        elif module.startswith("lora_te"):
+            continue  # text-encoder layers of a kohya file: b4m adapts the UNet only
         while module.startswith(prefix + "."):
             module = module[len(prefix) + 1 :]
-        factors.setdefault(module, [None, None])[0 if is_down else 1] = tensor
-    if unknown or not factors:
+        parts.setdefault(module, {})[kind] = tensor
+    if unknown or not parts:
         raise B4MError(
-            f"{path}: not a {prefix} LoRA in diffusers/peft spelling "
+            f"{path}: not a {prefix} LoRA in diffusers, peft or kohya spelling "
             f"({len(unknown)} unrecognised keys, e.g. {unknown[:2]})"
         )
-    incomplete = [m for m, (v, u) in factors.items() if v is None or u is None]
+    incomplete = [m for m, p in parts.items() if "down" not in p or "up" not in p]
     if incomplete:
         raise B4MError(f"{path}: layers without both up and down weights, e.g. {incomplete[:2]}")
-    meta = json.loads(header.get("b4m", "{}"))
+    ranks = {p["down"].shape[0] for p in parts.values()}
+    if len(ranks) > 1 or any(p["down"].ndim != 2 or p["up"].ndim != 2 for p in parts.values()):
+        raise B4MError(f"{path}: b4m reads LoRAs of one rank over linear layers; this file has ranks {ranks}")
+    rank = ranks.pop()
     alpha = None
     if _META_KEY in header:
-        config = json.loads(header[_META_KEY])
-        alpha = config.get(f"{prefix}.lora_alpha")
-    return LoraFile(
-        factors={m: (u.float(), v.float()) for m, (v, u) in factors.items()},
-        meta=meta,
-        lora_alpha=alpha,
-        path=path,
-    )
+        alpha = _header_json(header, _META_KEY, path).get(f"{prefix}.lora_alpha")
+    factors = {}
+    for module, p in parts.items():
+        a = float(p["alpha"]) if "alpha" in p else alpha
+        scale = 1.0 if a is None else float(a) / rank
+        u = p["up"].float()
+        factors[module] = (u if scale == 1.0 else u * scale, p["down"].float())
+    if kohya:
+        alphas = {float(p["alpha"]) for p in parts.values() if "alpha" in p}
+        alpha = alphas.pop() if len(alphas) == 1 else None
+    spelling = "kohya" if kohya else next(iter(sorted(spellings - {"kohya"})), "peft")
+    return LoraFile(factors=factors, meta=meta, lora_alpha=alpha, path=path, spelling=spelling)
+
+
+def _header_json(header: dict[str, str], key: str, path: Path) -> dict[str, Any]:
+    if key not in header:
+        return {}
+    try:
+        value = json.loads(header[key])
+    except ValueError:
+        raise B4MError(f"{path}: its {key!r} header entry is not JSON; the file is damaged") from None
+    return value if isinstance(value, dict) else {}
+
+
+# Width of the text states the UNet's cross-attention reads (attn2.to_k's input) -> kohya's base model name.
+_CROSS_WIDTH = {2048: "sdxl_base_v1-0", 768: "sd_v1", 1024: "sd_v2"}
+
+
+def kohya_base_version(lora: LoraFile) -> str | None:
+    """``ss_base_model_version`` from what the file knows: the cross-attention width of its ``attn2.to_k``
+    layers (SDXL 2048, SD 1.x 768, SD 2.x 1024), else the recorded base model's name, else the UNet's layout
+    (SDXL's first down block has no attention, SD's has); ``None`` for b4m's built-in model."""
+    widths = {v.shape[1] for m, (_, v) in lora.factors.items() if m.endswith("attn2.to_k")}
+    for width in widths:
+        if width in _CROSS_WIDTH:
+            return _CROSS_WIDTH[width]
+    base = str(lora.meta.get("base_model") or "").lower()
+    if base == "builtin":
+        return None
+    if "xl" in base:
+        return "sdxl_base_v1-0"
+    if "stable-diffusion-2" in base or "sd2" in base:
+        return "sd_v2"
+    if "stable-diffusion" in base or "sd-1" in base or "sd15" in base:
+        return "sd_v1"
+    blocks = {m.split(".attentions.")[0] for m in lora.factors if ".attentions." in m}
+    if any(b.startswith("down_blocks.") for b in blocks):
+        return "sd_v1" if "down_blocks.0" in blocks else "sdxl_base_v1-0"
+    return None
 
 
 def save_kohya(
     path: str | Path,
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-    base_model_version: str = "sdxl_base_v1-0",
+    base_model_version: str | None = None,
     meta: Mapping[str, Any] | None = None,
-    dtype: torch.dtype = torch.float16,
+    dtype: torch.dtype = torch.float32,
+    hint: str = "rerun",
 ) -> Path:
     """Save as kohya/ComfyUI/A1111 keys: ``lora_unet_<module path, '.' -> '_'>.lora_down/.lora_up/.alpha``.
 
-    ``alpha = r`` (scale 1). ``ss_base_model_version`` must start with ``sdxl_`` for A1111 to list an SDXL LoRA.
+    ``alpha = r`` (scale 1), float32 by default (lossless: :func:`load_lora` reads back the same factors).
+    ``ss_base_model_version`` must start with ``sdxl_`` for A1111 to list an SDXL LoRA; ``None`` takes it from
+    the factors and ``meta`` (:func:`kohya_base_version`), ``""`` leaves it out. diffusers'
+    ``load_lora_weights`` reads these files too (exactly, scale 1), so this is the one file every tool opens.
+    ``hint`` is what a full disk's message tells the user to rerun.
     """
+    if not factors:
+        raise B4MError(f"refusing to write {path}: the adapter has no layers")
+    if base_model_version is None:
+        base_model_version = kohya_base_version(LoraFile(dict(factors), dict(meta or {})))
     tensors: dict[str, torch.Tensor] = {}
     rank = next(iter(factors.values()))[0].shape[1]
     for module, (u, v) in factors.items():
@@ -171,7 +364,7 @@ def save_kohya(
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
-        "ss_base_model_version": base_model_version,
-        "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {})}, sort_keys=True),
+        **({"ss_base_model_version": base_model_version} if base_model_version else {}),
+        "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {}), "rank": rank}, sort_keys=True),
     }
-    return atomic_save_safetensors(tensors, path, header)
+    return atomic_save_safetensors(tensors, path, header, hint=hint)

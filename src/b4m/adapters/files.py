@@ -8,7 +8,7 @@ from typing import Any
 
 from torch import nn
 
-from b4m.adapters.codec import LoraFile, load_lora, save_lora
+from b4m.adapters.codec import LoraFile, load_lora, save_kohya
 from b4m.adapters.inject import PLPAdapter, inject_plp
 from b4m.adapters.plp import PLPSpec, basis_id, split_dims
 from b4m.errors import B4MError
@@ -30,12 +30,14 @@ def plp_meta(adapter: PLPAdapter, **extra: Any) -> dict[str, Any]:
     }
 
 
-def save_plp(adapter: PLPAdapter, path: str | Path, **extra: Any) -> Path:
-    """Write ``adapter`` as an ordinary rank-r LoRA (full ``U``, ``V``) plus its PLP metadata.
+def save_plp(adapter: PLPAdapter, path: str | Path, *, hint: str = "rerun", **extra: Any) -> Path:
+    """Write ``adapter`` as an ordinary rank-r LoRA (full ``U``, ``V``, float32, scale 1) plus its PLP metadata,
+    in kohya spelling: the one file diffusers (``load_lora_weights``), ComfyUI and A1111 all load.
 
-    ``extra`` goes into the header as is, e.g. ``role="content"``, ``trigger_words=["snq"]``, ``base_model=...``.
+    ``extra`` goes into the header as is, e.g. ``role="content"``, ``trigger_words=["snq"]``, ``base_model=...``;
+    ``hint`` is what a full disk's message tells the user to rerun.
     """
-    return save_lora(path, adapter.factors(), plp_meta(adapter, **extra))
+    return save_kohya(path, adapter.factors(), meta=plp_meta(adapter, **extra), hint=hint)
 
 
 def spec_from_meta(meta: dict[str, Any], path: Path | str) -> PLPSpec:

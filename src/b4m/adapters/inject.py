@@ -131,6 +131,24 @@ def _adapted_layers(model: nn.Module, name: str) -> dict[str, LoraLayer]:
     }
 
 
+def _check_rank_fits(model: nn.Module, rank: int, targets: Sequence[str] | str) -> None:
+    """Refuse a rank above the narrowest targeted layer's width before peft allocates anything (a rank that
+    high is not low-rank, and an absurd one would ask for many GB)."""
+    if isinstance(targets, str):
+        return  # a regex: peft decides what matches
+    widths = [
+        (min(module.in_features, module.out_features), name)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and any(name == t or name.endswith("." + t) for t in targets)
+    ]
+    if widths and rank > min(widths)[0]:
+        width, name = min(widths)
+        raise B4MError(
+            f"--rank {rank}: larger than the narrowest targeted layer ({name}: {width} wide); "
+            f"give a rank of at most {width}"
+        )
+
+
 def inject_plp(
     model: nn.Module,
     spec: PLPSpec,
@@ -145,6 +163,7 @@ def inject_plp(
     :class:`PLPAdapter`; ``B`` and ``D`` start at zero, so the adapted model equals the base model.
     """
     targets: Sequence[str] | str = sorted(only) if only is not None else target_modules
+    _check_rank_fits(model, spec.rank, targets)
     config = lora_config(spec.rank, targets)
     try:
         if callable(getattr(model, "add_adapter", None)):

@@ -1,7 +1,15 @@
-"""Read a folder of reference images, each with an optional same-stem ``.txt`` caption."""
+"""Read a folder of reference images, each with an optional same-stem ``.txt`` caption (UTF-8).
+
+Every format Pillow reads by these suffixes is accepted; hidden files and macOS ``._*`` resource forks are
+skipped. Images load as RGB the way people see them: 16-bit and float grayscale scaled to 8 bits (not clipped
+to white), transparency composited on a white background (:data:`BACKGROUND`), the first frame of an
+animation. An undecodable file, an image over Pillow's decompression-bomb limit or a caption that is not UTF-8
+is one error naming the file; a centre crop that drops more than half of an image is one warning.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,11 +17,23 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from b4m.errors import B4MError
+from b4m.errors import B4MError, warn
 
-__all__ = ["IMAGE_SUFFIXES", "ImageSet", "load_images", "read_image_folder"]
+__all__ = [
+    "BACKGROUND",
+    "IMAGE_SUFFIXES",
+    "ImageSet",
+    "check_images",
+    "load_images",
+    "open_rgb",
+    "read_image_folder",
+]
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+BACKGROUND = (255, 255, 255)
+"""What transparent pixels are composited on (white, as a viewer shows a cut-out on a page)."""
+_CROP_WARN = 0.5
+"""Warn when the centre crop keeps less than this fraction of an image's area."""
 
 
 @dataclass(frozen=True)
@@ -37,34 +57,91 @@ class ImageSet:
         return [c for c in self.captions if c]
 
 
+def _read_caption(txt: Path) -> str | None:
+    try:
+        return txt.read_text(encoding="utf-8").strip() or None
+    except UnicodeDecodeError:
+        raise B4MError(f"{txt}: caption is not UTF-8 text; save it as UTF-8") from None
+    except OSError as err:
+        raise B4MError(f"{txt}: cannot read this caption ({err.strerror})") from None
+
+
 def read_image_folder(folder: str | Path, option: str = "--images") -> ImageSet:
     """List the images of ``folder``; a missing or empty folder is an error naming ``option``."""
     folder = Path(folder)
     if not folder.is_dir():
         raise B4MError(f"{option} {folder}: no such folder; give a folder of images (png/jpg/webp)")
-    paths = tuple(sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES))
+    paths = tuple(
+        sorted(
+            p
+            for p in folder.iterdir()
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
+        )
+    )
     if not paths:
         raise B4MError(f"{option} {folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     captions = []
     for p in paths:
         txt = p.with_suffix(".txt")
-        captions.append(txt.read_text().strip() or None if txt.is_file() else None)
+        captions.append(_read_caption(txt) if txt.is_file() else None)
     return ImageSet(folder=folder, paths=paths, captions=tuple(captions))
+
+
+def _to_rgb(im: Image.Image) -> Image.Image:
+    if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(im, dtype=np.float64)
+        top = 65535.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255.0
+        if im.mode == "F":
+            top = 1.0 if a.max(initial=0) <= 1.0 else 255.0
+        a = np.clip(a / top * 255.0, 0, 255).round().astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if im.mode == "P" and "transparency" in im.info:
+        im = im.convert("RGBA")
+    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        im = im.convert("RGBA")
+        page = Image.new("RGBA", im.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(page, im).convert("RGB")
+    return im.convert("RGB")
+
+
+def open_rgb(path: Path) -> Image.Image:
+    """``path`` decoded to RGB (see the module docstring); one :class:`B4MError` naming the file otherwise."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                im.seek(0)
+                im.load()
+                return _to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise B4MError(
+            f"{path}: image too large to decode safely (over Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit); "
+            "downscale it"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+        raise B4MError(f"{path}: cannot read this image ({err}); remove it or convert it to PNG") from None
 
 
 def load_images(paths: tuple[Path, ...] | list[Path], resolution: int) -> torch.Tensor:
     """Images as a ``(N, 3, resolution, resolution)`` float tensor in ``[0, 1]`` (centre crop, then resize)."""
     out = []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                im = im.convert("RGB")
-        except (UnidentifiedImageError, OSError) as err:
-            raise B4MError(f"{p}: cannot read this image ({err}); remove it or convert it to PNG") from None
+        im = open_rgb(p)
         side = min(im.size)
+        if side * side < _CROP_WARN * im.width * im.height:
+            warn(
+                f"{p}: {im.width}x{im.height}; the centre crop keeps {side * side / (im.width * im.height):.0%} "
+                "of it; crop it to a square yourself to choose what stays"
+            )
         left, top = (im.width - side) // 2, (im.height - side) // 2
         im = im.crop((left, top, left + side, top + side))
         if side != resolution:
             im = im.resize((resolution, resolution), Image.Resampling.BICUBIC)
         out.append(torch.from_numpy(np.asarray(im, dtype=np.float32) / 255.0).permute(2, 0, 1))
     return torch.stack(out)
+
+
+def check_images(images: ImageSet) -> None:
+    """Decode every image of ``images`` once (before any model loads): a bad file fails in a second."""
+    for p in images.paths:
+        open_rgb(p)

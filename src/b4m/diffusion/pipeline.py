@@ -45,7 +45,13 @@ def from_pretrained(path_or_id: str | Path, dtype: torch.dtype = torch.float32) 
 
 
 def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
-    """The base pipeline: the built-in model for ``None``/``"builtin"``, else any diffusers folder or hub id."""
+    """The base pipeline: the built-in model for ``None``/``"builtin"``, else any diffusers folder or hub id.
+
+    diffusers' and transformers' "Loading ..." progress bars stay off (b4m's own bars show the work)."""
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
     if base is None or str(base) == BUILTIN:
         from b4m.world.base_model import load_base_pipeline
 

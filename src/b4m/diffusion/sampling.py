@@ -15,7 +15,41 @@ from b4m.adapters.codec import LoraFile, load_lora
 from b4m.adapters.plp import scale_parts, split_dims
 from b4m.errors import B4MError
 
-__all__ = ["describe", "generation_defaults", "load_adapter", "sample"]
+__all__ = ["check_base_model", "check_layers", "describe", "generation_defaults", "load_adapter", "sample"]
+
+
+def check_base_model(lora: LoraFile, base: str | Path | None) -> None:
+    """Refuse (before the model loads) a b4m adapter that records another base model than ``base``."""
+    from b4m.diffusion.pipeline import base_model_name
+
+    recorded = lora.meta.get("base_model")
+    if recorded is not None and recorded != base_model_name(base):
+        raise B4MError(
+            f"{lora.path}: made for the base model {recorded!r}, not {base_model_name(base)!r}; "
+            f"pass --base {recorded}"
+        )
+
+
+def check_layers(pipe: DiffusionPipeline, lora: LoraFile, base: str | Path | None = None) -> None:
+    """Every layer of ``lora`` exists in the pipeline's UNet with the shape the file has (else: a LoRA for
+    another base model)."""
+    where = f"--base {base}" if base is not None else "this base model"
+    for module, (u, v) in sorted(lora.factors.items()):
+        try:
+            layer = pipe.unet.get_submodule(module)
+        except AttributeError:
+            raise B4MError(
+                f"{lora.path}: a LoRA for another base model (its layer {module} is not in the UNet of "
+                f"{where}); give the base model it was trained for"
+            ) from None
+        layer = getattr(layer, "base_layer", layer)
+        shape = tuple(getattr(layer, "weight", torch.empty(0)).shape)
+        if shape != (u.shape[0], v.shape[1]):
+            raise B4MError(
+                f"{lora.path}: a LoRA for another base model (layer {module} is {u.shape[0]}x{v.shape[1]} in "
+                f"the file, {'x'.join(map(str, shape)) or 'not linear'} in {where}); give the base model it "
+                "was trained for"
+            )
 
 
 def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, Any]:
@@ -65,10 +99,8 @@ def load_adapter(
     Content and style strength scale ``B`` and ``D`` (``dW = [[AC, s AD], [c BC, c s BD]]``); the result is
     still an ordinary rank-r LoRA, so this is exactly what any diffusers user gets from the scaled file.
     """
-    lora = load_lora(path)
-    alpha = lora.lora_alpha if lora.lora_alpha is not None else lora.rank
-    if abs(alpha - lora.rank) > 1e-9:
-        raise B4MError(f"{path}: lora_alpha {alpha} != rank {lora.rank}; b4m writes scale-1 adapters only")
+    lora = load_lora(path)  # scale 1: a file's alpha / rank is folded into U
+    check_layers(pipe, lora)
     state = _scaled_state_dict(lora, content_scale, style_scale)
     pipe.load_lora_weights(state, adapter_name=adapter_name)
     return lora
@@ -124,7 +156,11 @@ def describe(path: str | Path) -> str:
     """A short human-readable summary of an adapter file (``b4m info``)."""
     lora = load_lora(path)
     meta = dict(lora.meta)
-    lines = [f"{path}", f"  layers: {len(lora.factors)}, rank {lora.rank}, lora_alpha {lora.lora_alpha}"]
+    lines = [
+        f"{path}",
+        f"  layers: {len(lora.factors)}, rank {lora.rank}, lora_alpha {lora.lora_alpha}",
+        f"  spelling: {lora.spelling}",
+    ]
     for key in (
         "method",
         "role",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,8 +15,23 @@ from accelerate import Accelerator
 
 from b4m.data.folders import load_images, read_image_folder
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
+from b4m.errors import B4MError
+from b4m.prompts import check_prompts
 
-__all__ = ["CachedSet", "TrainLog", "cache_set", "make_accelerator", "sample_batch", "trigger_words_of"]
+__all__ = [
+    "RESUME_HINT",
+    "CachedSet",
+    "TrainLog",
+    "cache_set",
+    "check_finite_loss",
+    "check_finite_params",
+    "make_accelerator",
+    "sample_batch",
+    "trigger_words_of",
+]
+
+RESUME_HINT = "rerun with --resume"
+"""What a full disk's message tells a training run to do (its last checkpoint is kept)."""
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -44,6 +60,7 @@ class CachedSet:
 def cache_set(pipe: Any, folder: str | Path, prompt: str | None, resolution: int, option: str) -> CachedSet:
     images = read_image_folder(folder, option)
     prompts = images.prompts(prompt, option)
+    check_prompts(pipe.tokenizer, sorted(set(prompts)), option)
     latents = encode_images(pipe, load_images(images.paths, resolution))
     unique = sorted(set(prompts))
     enc = encode_prompts(pipe, unique, resolution)
@@ -66,12 +83,51 @@ def sample_batch(
 
 
 def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:
-    """Words of ``prompt`` that the tokenizer splits into several pieces: rare tokens such as 'snq' or 'w@z'."""
+    """Words of ``prompt`` that the tokenizer splits into several pieces: rare tokens such as 'snq' or 'w@z'.
+
+    Ordinary words (:data:`b4m.prompts.ORDINARY_WORDS`) never count, and each word is listed once."""
+    from b4m.prompts import ORDINARY_WORDS
+
     words = []
     for word in prompt.replace(",", " ").split():
+        if word.lower() in ORDINARY_WORDS or word in words:
+            continue
         if len(tokenizer.tokenize(word)) > 1:
             words.append(word)
     return words
+
+
+def _last_checkpoint_note(ckpt_dir: Path) -> str:
+    from b4m.train.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(ckpt_dir)
+    if ckpt is None:
+        return "no checkpoint was written yet and nothing was saved"
+    return f"kept the last good checkpoint {ckpt} (the adapter was not saved)"
+
+
+def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path) -> None:
+    """Stop the run at a NaN/infinite loss, saying so, before it can reach the weights or a checkpoint."""
+    if not bool(torch.isfinite(loss.detach()).all()):
+        raise B4MError(
+            f"{stage}: the loss is not finite at step {step}; stopped and {_last_checkpoint_note(ckpt_dir)}; "
+            "lower --lr (or check the images) and rerun with --overwrite"
+        )
+
+
+def check_finite_params(params: dict[str, torch.Tensor], step: int, stage: str, ckpt_dir: Path) -> None:
+    """Stop before a checkpoint or the adapter would hold NaN/infinite weights."""
+    for name, p in params.items():
+        if not bool(torch.isfinite(p.detach()).all()):
+            raise B4MError(
+                f"{stage}: weight {name} is not finite after step {step}; stopped and "
+                f"{_last_checkpoint_note(ckpt_dir)}; lower --lr and rerun with --overwrite"
+            )
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinity are not JSON: the log records ``null`` for them."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 class TrainLog:
@@ -86,8 +142,9 @@ class TrainLog:
         if not self.enabled:
             return
         record["time_s"] = round(time.perf_counter() - self.t0, 3)
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        line = json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False)
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
 
 
 def maybe(condition: bool, ctx: Any) -> Any:

@@ -17,15 +17,43 @@ import torch
 from tqdm.auto import tqdm
 
 from b4m import threads
+from b4m.adapters.codec import clean_temp_files
 from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec, mcp_routing
+from b4m.checks import (
+    check_out_folder,
+    check_rank,
+    check_resolution,
+    finite,
+    integer_at_least,
+    raise_problems,
+)
 from b4m.config import Stage1Config, resolve_preset, to_dict
-from b4m.data.folders import read_image_folder
+from b4m.data.folders import ImageSet, check_images, read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
-from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, recorded_threads, save_checkpoint
-from b4m.train.loop import TrainLog, cache_set, make_accelerator, maybe, sample_batch, trigger_words_of
+from b4m.paths import portable, portable_config
+from b4m.train.checkpoint import (
+    clean_stale,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_info,
+    recorded_threads,
+    save_checkpoint,
+)
+from b4m.train.identity import check_same_run, data_fingerprint, run_settings
+from b4m.train.loop import (
+    RESUME_HINT,
+    TrainLog,
+    cache_set,
+    check_finite_loss,
+    check_finite_params,
+    make_accelerator,
+    maybe,
+    sample_batch,
+    trigger_words_of,
+)
 
 __all__ = ["ROLES", "train_stage1"]
 
@@ -33,11 +61,13 @@ __all__ = ["ROLES", "train_stage1"]
 ROLES: dict[str, tuple[str, str]] = {"content": ("B", "--aux-styles"), "style": ("D", "--aux-contents")}
 
 
-def _check(cfg: Stage1Config, role: str) -> None:
+def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tuple[ImageSet, list[str]]]:
+    """Every option, the output folder and every image and caption, before the (slow) model load; returns the
+    training sets' files and prompts (target first)."""
     if role not in ROLES:
         raise B4MError(f"role must be one of {sorted(ROLES)}, got {role!r}")
     aux_opt = ROLES[role][1]
-    problems = []
+    problems: list[str] = []
     if cfg.images is None:
         problems.append("--images: give the folder of target images")
     if cfg.mcp and not cfg.aux:
@@ -46,12 +76,24 @@ def _check(cfg: Stage1Config, role: str) -> None:
         problems.append(
             f"--aux-prompts: give one prompt per auxiliary folder ({len(cfg.aux)}), got {len(cfg.aux_prompts)}"
         )
-    if problems:
-        raise B4MError("; ".join(problems))
-    # Check every folder before the (slow) model load, so a typo fails in a second.
-    read_image_folder(cfg.images, "--images")
-    for folder in cfg.aux if cfg.mcp else []:
-        read_image_folder(folder, aux_opt)
+    check_rank(cfg.rank, cfg.rho, problems)
+    integer_at_least(cfg.steps, "--steps", 1, problems, " (a run of 0 steps would save an untrained adapter)")
+    finite(cfg.lr, "--lr", problems, positive=True)
+    finite(cfg.weight_decay, "--weight-decay", problems)
+    integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
+    if not cfg.targets:
+        problems.append("--targets: give at least one module-name suffix, e.g. to_q to_k to_v to_out.0")
+    raise_problems(problems)
+    check_out_folder(out)
+    target = read_image_folder(cfg.images, "--images")
+    sets = [(target, target.prompts(cfg.prompt, "--images"))]
+    for i, folder in enumerate(cfg.aux if cfg.mcp else []):
+        images = read_image_folder(folder, aux_opt)
+        sets.append((images, images.prompts(cfg.aux_prompts[i] if cfg.aux_prompts else None, aux_opt)))
+    for images, _ in sets:
+        check_images(images)
+    return sets
 
 
 def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
@@ -70,15 +112,21 @@ def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
 
 def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool = True) -> Path:
     """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path."""
-    _check(cfg, role)
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
+    files = _check(cfg, role, out, pipe)
     if _claim_output(out, cfg.resume, cfg.overwrite):
         return out / "adapter.safetensors"
     target_part, aux_opt = ROLES[role]
     other_part = "D" if target_part == "B" else "B"
+    ckpt_dir = out / "checkpoints"
+    settings = run_settings(to_dict(cfg) | {"role": role})
+    fingerprint = data_fingerprint((s.paths, prompts) for s, prompts in files)
+    ckpt = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if ckpt is not None:  # same run? checked before the model loads
+        check_same_run(read_checkpoint_info(ckpt), settings, fingerprint, ckpt)
 
-    n_threads = threads.apply(recorded=recorded_threads(out / "checkpoints") if cfg.resume else None)
+    n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
     accelerator = make_accelerator(cfg.mixed_precision)
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
     freeze(pipe)
@@ -111,14 +159,16 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
     }
 
     out.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = out / "checkpoints"
+    clean_stale(ckpt_dir)  # what a killed run's checkpoint or final write left behind
+    clean_temp_files(out)
     start = 0
-    if cfg.resume and (ckpt := latest_checkpoint(ckpt_dir)) is not None:
+    if ckpt is not None:
         start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
     elif not cfg.resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # _claim_output allowed it: --overwrite, or nothing there
         (out / "train_log.jsonl").unlink(missing_ok=True)
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+    extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
 
     sets = [target, *aux]
     counts = [1] + [1] * len(aux)  # batch 1 per set, as the paper (batch 1) and official scripts
@@ -136,6 +186,7 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
             losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
         loss_target = losses[:1].mean()
         loss = (loss_target + losses[1:].mean()) if cfg.mcp else loss_target  # Eq. 12
+        check_finite_loss(loss, step + 1, f"stage 1 ({role})", ckpt_dir)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -150,24 +201,27 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
             and not last
             and accelerator.is_main_process
         ):
-            save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra={"threads": n_threads})
+            check_finite_params(named, step + 1, f"stage 1 ({role})", ckpt_dir)
+            save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra=extra)
     unet.eval()
+    check_finite_params(named, cfg.steps, f"stage 1 ({role})", ckpt_dir)
 
     path = out / "adapter.safetensors"
     if accelerator.is_main_process:
         save_plp(
             adapter,
             path,
+            hint=RESUME_HINT,
             method="b4m",
             stage=1,
             role=role,
             prompt=cfg.prompt,
-            images=str(Path(cfg.images).resolve()),
-            aux=[str(Path(a).resolve()) for a in cfg.aux],
+            images=portable(cfg.images, out),
+            aux=[portable(a, out) for a in cfg.aux],
             trigger_words=cfg.trigger_words
             or trigger_words_of(cfg.prompt or target.prompts[0], pipe.tokenizer),
             base_model=base_model_name(cfg.base),
-            config=to_dict(cfg),
+            config=portable_config(to_dict(cfg), out),
         )
     accelerator.wait_for_everyone()
     return path

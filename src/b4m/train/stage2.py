@@ -9,6 +9,7 @@ of the fused layers; b4m does neither.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +17,34 @@ import torch
 from tqdm.auto import tqdm
 
 from b4m import threads
-from b4m.adapters.codec import LoraFile
+from b4m.adapters.codec import LoraFile, clean_temp_files
 from b4m.adapters.files import check_fusable, read_plp_file, save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec
+from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
 from b4m.config import Stage2Config, resolve_preset, to_dict
+from b4m.data.folders import check_images, read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
-from b4m.train.loop import TrainLog, cache_set, make_accelerator, sample_batch
+from b4m.paths import portable, portable_config, resolve_recorded
+from b4m.train.checkpoint import (
+    clean_stale,
+    latest_checkpoint,
+    load_checkpoint,
+    read_checkpoint_info,
+    recorded_threads,
+    save_checkpoint,
+)
+from b4m.train.identity import check_same_run, data_fingerprint, run_settings
+from b4m.train.loop import (
+    RESUME_HINT,
+    TrainLog,
+    cache_set,
+    check_finite_loss,
+    check_finite_params,
+    make_accelerator,
+    sample_batch,
+)
 from b4m.train.riemannian import make_stage2_optimizer
 
 __all__ = ["fuse", "train_stage2"]
@@ -33,7 +54,8 @@ def fuse(content_path: str | Path, style_path: str | Path) -> tuple[LoraFile, PL
     """``LoRA_f``: for every layer, ``U = U_content = [A; B_content]`` and ``V = V_style = [C, D_style]``.
 
     Refuses adapters with different basis ids, ranks, rho, targets or base models (``check_fusable``), and
-    a content/style pair given the wrong way round.
+    a content/style pair given the wrong way round. The recorded image folders are returned as paths to open
+    (relative to where each adapter lies).
     """
     content, spec = read_plp_file(content_path)
     style, _ = read_plp_file(style_path)
@@ -49,12 +71,17 @@ def fuse(content_path: str | Path, style_path: str | Path) -> tuple[LoraFile, PL
         for k in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules", "base_model")
         if k in content.meta
     }
+
+    def part(lora: LoraFile) -> dict[str, Any]:
+        images = resolve_recorded(lora.meta.get("images"), Path(lora.path).parent)  # type: ignore[arg-type]
+        return {"prompt": lora.meta.get("prompt"), "images": None if images is None else str(images)}
+
     meta.update(
         method="b4m",
         role="fused",
         trigger_words=words,
-        content={k: content.meta.get(k) for k in ("prompt", "images")} | {"file": str(content.path)},
-        style={k: style.meta.get(k) for k in ("prompt", "images")} | {"file": str(style.path)},
+        content=part(content) | {"file": Path(content_path).name},
+        style=part(style) | {"file": Path(style_path).name},
     )
     return LoraFile(factors=factors, meta=meta), spec
 
@@ -69,47 +96,86 @@ def _recorded(value: Any, lora_meta: dict, key: str, option: str, required: bool
     return recorded
 
 
+def _check(cfg: Stage2Config, pipe: Any = None) -> None:
+    problems: list[str] = []
+    integer_at_least(cfg.stage2_steps, "--stage2-steps", 0, problems, " (0: fuse only)")
+    finite(cfg.stage2_lr, "--stage2-lr", problems, positive=True)
+    finite(cfg.delta, "--delta", problems)
+    finite(cfg.delta_rel, "--delta-rel", problems)
+    integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
+    raise_problems(problems)
+
+
+def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
+    """Refuse to clobber earlier work; ``True`` if ``out`` already holds the finished result of a resumed run."""
+    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
+    if resume:
+        return ckpts is None and adapter.is_file()
+    if overwrite:
+        return False
+    if adapter.is_file():
+        raise B4MError(f"--out {out}: holds a fused adapter; choose another --out, or pass --overwrite")
+    if ckpts is not None:
+        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
+    return False
+
+
 def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> Path:
-    """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file."""
+    """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
+
+    Everything (options, output folder, both adapters, the training images) is checked before the model
+    loads; a resumable checkpoint is saved every ``cfg.checkpoint_every`` steps."""
     if cfg.content is None or cfg.style is None:
         raise B4MError("give both --content and --style adapter files (from 'b4m train content/style')")
     cfg = resolve_preset(cfg)
+    _check(cfg, pipe)
+    out = Path(cfg.out or Path("runs") / "fused")
+    check_out_folder(out)
     fused, spec = fuse(cfg.content, cfg.style)
     if fused.meta.get("base_model") not in (None, base_model_name(cfg.base)):
         raise B4MError(
             f"--base {cfg.base}: the adapters were trained on {fused.meta['base_model']}; use that base model"
         )
-    out = Path(cfg.out or Path("runs") / "fused")
-    if (out / "adapter.safetensors").is_file() and not cfg.overwrite:
-        raise B4MError(f"--out {out}: holds a fused adapter; choose another --out, or pass --overwrite")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "train_log.jsonl").unlink(missing_ok=True)
+    c_meta, s_meta = fused.meta["content"], fused.meta["style"]
+    sources = []
+    if cfg.stage2_steps > 0:
+        for option, value, meta, prompt_opt, prompt in (
+            ("--content-images", cfg.content_images, c_meta, "--content-prompt", cfg.content_prompt),
+            ("--style-images", cfg.style_images, s_meta, "--style-prompt", cfg.style_prompt),
+        ):
+            folder = _recorded(value, meta, "images", option)
+            prompt = _recorded(prompt, meta, "prompt", prompt_opt, required=False)
+            images = read_image_folder(folder, option)
+            check_images(images)
+            sources.append((folder, prompt, option, images, images.prompts(prompt, option)))
+    if _claim_output(out, cfg.resume, cfg.overwrite):
+        return out / "adapter.safetensors"
+    ckpt_dir = out / "checkpoints"
+    settings = run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id")}
+    fingerprint = data_fingerprint([(imgs.paths, prompts) for *_, imgs, prompts in sources])
+    fingerprint += "-" + _factors_digest(fused)
+    ckpt = latest_checkpoint(ckpt_dir) if cfg.resume else None
+    if ckpt is not None:
+        check_same_run(read_checkpoint_info(ckpt), settings, fingerprint, ckpt)
 
-    threads.apply()
+    n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
     accelerator = make_accelerator(cfg.mixed_precision)
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
     freeze(pipe)
     pipe.to(accelerator.device)
     adapter = inject_plp(pipe.unet, spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
+    out.mkdir(parents=True, exist_ok=True)
+    clean_stale(ckpt_dir)
+    clean_temp_files(out)
+    if not cfg.resume:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # _claim_output allowed it: --overwrite, or nothing there
+        (out / "train_log.jsonl").unlink(missing_ok=True)
 
     if cfg.stage2_steps > 0:
-        c_meta, s_meta = fused.meta["content"], fused.meta["style"]
         sets = [
-            cache_set(
-                pipe,
-                _recorded(cfg.content_images, c_meta, "images", "--content-images"),
-                _recorded(cfg.content_prompt, c_meta, "prompt", "--content-prompt", required=False),
-                cfg.resolution,
-                "--content-images",
-            ),
-            cache_set(
-                pipe,
-                _recorded(cfg.style_images, s_meta, "images", "--style-images"),
-                _recorded(cfg.style_prompt, s_meta, "prompt", "--style-prompt", required=False),
-                cfg.resolution,
-                "--style-images",
-            ),
+            cache_set(pipe, folder, prompt, cfg.resolution, option) for folder, prompt, option, *_ in sources
         ]
         pairs = [
             (adapter.up(m).learnable, adapter.down(m).learnable, adapter.up(m).frozen, adapter.down(m).frozen)
@@ -128,11 +194,22 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
         unet = accelerator.prepare(pipe.unet)
         scheduler = training_scheduler(pipe)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + accelerator.process_index)
+        named = {
+            f"{layer}.{part}": p
+            for layer in adapter.module_names
+            for part, p in (("B", adapter.up(layer).learnable), ("D", adapter.down(layer).learnable))
+        }
+        start = 0
+        if ckpt is not None:
+            start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
         log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
+        extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
         bar = tqdm(
-            range(cfg.stage2_steps),
+            range(start, cfg.stage2_steps),
             desc="stage 2 (fuse + RP)",
             disable=not progress or not accelerator.is_main_process,
+            initial=start,
+            total=cfg.stage2_steps,
         )
         unet.train()
         for step in bar:
@@ -140,6 +217,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
             with accelerator.autocast():
                 losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
             loss = losses.sum()  # L_content + L_style
+            check_finite_loss(loss, step + 1, "stage 2", ckpt_dir)
             accelerator.backward(loss)
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
@@ -151,15 +229,40 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
                     loss_style=losses[1].item(),
                 )
                 bar.set_postfix(loss=f"{loss.item():.4f}")
+            if (
+                cfg.checkpoint_every
+                and (step + 1) % cfg.checkpoint_every == 0
+                and step + 1 < cfg.stage2_steps
+                and accelerator.is_main_process
+            ):
+                check_finite_params(named, step + 1, "stage 2", ckpt_dir)
+                save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra=extra)
         unet.eval()
+        check_finite_params(named, cfg.stage2_steps, "stage 2", ckpt_dir)
 
     path = out / "adapter.safetensors"
     if accelerator.is_main_process:
-        extra = {
+        extra_meta = {
             k: v
             for k, v in fused.meta.items()
             if k not in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules")
         }
-        save_plp(adapter, path, stage=2, config=to_dict(cfg), **extra)
+        for part in ("content", "style"):
+            images = extra_meta[part].get("images")
+            extra_meta[part] = extra_meta[part] | {"images": images and portable(images, out)}
+        save_plp(
+            adapter, path, hint=RESUME_HINT, stage=2, config=portable_config(to_dict(cfg), out), **extra_meta
+        )
     accelerator.wait_for_everyone()
     return path
+
+
+def _factors_digest(lora: LoraFile) -> str:
+    """A short hash of the fused factors: a resumed stage 2 must start from the same two adapters."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for module in sorted(lora.factors):
+        for t in lora.factors[module]:
+            h.update(t.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -1,0 +1,71 @@
+"""What makes a training run *this* run: its settings and a fingerprint of its data.
+
+Checkpoints record both; ``--resume`` compares them with the run being started and refuses another run's
+checkpoint, naming what differs (another ``--lr``, ``--steps``, ``--rank``, other images or captions).
+Folder paths are not part of it (the same images moved elsewhere are the same data); their bytes are.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from b4m.errors import B4MError
+
+__all__ = ["check_same_run", "data_fingerprint", "run_settings"]
+
+# Fields that say where a run lives or how it is driven, not what it computes.
+_NOT_IDENTITY = frozenset(
+    {
+        "out",
+        "resume",
+        "overwrite",
+        "checkpoint_every",
+        "images",
+        "aux",
+        "content",
+        "style",
+        "content_images",
+        "style_images",
+        "gradient_checkpointing",
+    }
+)
+
+
+def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings of a (preset-resolved) config dict that determine the result."""
+    return {k: v for k, v in sorted(config.items()) if k not in _NOT_IDENTITY}
+
+
+def data_fingerprint(sets: Iterable[tuple[Iterable[Path], Iterable[str]]]) -> str:
+    """SHA-256 over every training set, in order: each image's bytes and the prompt it trains with."""
+    h = hashlib.sha256()
+    for k, (paths, prompts) in enumerate(sets):
+        h.update(f"set {k}\n".encode())
+        for path, prompt in zip(paths, prompts, strict=True):
+            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+            h.update(prompt.encode("utf-8") + b"\n")
+    return h.hexdigest()[:16]
+
+
+def _flag(key: str) -> str:
+    return "-n" if key == "n" else "--" + key.replace("_", "-")
+
+
+def check_same_run(info: Mapping[str, Any], settings: Mapping[str, Any], data: str, ckpt: Path) -> None:
+    """Refuse to resume checkpoint ``ckpt`` (its JSON ``info``) for a run with other settings or data."""
+    recorded = info.get("settings")
+    diffs = []
+    if isinstance(recorded, dict):
+        for key in sorted(set(recorded) | set(settings)):
+            if recorded.get(key) != settings.get(key):
+                diffs.append(f"{_flag(key)} {settings.get(key)!r} (checkpoint: {recorded.get(key)!r})")
+    if info.get("data") not in (None, data):
+        diffs.append("the images or captions (their bytes or prompts changed)")
+    if diffs:
+        raise B4MError(
+            f"--resume: {ckpt} belongs to another run; differs: {', '.join(diffs)}; rerun with the options "
+            "and data it was made with, or pass --overwrite to start over"
+        )
