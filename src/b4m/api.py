@@ -16,7 +16,7 @@ from b4m import threads
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
 from b4m.errors import B4MError
 
-__all__ = ["demo", "fuse", "generate", "train_content", "train_style"]
+__all__ = ["demo", "fuse", "generate", "run_method", "train_content", "train_style"]
 
 
 def train_content(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
@@ -93,3 +93,12 @@ def demo(config: str | Path | None = None, progress: bool = True, **options: Any
     from b4m.demo import DemoConfig, run_demo
 
     return run_demo(load_config(DemoConfig, config, options), progress=progress)
+
+
+def run_method(method: str, config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
+    """Run any registered method by id (``b4m methods`` lists them) with the shared option names
+    (``base``, ``out``, ``content_images``, ``style_images``, ``content_lora``, ``style_lora``, ``steps``, ``lr``,
+    ``rank``, ``seed``, ``overwrite``...); returns the adapter file. ``b4m.run_method("b4m", ...)`` is B4M."""
+    from b4m.methods import run_method as _run
+
+    return _run(method, config, progress=progress, **options)
