@@ -36,23 +36,31 @@ def random_lora(unet, path, rank, seed, std=0.05, meta=None):
 def world(tmp_path):
     """Folders and source LoRAs for every method on the tiny SDXL (``unet`` decides the layer shapes)."""
 
+    made = {}
+
     def make(unet):
+        if made:
+            return made
         d = tmp_path / "data"
-        return {
-            "content_images": image_folder(d / "content", 0, n=2),
-            "content_prompt": "a photo of snq teddy",
-            "style_images": image_folder(d / "style", 1, n=2),
-            "style_prompt": "a paper in w@z style",
-            "aux_styles": [
-                str(image_folder(d / f"as{i}", 10 + i, n=1, caption=f"a photo in style {i}"))
-                for i in range(2)
-            ],
-            "aux_contents": [
-                str(image_folder(d / f"ac{i}", 20 + i, n=1, caption=f"a teddy number {i}")) for i in range(2)
-            ],
-            "content_lora": random_lora(unet, d / "c.safetensors", 4, 1) and d / "c.safetensors",
-            "style_lora": random_lora(unet, d / "s.safetensors", 3, 2) and d / "s.safetensors",
-        }
+        made.update(
+            {
+                "content_images": image_folder(d / "content", 0, n=2),
+                "content_prompt": "a photo of snq teddy",
+                "style_images": image_folder(d / "style", 1, n=2),
+                "style_prompt": "a paper in w@z style",
+                "aux_styles": [
+                    str(image_folder(d / f"as{i}", 10 + i, n=1, caption=f"a photo in style {i}"))
+                    for i in range(2)
+                ],
+                "aux_contents": [
+                    str(image_folder(d / f"ac{i}", 20 + i, n=1, caption=f"a teddy number {i}"))
+                    for i in range(2)
+                ],
+                "content_lora": random_lora(unet, d / "c.safetensors", 4, 1) and d / "c.safetensors",
+                "style_lora": random_lora(unet, d / "s.safetensors", 3, 2) and d / "s.safetensors",
+            }
+        )
+        return made
 
     return make
 

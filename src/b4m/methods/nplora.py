@@ -23,7 +23,7 @@ from b4m.methods.base import Fitted, Method, MethodOptions, register
 from b4m.methods.common import align_sources, claim_out, read_source, save_adapter
 from b4m.methods.direct_merge import _words, check_same_base
 
-__all__ = ["NPLoRAOptions", "fit_nplora", "project_content", "style_row_basis"]
+__all__ = ["NPLoRAOptions", "fit_nplora", "project_content", "strength", "style_row_basis"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,7 +31,8 @@ class NPLoRAOptions(MethodOptions):
     """``b4m run nplora``: project the content LoRA away from the style LoRA's input subspace."""
 
     mu: float = opt(
-        0.5, "projection strength mu: the content keeps 1/(1+mu) of its part in the style subspace"
+        0.5,
+        "projection strength mu: the content keeps 1/(1+mu) of its part in the style subspace (inf: none)",
     )
 
 
@@ -42,9 +43,14 @@ def style_row_basis(v_s: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
     return vh[:k].T
 
 
+def strength(mu: float) -> float:
+    """``mu / (1 + mu)`` (1 for ``mu = inf``: the hard null-space projection)."""
+    return 1.0 if mu == float("inf") else mu / (1.0 + mu)
+
+
 def project_content(v_c: torch.Tensor, q: torch.Tensor, mu: float) -> torch.Tensor:
     """``V_c (I - mu/(1+mu) Q Q^T)``, computed as ``V_c - c (V_c Q) Q^T`` in float64."""
-    c = mu / (1.0 + mu) if mu != float("inf") else 1.0
+    c = strength(mu)
     v = v_c.double()
     return (v - c * (v @ q) @ q.T).to(v_c.dtype)
 
@@ -63,7 +69,7 @@ def fit_nplora(cfg: NPLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         factors[n] = concat([(1.0, u_s, v_s), (1.0, u_c, project_content(v_c, q, cfg.mu))])
 
     def merged() -> dict[str, Any]:  # dW_s + dW_c (I - mu/(1+mu) Q Q^T), densely in float64
-        c = cfg.mu / (1.0 + cfg.mu)
+        c = strength(cfg.mu)
         result = {}
         for n in names:
             (u_c, v_c), (u_s, v_s) = content[n], style[n]

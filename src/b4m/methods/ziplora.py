@@ -129,7 +129,9 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         }
 
     def track(_: int) -> None:
-        history.append(max(float((d.m_c - 1).abs().max()) for d in deltas.values()))
+        history.append(
+            max(float(torch.cat([d.m_c, d.m_s]).detach().sub(1).abs().max()) for d in deltas.values())
+        )
 
     params = [p for d in deltas.values() for p in (d.m_c, d.m_s)]
     train_steps(
