@@ -27,6 +27,7 @@ CASES = {
         {**QUICK, "stage2_steps": 1, "checkpoint_every": 0},
     ),
 }
+CASES["b4m-official"] = CASES["b4m"]
 # Stock diffusers vs the method's own merged weights, float32: differences are rounding of U (V x) vs (W0+dW) x.
 ATOL = 1e-5
 

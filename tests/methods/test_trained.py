@@ -169,3 +169,93 @@ def test_b4m_through_the_contract_equals_the_stages_run_directly(world, tiny_sd,
         for m in a:
             assert torch.equal(a[m][0], b[m][0]) and torch.equal(a[m][1], b[m][1])
     assert load_lora(fitted.path).meta["stage"] == 2
+
+
+def _stage1(pipe, data, tmp_path, name, **kw):
+    from b4m.train.stage1 import train_stage1
+
+    cfg = Stage1Config(
+        images=data["content_images"],
+        prompt=data["content_prompt"],
+        aux=kw.pop("aux", data["aux_styles"]),
+        out=tmp_path / name,
+        base="tiny",
+        steps=1,
+        lr=1e-2,
+        rank=4,
+        resolution=32,
+        checkpoint_every=0,
+    )
+    return load_lora(train_stage1(cfg, "content", pipe=pipe, progress=False, **kw))
+
+
+def _parts(lora):
+    from b4m.adapters.plp import split_dims
+
+    out = {}
+    for m, (u, v) in lora.factors.items():
+        d_out, d_in = split_dims(u.shape[0], v.shape[1], 0.5)
+        out[m] = (u[d_out:], v[:, d_in:])
+    return out
+
+
+def test_official_leaky_routing_lets_the_auxiliary_loss_reach_b(world, tiny_sd, tmp_path):
+    """At step 1 D = 0, so under strict routing B's update cannot depend on the auxiliary images; leaky it does."""
+    from .conftest import image_folder
+
+    data = world(tiny_sd().unet)
+    other = [
+        str(image_folder(tmp_path / f"o{i}", 90 + i, n=1, caption=f"a photo in style {i}")) for i in range(2)
+    ]
+    runs = {}
+    for routing in ("strict", "leaky"):
+        for name, aux in (("a", data["aux_styles"]), ("b", other)):
+            runs[routing, name] = _parts(
+                _stage1(tiny_sd(), data, tmp_path, f"{routing}{name}", aux=aux, routing=routing)
+            )
+    same = all(torch.equal(runs["strict", "a"][m][0], runs["strict", "b"][m][0]) for m in runs["strict", "a"])
+    differ = any(
+        not torch.equal(runs["leaky", "a"][m][0], runs["leaky", "b"][m][0]) for m in runs["leaky", "a"]
+    )
+    assert same and differ
+
+
+def test_official_aux_learning_rate_is_a_tenth(world, tiny_sd, tmp_path):
+    data = world(tiny_sd().unet)
+    parts = _parts(_stage1(tiny_sd(), data, tmp_path, "r", routing="leaky", aux_lr_scale=0.1))
+    b_max = max(b.abs().max().item() for b, _ in parts.values())
+    d_max = max(d.abs().max().item() for _, d in parts.values())
+    # Adam's first step moves every parameter by about lr (1e-2) in size: B by lr, D by lr / 10.
+    assert 0.9e-2 < b_max <= 1.01e-2 and 0.9e-3 < d_max <= 1.01e-3
+    assert load_lora(tmp_path / "r" / "adapter.safetensors").meta["routing"] == "leaky"
+
+
+def test_b4m_official_defaults_and_reinitialised_half(world, tiny_sd, tmp_path):
+    from b4m.train.stage2 import fuse
+
+    data = world(tiny_sd().unet)
+    keys = ("content_images", "content_prompt", "style_images", "style_prompt", "aux_styles", "aux_contents")
+    fitted = fit_method(
+        "b4m-official",
+        pipe=tiny_sd(),
+        progress=False,
+        steps=2,
+        stage2_steps=0,
+        checkpoint_every=0,
+        out=tmp_path / "o",
+        **{k: data[k] for k in keys},
+        **QUICK,
+    )
+    lora = load_lora(fitted.path)
+    assert lora.meta["orth"] == "approx" and lora.meta["config"]["optimizer"] == "adamw"
+    assert lora.meta["reinit_every"] == 2
+    plain, _ = fuse(
+        tmp_path / "o" / "content" / "adapter.safetensors", tmp_path / "o" / "style" / "adapter.safetensors"
+    )
+    got, want = _parts(lora), _parts(plain)
+    for i, m in enumerate(sorted(got)):
+        if i % 2 == 0:
+            assert got[m][0].abs().sum() == 0 and got[m][1].abs().sum() == 0
+        else:
+            assert torch.equal(got[m][0], want[m][0]) and torch.equal(got[m][1], want[m][1])
+    assert any(want[m][0].abs().sum() > 0 for m in sorted(got)[::2])  # something was really reset

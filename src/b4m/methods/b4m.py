@@ -19,7 +19,7 @@ from b4m.config import Stage1Config, Stage2Config, opt
 from b4m.methods.base import Fitted, Method, MethodOptions, register
 from b4m.methods.common import check_folders, claim_out
 
-__all__ = ["B4MOptions", "fit_b4m", "stage_configs"]
+__all__ = ["B4MOfficialOptions", "B4MOptions", "fit_b4m", "stage_configs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +54,36 @@ class B4MOptions(MethodOptions):
     )
     delta: float = opt(1e-6, "absolute ridge of the r x r preconditioner inverse")
     delta_rel: float = opt(1e-2, "ridge relative to tr(G)/r")
+    routing: str = opt(
+        "strict",
+        "stage-1 gradient routing: strict (Eq. 12) or leaky (official code: both losses reach both parts)",
+        choices=["strict", "leaky"],
+    )
+    aux_lr_scale: float = opt(
+        1.0, "stage 1: learning rate of the auxiliary part relative to --lr (official: 0.1)"
+    )
+    reinit_every: int = opt(0, "stage 2: reset B and D of every k-th fused layer to zero first (official: 2)")
+
+
+@dataclasses.dataclass(frozen=True)
+class B4MOfficialOptions(B4MOptions):
+    """``b4m run b4m-official``: B4M with the official code's known behaviour, each part a flag to turn off.
+
+    Approximate frozen basis (``--orth approx``: ``A C != 0``), leaky MCP routing with its 10:1 learning-rate ratio
+    (``--routing leaky --aux-lr-scale 0.1``), half the fused layers re-initialised before stage 2
+    (``--reinit-every 2``) and an inactive preconditioner (its gradients are zeroed before it runs, so stage 2 is
+    plain AdamW: ``--optimizer adamw``).
+    """
+
+    orth: str = opt("approx", "frozen parts (official: approx)", choices=["exact", "approx", "none"])
+    routing: str = opt("leaky", "stage-1 gradient routing (official: leaky)", choices=["strict", "leaky"])
+    aux_lr_scale: float = opt(0.1, "stage 1: auxiliary part's learning rate relative to --lr (official: 0.1)")
+    reinit_every: int = opt(2, "stage 2: reset B and D of every k-th fused layer first (official: 2, half)")
+    optimizer: str = opt(
+        "adamw",
+        "stage 2 optimizer (official: adamw, its preconditioner being inactive)",
+        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
+    )
 
 
 def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Config, Stage2Config]:
@@ -123,9 +153,10 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
     def fresh() -> Any:  # every stage injects its own adapter: give each a clean copy of a caller's pipeline
         return None if pipe is None else copy.deepcopy(pipe)
 
-    train_stage1(content, "content", pipe=fresh(), progress=progress)
-    train_stage1(style, "style", pipe=fresh(), progress=progress)
-    path = train_stage2(stage2, pipe=fresh(), progress=progress)
+    official = {"routing": cfg.routing, "aux_lr_scale": cfg.aux_lr_scale}
+    train_stage1(content, "content", pipe=fresh(), progress=progress, **official)
+    train_stage1(style, "style", pipe=fresh(), progress=progress, **official)
+    path = train_stage2(stage2, pipe=fresh(), progress=progress, reinit_every=cfg.reinit_every)
     lora = load_lora(path)
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in lora.factors.items()})
 
@@ -137,6 +168,19 @@ register(
         fit=fit_b4m,
         summary="B4M: PLP + MCP stage 1 (content, style), fusion + Riemannian stage 2 (the default)",
         trains="B (content) and D (style) of partly frozen projections, then both",
+        needs=("content_images", "style_images", "aux_sets"),
+        writes="rank-r LoRA (PLP), plus the two stage-1 adapters",
+    )
+)
+
+
+register(
+    Method(
+        id="b4m-official",
+        config=B4MOfficialOptions,
+        fit=lambda cfg, pipe=None, progress=True: fit_b4m(cfg, pipe, progress, method_id="b4m-official"),
+        summary="B4M as the official code behaves (approx basis, leaky 10:1 routing, re-init, no RP)",
+        trains="as b4m, with the official code's defects as flags",
         needs=("content_images", "style_images", "aux_sets"),
         writes="rank-r LoRA (PLP), plus the two stage-1 adapters",
     )

@@ -69,8 +69,12 @@ def _recorded(value: Any, lora_meta: dict, key: str, option: str, required: bool
     return recorded
 
 
-def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> Path:
-    """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file."""
+def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, reinit_every: int = 0) -> Path:
+    """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
+
+    ``reinit_every=k > 0`` reproduces the official code (``b4m run b4m-official``, k = 2: half the layers): ``B``
+    and ``D`` of every k-th fused layer (sorted by name) are reset to their stage-1 start, zero, before fine-tuning.
+    """
     if cfg.content is None or cfg.style is None:
         raise B4MError("give both --content and --style adapter files (from 'b4m train content/style')")
     cfg = resolve_preset(cfg)
@@ -92,6 +96,12 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
     pipe.to(accelerator.device)
     adapter = inject_plp(pipe.unet, spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
+    if reinit_every > 0:
+        with torch.no_grad():
+            for i, module in enumerate(sorted(adapter.module_names)):
+                if i % reinit_every == 0:
+                    adapter.up(module).learnable.zero_()
+                    adapter.down(module).learnable.zero_()
 
     if cfg.stage2_steps > 0:
         c_meta, s_meta = fused.meta["content"], fused.meta["style"]
@@ -160,6 +170,8 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
             for k, v in fused.meta.items()
             if k not in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules")
         }
+        if reinit_every > 0:
+            extra["reinit_every"] = reinit_every
         save_plp(adapter, path, stage=2, config=to_dict(cfg), **extra)
     accelerator.wait_for_everyone()
     return path
