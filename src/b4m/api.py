@@ -59,12 +59,17 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
         raise B4MError(
             f"--out {out}: {clash[0].name} and others exist; choose another --out or pass --overwrite"
         )
-    if cfg.adapter is not None:
+    from b4m.methods.base import sampling_hook_for
+
+    hook = sampling_hook_for(cfg.adapter) if cfg.adapter is not None else None  # generation-time methods
+    if cfg.adapter is not None and hook is None:
         load_lora(cfg.adapter)  # a bad file fails before the model loads
     threads.apply()
     pipe = load_pipeline(cfg.base)
     defaults = generation_defaults(pipe, cfg.base)
-    if cfg.adapter is not None:
+    if hook is not None:
+        hook(pipe, cfg.adapter)
+    elif cfg.adapter is not None:
         load_adapter(pipe, cfg.adapter, cfg.content_scale, cfg.style_scale)
     images = sample(
         pipe,

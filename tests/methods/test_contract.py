@@ -28,15 +28,21 @@ CASES = {
     ),
 }
 CASES["b4m-official"] = CASES["b4m"]
+# K-LoRA picks content or style per layer *and per sampler step*: no single LoRA reproduces a time-varying update,
+# so its file is the two sources plus settings, used through its sampling hook (checked below instead).
+GENERATION_TIME = {"klora": (("content_lora", "style_lora"), {"k": 8})}
+ONE_LORA = sorted(CASES)
 # Stock diffusers vs the method's own merged weights, float32: differences are rounding of U (V x) vs (W0+dW) x.
 ATOL = 1e-5
 
 
 def test_every_registered_method_has_a_contract_case():
-    assert set(all_methods()) == set(CASES)
+    assert set(all_methods()) == set(CASES) | set(GENERATION_TIME)
+    for method_id, method in all_methods().items():
+        assert (method.sampling_hook is not None) == (method_id in GENERATION_TIME)
 
 
-@pytest.mark.parametrize("method_id", sorted(CASES))
+@pytest.mark.parametrize("method_id", ONE_LORA)
 def test_method_writes_a_file_that_stock_diffusers_loads_exactly(
     method_id, tiny_sdxl, world, tmp_path, sdxl_inputs
 ):
@@ -71,7 +77,7 @@ def _check_layers(fitted):
         assert torch.allclose(u @ v, dw.float(), atol=1e-6, rtol=1e-5), name
 
 
-@pytest.mark.parametrize("method_id", sorted(CASES))
+@pytest.mark.parametrize("method_id", ONE_LORA)
 def test_exported_delta_equals_the_merged_delta_on_every_layer(method_id, tiny_sdxl, world, tmp_path):
     keys, extra = CASES[method_id]
     data = world(tiny_sdxl().unet)
@@ -88,7 +94,7 @@ def builtin_pipe():
     return load_base_pipeline(None)
 
 
-@pytest.mark.parametrize("method_id", sorted(CASES))
+@pytest.mark.parametrize("method_id", ONE_LORA)
 def test_method_on_the_builtin_base_loads_in_stock_diffusers(method_id, builtin_pipe, world, tmp_path):
     import copy
 
@@ -118,3 +124,48 @@ def test_method_on_the_builtin_base_loads_in_stock_diffusers(method_id, builtin_
     got = unet_out(stock.unet, inputs)
     assert (want - unet_out(unet, inputs)).abs().max() > 1e-4
     assert torch.allclose(got, want, atol=ATOL, rtol=0), (got - want).abs().max()
+
+
+def test_generation_time_method_writes_its_sources_and_its_hook_reproduces_the_selection(
+    tiny_sdxl, world, tmp_path, sdxl_inputs
+):
+    """K-LoRA: stock diffusers loads nothing from the file; the hook's UNet at timestep t equals W0 + the source each layer
+    selects at t, computed independently (sorted |dW|, the schedule written out)."""
+    from b4m.adapters.deltas import target_linears
+    from b4m.adapters.inject import DEFAULT_TARGETS
+
+    keys, extra = GENERATION_TIME["klora"]
+    data = world(tiny_sdxl().unet)
+    fitted = fit_method("klora", progress=False, out=tmp_path / "k", **{k: data[k] for k in keys}, **extra)
+    assert fitted.merged_delta is None and fitted.hook is not None
+    probe = sdxl_inputs(tiny_sdxl().unet, batch=1)
+    stock = tiny_sdxl()
+    stock.load_lora_weights(str(fitted.path))  # no unet.* keys: a stock loader finds nothing to load
+    assert torch.equal(unet_out(stock.unet, probe), unet_out(tiny_sdxl().unet, probe))
+
+    c, s = load_lora(data["content_lora"]).factors, load_lora(data["style_lora"]).factors
+    names = sorted(target_linears(tiny_sdxl().unet, DEFAULT_TARGETS))
+    dense = {n: (c[n][0] @ c[n][1], s[n][0] @ s[n][1]) for n in names}
+    top = {
+        n: [d.abs().flatten().sort(descending=True).values[:8].sum().item() for d in dense[n]] for n in names
+    }
+    gamma = sum(dense[n][0].abs().sum().item() / dense[n][1].abs().sum().item() for n in names) / len(names)
+    chosen_over_t = {}
+    for t in (999, 500, 1):
+        inputs = sdxl_inputs(tiny_sdxl().unet, batch=1)
+        inputs["timestep"] = torch.tensor([t])
+        scale = 1.5 * (1 - t / 1000) + 0.5
+        chosen = {n: 0 if top[n][0] / gamma > scale * top[n][1] else 1 for n in names}
+        chosen_over_t[t] = chosen
+        want = unet_out(with_dense_delta(tiny_sdxl(), {n: dense[n][chosen[n]] for n in names}).unet, inputs)
+        hooked = tiny_sdxl()
+        fitted.hook(hooked, fitted.path)
+        got = unet_out(hooked.unet, inputs)
+        assert torch.allclose(got, want, atol=ATOL, rtol=0), (t, (got - want).abs().max())
+        assert torch.equal(
+            unet_out(hooked.unet, inputs), got
+        )  # the same t gives the same model (no call counter)
+    # The schedule moves layers from content (early, t near T) to style (late): never the other way.
+    for n in names:
+        assert chosen_over_t[999][n] <= chosen_over_t[500][n] <= chosen_over_t[1][n]
+    assert sum(chosen_over_t[999].values()) < sum(chosen_over_t[1].values())

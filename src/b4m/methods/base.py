@@ -37,6 +37,7 @@ __all__ = [
     "get_method",
     "register",
     "resolve_options",
+    "sampling_hook_for",
 ]
 
 # What a method may need, with the option that supplies it.
@@ -57,6 +58,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "b4m.methods.ziplora",
     "b4m.methods.nplora",
     "b4m.methods.qrlora",
+    "b4m.methods.klora",
 )
 
 
@@ -184,3 +186,18 @@ def get_method(method_id: str) -> Method:
     if method_id not in _REGISTRY:
         raise B4MError(f"unknown method {method_id!r}; known: {', '.join(sorted(_REGISTRY))} ('b4m methods')")
     return _REGISTRY[method_id]
+
+
+def sampling_hook_for(path: str | Path) -> Callable[..., Any] | None:
+    """The sampling hook of a generation-time method's file (K-LoRA), or ``None`` for an ordinary LoRA file."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            method = json.loads((f.metadata() or {}).get("b4m", "{}")).get("method")
+    except Exception:  # not readable here: the LoRA loader reports it properly
+        return None
+    found = all_methods().get(method) if isinstance(method, str) else None
+    return None if found is None else found.sampling_hook
