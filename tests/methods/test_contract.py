@@ -21,6 +21,10 @@ CASES = {
         ("content_lora", "style_lora", "content_images", "content_prompt", "style_images", "style_prompt"),
         {"steps": 3, "resolution": 32},
     ),
+    "duolora": (
+        ("content_lora", "style_lora", "content_images", "content_prompt", "style_images", "style_prompt"),
+        {"steps": 3, "resolution": 32},
+    ),
     "qrlora": (("content_images", "content_prompt", "style_images", "style_prompt"), QUICK),
     "b4m": (
         ("content_images", "content_prompt", "style_images", "style_prompt", "aux_styles", "aux_contents"),

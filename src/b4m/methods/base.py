@@ -59,6 +59,7 @@ METHOD_MODULES: tuple[str, ...] = (
     "b4m.methods.nplora",
     "b4m.methods.qrlora",
     "b4m.methods.klora",
+    "b4m.methods.duolora",
 )
 
 
