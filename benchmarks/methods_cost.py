@@ -29,6 +29,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--out", type=Path, default=Path("runs/methods_cost"))
     parser.add_argument("--md", type=Path, default=Path("benchmarks/methods_cost.md"))
     parser.add_argument("--methods", nargs="+", help="subset of method ids (default: all)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="train every trained method this many steps (default: its preset)",
+    )
     args = parser.parse_args(argv)
     out = args.out
     data = out / "data"
@@ -51,8 +57,10 @@ def main(argv: list[str] | None = None) -> Path:
             str(once(data / f"aux-content-{c}", content=c, n=1)) for c in ("car", "house", "fish")
         ],
     }
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
+    trained = {"lora", "joint", "ziplora", "duolora", "qrlora", "b4m", "b4m-official"}
+    quick = {} if args.steps is None else {"steps": args.steps}
+    times: dict[str, tuple[float, float]] = {}  # id -> (CPU seconds, wall seconds)
+    t0, c0 = time.perf_counter(), time.process_time()
     c = b4m.run_method("lora", out=out / "lora-content", overwrite=True, progress=False, **images)
     s = b4m.run_method(
         "lora",
@@ -62,44 +70,52 @@ def main(argv: list[str] | None = None) -> Path:
         progress=False,
         style_images=images["style_images"],
     )
-    times["lora"] = (time.perf_counter() - t0) / 2
+    times["lora"] = ((time.process_time() - c0) / 2, (time.perf_counter() - t0) / 2)
     sources = {"content_lora": c, "style_lora": s}
-    inputs = {
-        "joint": images,
+    inputs = {  # cheapest first
         "direct-merge": sources,
         "nplora": sources,
         "klora": sources,
         "ziplora": images | sources,
         "duolora": images | sources,
+        "joint": images,
         "qrlora": images,
         "b4m": images | aux,
         "b4m-official": images | aux,
     }
-    for method_id in args.methods or list(all_methods()):
-        if method_id == "lora":
-            continue
-        t0 = time.perf_counter()
-        b4m.run_method(method_id, out=out / method_id, overwrite=True, progress=False, **inputs[method_id])
-        times[method_id] = time.perf_counter() - t0
-        print(f"{method_id}: {times[method_id]:.1f} s", flush=True)
+    for method_id in args.methods or list(inputs):
+        t0, c0 = time.perf_counter(), time.process_time()
+        extra = quick if method_id in trained else {}
+        if quick and method_id.startswith("b4m"):
+            extra = {"steps": args.steps, "stage2_steps": args.steps}
+        b4m.run_method(
+            method_id, out=out / method_id, overwrite=True, progress=False, **inputs[method_id], **extra
+        )
+        times[method_id] = (time.process_time() - c0, time.perf_counter() - t0)
+        print(f"{method_id}: {times[method_id][0]:.1f} CPU s, {times[method_id][1]:.1f} s wall", flush=True)
+        (out / "times.json").write_text(json.dumps(times, indent=2))
 
     methods = all_methods()
     lines = [
         "# Cost of every method on the built-in world",
         "",
-        "Wall time of one run with the method's defaults on the built-in base model (32 px, the demo's data),",
-        f"`B4M_THREADS={os.environ.get('B4M_THREADS', '?')}` ({torch.get_num_threads()} torch thread), "
-        f"{platform.machine()} CPU, on a 2-core machine **shared with other heavy jobs** (expect a factor 2-3",
-        "of noise). `lora` is the time of one source LoRA (the mean of the content and the style one); the merges'",
+        "CPU time (and wall time) of one run with the method's defaults on the built-in base model (32 px, the",
+        f"demo's data), `B4M_THREADS={os.environ.get('B4M_THREADS', '?')}` ({torch.get_num_threads()} torch "
+        f"thread), {platform.machine()} CPU. The 2-core machine was **shared with other heavy jobs** that ran at a",
+        "higher priority, so wall times are inflated and noisy; the CPU seconds of the single-threaded process are",
+        "the comparable cost. `lora` is one source LoRA (the mean of the content and the style one); the merges'",
         "times exclude their sources.",
+        ""
+        if args.steps is None
+        else f"**Quick run: every trained method (both B4M stages) ran {args.steps} steps**, not its preset.",
         "",
         "    B4M_THREADS=1 python benchmarks/methods_cost.py --out runs/methods_cost --md benchmarks/methods_cost.md",
         "",
-        "| method | trains | seconds |",
-        "|---|---|---:|",
+        "| method | trains | CPU s | wall s |",
+        "|---|---|---:|---:|",
     ]
-    for method_id, seconds in times.items():
-        lines.append(f"| `{method_id}` | {methods[method_id].trains} | {seconds:.0f} |")
+    for method_id, (cpu, wall) in times.items():
+        lines.append(f"| `{method_id}` | {methods[method_id].trains} | {cpu:.0f} | {wall:.0f} |")
     args.md.write_text("\n".join(lines) + "\n")
     (out / "times.json").write_text(json.dumps(times, indent=2))
     print(args.md)
