@@ -115,7 +115,8 @@ def main(argv: list[str] | None = None) -> Path:
         "|---|---|---:|---:|",
     ]
     for method_id, (cpu, wall) in times.items():
-        lines.append(f"| `{method_id}` | {methods[method_id].trains} | {cpu:.0f} | {wall:.0f} |")
+        cells = [f"{x:.0f}" if x >= 1 else "< 1" for x in (cpu, wall)]
+        lines.append(f"| `{method_id}` | {methods[method_id].trains} | {cells[0]} | {cells[1]} |")
     args.md.write_text("\n".join(lines) + "\n")
     (out / "times.json").write_text(json.dumps(times, indent=2))
     print(args.md)
