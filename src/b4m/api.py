@@ -19,7 +19,7 @@ from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
 from b4m.errors import B4MError, disk_full
 from b4m.prompts import check_prompts
 
-__all__ = ["demo", "fuse", "generate", "train_content", "train_style"]
+__all__ = ["demo", "fuse", "generate", "run_method", "train_content", "train_style"]
 
 
 def train_content(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
@@ -72,12 +72,17 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
         raise B4MError(
             f"--out {out}: {clash[0].name} and others exist; choose another --out or pass --overwrite"
         )
-    if cfg.adapter is not None:
+    from b4m.methods.base import sampling_hook_for
+
+    hook = sampling_hook_for(cfg.adapter) if cfg.adapter is not None else None  # generation-time methods
+    if cfg.adapter is not None and hook is None:
         check_base_model(load_lora(cfg.adapter), cfg.base)  # a bad file fails before the model loads
     threads.apply()
     pipe = load_pipeline(cfg.base)
     defaults = generation_defaults(pipe, cfg.base)
-    if cfg.adapter is not None:
+    if hook is not None:
+        hook(pipe, cfg.adapter)
+    elif cfg.adapter is not None:
         load_adapter(pipe, cfg.adapter, cfg.content_scale, cfg.style_scale)
     check_prompts(pipe.tokenizer, cfg.prompt, "--prompt")
     try:
@@ -114,3 +119,12 @@ def demo(config: str | Path | None = None, progress: bool = True, **options: Any
     from b4m.demo import DemoConfig, run_demo
 
     return run_demo(load_config(DemoConfig, config, options), progress=progress)
+
+
+def run_method(method: str, config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
+    """Run any registered method by id (``b4m methods`` lists them) with the shared option names
+    (``base``, ``out``, ``content_images``, ``style_images``, ``content_lora``, ``style_lora``, ``steps``, ``lr``,
+    ``rank``, ``seed``, ``overwrite``...); returns the adapter file. ``b4m.run_method("b4m", ...)`` is B4M."""
+    from b4m.methods import run_method as _run
+
+    return _run(method, config, progress=progress, **options)

@@ -26,6 +26,9 @@ EPILOG = """examples:
   b4m fuse --content runs/content/adapter.safetensors --style runs/style/adapter.safetensors
   b4m generate --adapter runs/fused/adapter.safetensors --prompt "a snq teddy in w@z style" -n 8
   b4m convert runs/fused/adapter.safetensors teddy_kohya.safetensors --to kohya   # for ComfyUI / A1111
+  b4m methods                                       # every method: id, needs, writes
+  b4m run ziplora --content-lora c.safetensors --style-lora s.safetensors --content-images refs/teddy \\
+      --style-images refs/paper --out runs/zip
 """
 
 
@@ -68,6 +71,28 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     cfg = config_from_args(GenerateConfig, args)
     paths = generate(**{k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
     print(f"{len(paths)} images and grid.png in {paths[0].parent}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from b4m.methods import all_methods
+
+    rows = [(m.id, ", ".join(m.needs) or "-", m.writes, m.summary) for m in all_methods().values()]
+    heads = ("id", "needs", "writes", "what")
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(3)]
+    for row in [heads, *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from b4m.methods import get_method
+    from b4m.methods.common import fit_method
+
+    method = get_method(args.method)
+    names = {f for f in method.config.__dataclass_fields__}
+    options = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    print(fit_method(args.method, getattr(args, "config", None), **options).path)
     return 0
 
 
@@ -185,6 +210,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_config_args(p, Stage2Config)
     p.set_defaults(func=_cmd_fuse)
+
+    from b4m.methods import all_methods
+
+    p = sub.add_parser("methods", help="list the methods b4m runs (id, what each needs, what it writes)")
+    p.set_defaults(func=_cmd_methods)
+    run = sub.add_parser(
+        "run", help="run any method by id ('b4m methods' lists them) with the shared option names"
+    )
+    ids = run.add_subparsers(dest="method", required=True, metavar="METHOD")
+    for method in all_methods().values():
+        p = ids.add_parser(method.id, help=method.summary)
+        add_config_args(p, method.config)
+        p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser(
         "generate", help="generate images with an adapter; content and style strength are separate"

@@ -110,8 +110,21 @@ def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool = True) -> Path:
-    """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path."""
+def train_stage1(
+    cfg: Stage1Config,
+    role: str,
+    pipe: Any = None,
+    progress: bool = True,
+    routing: str = "strict",
+    aux_lr_scale: float = 1.0,
+) -> Path:
+    """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path.
+
+    ``routing="leaky"`` and ``aux_lr_scale`` reproduce the official code (``b4m run b4m-official``): both losses
+    reach both parts, and the auxiliary part learns at ``aux_lr_scale`` times the rate (official: 0.1).
+    """
+    if routing not in ("strict", "leaky"):
+        raise B4MError(f"routing must be 'strict' (Eq. 12) or 'leaky' (official code), got {routing!r}")
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
     files = _check(cfg, role, out, pipe)
@@ -148,7 +161,15 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
         pipe.unet.enable_gradient_checkpointing()
-    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    params: Any = trained
+    if (
+        aux_lr_scale != 1.0 and cfg.mcp
+    ):  # official code: one rate for the target part, a lower one for the other
+        params = [
+            {"params": adapter.parameters(target_part), "lr": cfg.lr},
+            {"params": adapter.parameters(other_part), "lr": cfg.lr * aux_lr_scale},
+        ]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
     scheduler = training_scheduler(pipe)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
@@ -182,7 +203,7 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
     unet.train()
     for step in bar:
         latents, cond, noise, timesteps = sample_batch(sets, counts, gen, scheduler)
-        with accelerator.autocast(), maybe(cfg.mcp, mcp_routing(1, target_part)):
+        with accelerator.autocast(), maybe(cfg.mcp and routing == "strict", mcp_routing(1, target_part)):
             losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
         loss_target = losses[:1].mean()
         loss = (loss_target + losses[1:].mean()) if cfg.mcp else loss_target  # Eq. 12
@@ -222,6 +243,11 @@ def train_stage1(cfg: Stage1Config, role: str, pipe: Any = None, progress: bool 
             or trigger_words_of(cfg.prompt or target.prompts[0], pipe.tokenizer),
             base_model=base_model_name(cfg.base),
             config=portable_config(to_dict(cfg), out),
+            **(
+                {"routing": routing, "aux_lr_scale": aux_lr_scale}
+                if (routing, aux_lr_scale) != ("strict", 1.0)
+                else {}
+            ),
         )
     accelerator.wait_for_everyone()
     return path

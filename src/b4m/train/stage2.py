@@ -121,11 +121,13 @@ def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
-def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> Path:
+def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, reinit_every: int = 0) -> Path:
     """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
 
     Everything (options, output folder, both adapters, the training images) is checked before the model
-    loads; a resumable checkpoint is saved every ``cfg.checkpoint_every`` steps."""
+    loads; a resumable checkpoint is saved every ``cfg.checkpoint_every`` steps. ``reinit_every=k > 0``
+    reproduces the official code (``b4m run b4m-official``, k = 2: half the layers): ``B`` and ``D`` of every
+    k-th fused layer (sorted by name) are reset to their stage-1 start, zero, before fine-tuning."""
     if cfg.content is None or cfg.style is None:
         raise B4MError("give both --content and --style adapter files (from 'b4m train content/style')")
     cfg = resolve_preset(cfg)
@@ -166,6 +168,12 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
     pipe.to(accelerator.device)
     adapter = inject_plp(pipe.unet, spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
+    if reinit_every > 0:
+        with torch.no_grad():
+            for i, module in enumerate(sorted(adapter.module_names)):
+                if i % reinit_every == 0:
+                    adapter.up(module).learnable.zero_()
+                    adapter.down(module).learnable.zero_()
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(ckpt_dir)
     clean_temp_files(out)
@@ -250,6 +258,8 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True) -> 
         for part in ("content", "style"):
             images = extra_meta[part].get("images")
             extra_meta[part] = extra_meta[part] | {"images": images and portable(images, out)}
+        if reinit_every > 0:
+            extra_meta["reinit_every"] = reinit_every
         save_plp(
             adapter, path, hint=RESUME_HINT, stage=2, config=portable_config(to_dict(cfg), out), **extra_meta
         )

@@ -1,0 +1,217 @@
+"""Machinery every method shares, written once: output folders, pipeline set-up, cached image sets, source LoRAs,
+the training step loop (accelerator, tqdm, JSONL log, main-process save) and the atomic save of one plain LoRA.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from b4m import threads
+from b4m.adapters.codec import load_lora, save_kohya
+from b4m.adapters.compose import Factors, pad_ranks
+from b4m.config import load_config, to_dict
+from b4m.data.folders import read_image_folder
+from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline
+from b4m.errors import B4MError
+from b4m.methods.base import Fitted, get_method, resolve_options
+from b4m.paths import portable_config
+from b4m.train.loop import CachedSet, TrainLog, cache_set, make_accelerator, trigger_words_of
+
+__all__ = [
+    "ADAPTER",
+    "Session",
+    "claim_out",
+    "fit_method",
+    "read_source",
+    "run_method",
+    "save_adapter",
+    "train_steps",
+]
+
+ADAPTER = "adapter.safetensors"
+
+
+def claim_out(cfg: Any, method_id: str) -> Path:
+    """The output folder; refuses to replace a finished adapter unless ``--overwrite``."""
+    out = Path(cfg.out or Path("runs") / method_id)
+    if (out / ADAPTER).is_file() and not cfg.overwrite:
+        raise B4MError(f"--out {out}: holds a finished adapter; choose another --out, or pass --overwrite")
+    return out
+
+
+def check_folders(cfg: Any, which: Iterable[str]) -> None:
+    """Fail in a second on a missing or empty image folder, before the (slow) model load."""
+    for name in which:
+        folder = getattr(cfg, f"{name}_images")
+        if folder is not None:
+            read_image_folder(folder, f"--{name}-images")
+
+
+class Session:
+    """One method run: the accelerator, the frozen pipeline on its device, and the output folder's log."""
+
+    def __init__(self, cfg: Any, out: Path, pipe: Any = None) -> None:
+        self.cfg = cfg
+        self.out = out
+        threads.apply()
+        self.accelerator = make_accelerator("no")
+        self.pipe = pipe if pipe is not None else load_pipeline(cfg.base)
+        freeze(self.pipe)
+        self.pipe.to(self.accelerator.device)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+        self.log = TrainLog(out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
+
+    @property
+    def unet(self) -> torch.nn.Module:
+        return self.pipe.unet
+
+    def images(self, which: str) -> CachedSet:
+        """The cached content (``which="content"``) or style images with their prompts."""
+        folder = getattr(self.cfg, f"{which}_images")
+        if folder is None:
+            raise B4MError(f"--{which}-images: give the folder of {which} images")
+        prompt = getattr(self.cfg, f"{which}_prompt")
+        return cache_set(self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images")
+
+    def trigger_words(self, *sets: CachedSet) -> list[str]:
+        words: list[str] = []
+        for s in sets:
+            words += trigger_words_of(s.prompts[0], self.pipe.tokenizer)
+        return list(dict.fromkeys(words))
+
+
+def read_source(path: Path | None, option: str, unet: torch.nn.Module | None = None) -> Factors:
+    """A source LoRA as exact factors (:func:`~b4m.adapters.codec.load_lora` folds ``lora_alpha / r`` into
+    ``U``), checked against ``unet``'s layers."""
+    if path is None:
+        raise B4MError(f"{option}: give a LoRA file (.safetensors)")
+    lora = load_lora(path)
+    factors = dict(lora.factors)
+    if unet is not None:
+        layers = dict(unet.named_modules())
+        for name, (u, v) in factors.items():
+            layer = layers.get(name)
+            weight = getattr(layer, "weight", None)
+            if weight is None or tuple(weight.shape) != (u.shape[0], v.shape[1]):
+                raise B4MError(
+                    f"{option} {path}: layer {name} does not fit this base model "
+                    f"(LoRA {u.shape[0]}x{v.shape[1]}); train the LoRA on the same --base"
+                )
+    return factors
+
+
+def align_sources(content: Factors, style: Factors) -> tuple[list[str], Factors, Factors]:
+    """The union of both files' layers; a layer missing from one side gets a zero pair of rank 1 there."""
+    names = sorted(set(content) | set(style))
+
+    def filled(src: Factors, other: Factors) -> Factors:
+        out = dict(src)
+        for name in names:
+            if name not in out:
+                u, v = other[name]
+                out[name] = (u.new_zeros(u.shape[0], 1), v.new_zeros(1, v.shape[1]))
+        return out
+
+    return names, filled(content, style), filled(style, content)
+
+
+def train_steps(
+    session: Session,
+    params: list[torch.nn.Parameter],
+    step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    steps: int,
+    lr: float,
+    desc: str,
+    progress: bool,
+    weight_decay: float = 0.0,
+    after_step: Callable[[int], None] | None = None,
+) -> None:
+    """The one step loop of the trained baselines: AdamW on ``params``, ``loss = step_fn(step)``, tqdm, a JSONL
+    record every 10 steps (``.item()`` syncs the device, so not every step)."""
+    acc = session.accelerator
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    optimizer = acc.prepare(optimizer)
+    bar = tqdm(range(steps), desc=desc, disable=not progress or not acc.is_main_process)
+    session.unet.train()
+    for step in bar:
+        with acc.autocast():
+            loss, record = step_fn(step)
+        acc.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step)
+        if (step + 1) % 10 == 0 or step + 1 == steps:
+            entry = {"step": step + 1, "loss": loss.item(), **record}
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            session.log.write(**entry)
+    session.unet.eval()
+
+
+def save_adapter(
+    session_or_out: Session | Path,
+    factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+    method: str,
+    cfg: Any,
+    **meta: Any,
+) -> Path:
+    """Write one plain LoRA (every layer padded to one rank, scale 1) atomically to ``<out>/adapter.safetensors``,
+    in kohya spelling like every b4m adapter: the one file diffusers, ComfyUI and A1111 open as it is."""
+    out = session_or_out.out if isinstance(session_or_out, Session) else Path(session_or_out)
+    main = not isinstance(session_or_out, Session) or session_or_out.accelerator.is_main_process
+    path = out / ADAPTER
+    if main:
+        header = {
+            "method": method,
+            "base_model": base_model_name(cfg.base),
+            "target_modules": sorted(factors),
+            "config": portable_config(to_dict(cfg), out),
+            **meta,
+        }
+        save_kohya(path, pad_ranks(factors), meta=header)
+    if isinstance(session_or_out, Session):
+        session_or_out.accelerator.wait_for_everyone()
+    return path
+
+
+def fit_method(
+    method_id: str, config: str | Path | None = None, pipe: Any = None, progress: bool = True, **options: Any
+) -> Fitted:
+    """Build ``method_id``'s config (defaults < file < options), check its inputs, fit it; returns :class:`Fitted`."""
+    method = get_method(method_id)
+    cfg = resolve_options(load_config(method.config, config, options))
+    method.check_needs(cfg)
+    return method.fit(cfg, pipe=pipe, progress=progress)
+
+
+def run_method(
+    method_id: str, config: str | Path | None = None, progress: bool = True, **options: Any
+) -> Path:
+    """Run a registered method by id (``b4m methods`` lists them); returns the adapter file."""
+    return fit_method(method_id, config, progress=progress, **options).path
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def predict(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: Any,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+) -> torch.Tensor:
+    """The UNet's prediction on ``latents`` noised with ``noise`` at ``t`` (the teachers and students of the
+    merging methods compare these)."""
+    noisy = scheduler.add_noise(latents, noise, t)
+    kwargs = {} if cond.added is None else {"added_cond_kwargs": cond.added}
+    return unet(noisy.to(cond.hidden.dtype), t, encoder_hidden_states=cond.hidden, **kwargs).sample

@@ -1,0 +1,73 @@
+"""``joint``: JTtrain, one LoRA trained on the content images and the style images together (B4M paper Eq. 2):
+``L = E ||eps - eps_theta(z_c,t, t, p_c)||^2 + E ||eps - eps_theta(z_s,t, t, p_s)||^2`` (here their mean), one
+content and one style sample per step, sharing noise and timestep, in one batched forward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from b4m.adapters.deltas import attach, factors_of
+from b4m.config import opt
+from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.methods.lora import TRAIN_PRESETS, denoising_step, plain_deltas
+
+__all__ = ["JointOptions", "fit_joint"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JointOptions(MethodOptions):
+    """``b4m run joint``: one LoRA on content + style images (JTtrain)."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
+
+    weight_decay: float = opt(1e-2, "AdamW weight decay")
+
+
+def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fitted:
+    out = claim_out(cfg, "joint")
+    check_folders(cfg, ["content", "style"])
+    session = Session(cfg, out, pipe)
+    sets = [session.images("content"), session.images("style")]
+    deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
+    attach(session.unet, deltas)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
+    train_steps(
+        session,
+        [p for d in deltas.values() for p in d.parameters()],
+        lambda step: denoising_step(session, sets, gen),
+        cfg.steps,
+        cfg.lr,
+        "joint (content + style)",
+        progress,
+        weight_decay=cfg.weight_decay,
+    )
+    factors = factors_of(deltas)
+    path = save_adapter(
+        session,
+        factors,
+        "joint",
+        cfg,
+        role="fused",
+        content={"prompt": sets[0].prompts[0], "images": str(sets[0].folder.resolve())},
+        style={"prompt": sets[1].prompts[0], "images": str(sets[1].folder.resolve())},
+        trigger_words=session.trigger_words(*sets),
+    )
+    return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})
+
+
+register(
+    Method(
+        id="joint",
+        config=JointOptions,
+        fit=fit_joint,
+        summary="JTtrain: one LoRA on content and style images together (Eq. 2)",
+        trains="U, V of every target layer on both image sets",
+        needs=("content_images", "style_images"),
+        writes="rank-r LoRA",
+    )
+)

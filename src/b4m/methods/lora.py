@@ -1,0 +1,108 @@
+"""``lora``: a plain one-concept DreamBooth LoRA (Hu et al. 2021; Ruiz et al. 2023), the source adapters of the
+merging methods (``direct-merge``, ``ziplora``, ``nplora``, ``klora``).
+
+Per target layer ``dW = U V`` (rank ``r``, scale 1), ``U = 0`` at start; the denoising loss on the concept's images
+with its prompt, ``L = E ||eps - eps_theta(z_t, t, c)||^2`` (B4M paper Eq. 1). DreamBooth's prior-preservation
+term needs generated class images and is left out, as in the LoRA baselines of the B4M and ZipLoRA papers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+from b4m.adapters.deltas import LoRADelta, attach, factors_of, target_linears
+from b4m.config import PRESETS as B4M_PRESETS
+from b4m.config import opt
+from b4m.diffusion.pipeline import per_sample_loss, training_scheduler
+from b4m.errors import B4MError
+from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.train.loop import CachedSet, sample_batch
+
+__all__ = ["LoRAOptions", "denoising_step", "fit_lora", "plain_deltas"]
+
+# The stage-1 budget of B4M on each base (config.PRESETS), so the baselines train as long as B4M's stage 1.
+TRAIN_PRESETS: dict[str, dict[str, Any]] = {
+    key: {k: B4M_PRESETS[key][k] for k in ("steps", "lr", "rank", "resolution")} for key in ("sd", "builtin")
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAOptions(MethodOptions):
+    """``b4m run lora``: one LoRA on the content images (``--concept content``) or the style images."""
+
+    PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
+
+    concept: str = opt("content", "which images to learn: content or style", choices=["content", "style"])
+    weight_decay: float = opt(1e-2, "AdamW weight decay")
+
+
+def plain_deltas(unet: torch.nn.Module, targets: list[str], rank: int, seed: int) -> dict[str, LoRADelta]:
+    """A fresh :class:`LoRADelta` for every target layer, initialised from ``seed`` in sorted layer order."""
+    gen = torch.Generator().manual_seed(seed)
+    layers = target_linears(unet, targets)
+    return {
+        name: LoRADelta(layer.out_features, layer.in_features, rank, gen)
+        for name, layer in sorted(layers.items())
+    }
+
+
+def denoising_step(
+    session: Session, sets: list[CachedSet], gen: torch.Generator
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One sample of each set, one noise and one timestep; ``L = mean_i L_i`` (Eq. 1; Eq. 2 for two sets)."""
+    scheduler = training_scheduler(session.pipe)
+    latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler)
+    losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t)
+    return losses.mean(), {f"loss_{i}": float(x) for i, x in enumerate(losses.detach())}
+
+
+def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
+    out = claim_out(cfg, "lora")
+    if getattr(cfg, f"{cfg.concept}_images") is None:
+        raise B4MError(f"lora --concept {cfg.concept}: give --{cfg.concept}-images")
+    check_folders(cfg, [cfg.concept])
+    session = Session(cfg, out, pipe)
+    images = session.images(cfg.concept)
+    deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
+    attach(session.unet, deltas)
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+    params = [p for d in deltas.values() for p in d.parameters()]
+    train_steps(
+        session,
+        params,
+        lambda step: denoising_step(session, [images], gen),
+        cfg.steps,
+        cfg.lr,
+        f"lora ({cfg.concept})",
+        progress,
+        weight_decay=cfg.weight_decay,
+    )
+    factors = factors_of(deltas)
+    path = save_adapter(
+        session,
+        factors,
+        "lora",
+        cfg,
+        role=cfg.concept,
+        prompt=images.prompts[0],
+        images=str(images.folder.resolve()),
+        trigger_words=session.trigger_words(images),
+    )
+    return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})
+
+
+register(
+    Method(
+        id="lora",
+        config=LoRAOptions,
+        fit=fit_lora,
+        summary="plain one-concept DreamBooth LoRA (the merging methods' source adapters)",
+        trains="U, V of every target layer on one concept's images",
+        needs=("content_images|style_images",),
+        writes="rank-r LoRA",
+    )
+)
