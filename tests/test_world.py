@@ -151,3 +151,13 @@ def test_sheets():
     assert sheet.width > 4 * 32 and sheet.height > 3 * 32
     grid = image_grid([render(Scene("cup", "photo"), i) for i in range(5)], ncols=2, labels=list("abcde"))
     assert grid.height > 3 * 32
+
+
+def test_export_cleans_what_a_killed_export_left_and_nothing_else(tmp_path):
+    out = tmp_path / "refs"
+    for name in (".refs.tmp-abc123", ".refs.old-def456", ".other.tmp-1"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "0000.png").write_bytes(b"x")
+    (tmp_path / "mine.txt").write_text("user file")
+    export_folder(out, [Scene("cup", "dots")], [0])
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1", "mine.txt", "refs"]

@@ -21,6 +21,16 @@ from b4m.world.render import Scene, caption, render
 __all__ = ["export_concept", "export_folder"]
 
 
+def _clean_stale(out: Path) -> None:
+    """Remove the hidden siblings an export of ``out`` killed mid-way left behind (its half-written
+    ``.<name>.tmp-*`` folder, or the ``.<name>.old-*`` folder it was about to delete): only names this
+    module makes, only for this ``out``."""
+    for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+
+
 def export_folder(
     out_dir: str | Path,
     scenes: list[Scene],
@@ -46,6 +56,7 @@ def export_folder(
             f"{out} exists and is not empty; pass overwrite=True to replace it or choose another out_dir"
         )
     out.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(out)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         records = []
