@@ -22,6 +22,7 @@ from b4m.adapters.codec import atomic_save_safetensors, clean_temp_files, file_m
 from b4m.errors import B4MError, DiskFullError, disk_full
 
 __all__ = [
+    "claim_output",
     "clean_stale",
     "latest_checkpoint",
     "load_checkpoint",
@@ -178,3 +179,18 @@ def load_checkpoint(
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise B4MError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}); {_START_OVER}") from None
     return info
+
+
+def claim_output(out: Path, resume: bool, overwrite: bool, what: str = "a finished adapter") -> bool:
+    """Refuse to clobber earlier work in a training stage's ``out`` (``what`` names its adapter in the
+    message); ``True`` if ``out`` already holds the finished result of a resumed run."""
+    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
+    if resume:
+        return ckpts is None and adapter.is_file()
+    if overwrite:
+        return False
+    if adapter.is_file():
+        raise B4MError(f"--out {out}: holds {what}; choose another --out, or pass --overwrite")
+    if ckpts is not None:
+        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
+    return False

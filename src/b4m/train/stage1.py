@@ -35,6 +35,7 @@ from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_s
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config
 from b4m.train.checkpoint import (
+    claim_output,
     clean_stale,
     latest_checkpoint,
     load_checkpoint,
@@ -96,20 +97,6 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     return sets
 
 
-def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse to clobber earlier work; ``True`` if ``out`` already holds the finished result of a resumed run."""
-    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
-    if resume:
-        return ckpts is None and adapter.is_file()
-    if overwrite:
-        return False
-    if adapter.is_file():
-        raise B4MError(f"--out {out}: holds a finished adapter; choose another --out, or pass --overwrite")
-    if ckpts is not None:
-        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
-    return False
-
-
 def train_stage1(
     cfg: Stage1Config,
     role: str,
@@ -128,7 +115,7 @@ def train_stage1(
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
     files = _check(cfg, role, out, pipe)
-    if _claim_output(out, cfg.resume, cfg.overwrite):
+    if claim_output(out, cfg.resume, cfg.overwrite, "a finished adapter"):
         return out / "adapter.safetensors"
     target_part, aux_opt = ROLES[role]
     other_part = "D" if target_part == "B" else "B"
@@ -186,7 +173,7 @@ def train_stage1(
     if ckpt is not None:
         start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
     elif not cfg.resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # _claim_output allowed it: --overwrite, or nothing there
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # claim_output allowed it: --overwrite, or nothing there
         (out / "train_log.jsonl").unlink(missing_ok=True)
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     extra = {"threads": n_threads, "settings": settings, "data": fingerprint}

@@ -28,6 +28,7 @@ from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_s
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.checkpoint import (
+    claim_output,
     clean_stale,
     latest_checkpoint,
     load_checkpoint,
@@ -107,20 +108,6 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     raise_problems(problems)
 
 
-def _claim_output(out: Path, resume: bool, overwrite: bool) -> bool:
-    """Refuse to clobber earlier work; ``True`` if ``out`` already holds the finished result of a resumed run."""
-    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
-    if resume:
-        return ckpts is None and adapter.is_file()
-    if overwrite:
-        return False
-    if adapter.is_file():
-        raise B4MError(f"--out {out}: holds a fused adapter; choose another --out, or pass --overwrite")
-    if ckpts is not None:
-        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
-    return False
-
-
 def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, reinit_every: int = 0) -> Path:
     """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
 
@@ -151,7 +138,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
             images = read_image_folder(folder, option)
             check_images(images)
             sources.append((folder, prompt, option, images, images.prompts(prompt, option)))
-    if _claim_output(out, cfg.resume, cfg.overwrite):
+    if claim_output(out, cfg.resume, cfg.overwrite, "a fused adapter"):
         return out / "adapter.safetensors"
     ckpt_dir = out / "checkpoints"
     settings = run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id")}
@@ -178,7 +165,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
     clean_stale(ckpt_dir)
     clean_temp_files(out)
     if not cfg.resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # _claim_output allowed it: --overwrite, or nothing there
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # claim_output allowed it: --overwrite, or nothing there
         (out / "train_log.jsonl").unlink(missing_ok=True)
 
     if cfg.stage2_steps > 0:
