@@ -22,9 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from b4m.adapters.compose import concat
 from b4m.errors import B4MError
 
 __all__ = [
+    "MergedPairDelta",
     "Delta",
     "DeltaLinear",
     "LoRADelta",
@@ -72,6 +74,33 @@ class LoRADelta(Delta):
 
     def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.up, self.down
+
+
+class MergedPairDelta(Delta):
+    """Two frozen source LoRAs of one layer (buffers ``u_c, v_c, u_s, v_s``) merged through learnable
+    coefficients ``m_c``, ``m_s``: ``dW = fold(U_c, V_c, m_c) + fold(U_s, V_s, m_s)`` as one exact pair. The
+    merging methods (ZipLoRA: per input column, DuoLoRA: per rank component) differ in ``fold`` and in how
+    they start the coefficients; under :func:`delta_mode` ``"content"`` / ``"style"`` a layer is its source
+    alone (the merge losses compare against those)."""
+
+    fold: staticmethod  # (U, V, m) -> (U', V') with U' V' the masked dW; set by subclasses
+
+    def __init__(
+        self, content: tuple[torch.Tensor, torch.Tensor], style: tuple[torch.Tensor, torch.Tensor]
+    ) -> None:
+        super().__init__()
+        for key, t in zip(("u_c", "v_c", "u_s", "v_s"), (*content, *style), strict=True):
+            self.register_buffer(key, t.detach().clone().float())
+
+    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mode = current_mode()
+        if mode == "content":
+            return self.u_c, self.v_c
+        if mode == "style":
+            return self.u_s, self.v_s
+        return concat(
+            [(1.0, *self.fold(self.u_c, self.v_c, self.m_c)), (1.0, *self.fold(self.u_s, self.v_s, self.m_s))]
+        )
 
 
 class DeltaLinear(nn.Module):

@@ -15,12 +15,14 @@ from tqdm.auto import tqdm
 from b4m import threads
 from b4m.adapters.codec import load_lora, save_kohya
 from b4m.adapters.compose import Factors, pad_ranks
+from b4m.checks import check_out_folder
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
+from b4m.train.checkpoint import claim_output
 from b4m.train.loop import CachedSet, TrainLog, cache_set, make_accelerator, trigger_words_of
 
 __all__ = [
@@ -38,10 +40,12 @@ ADAPTER = "adapter.safetensors"
 
 
 def claim_out(cfg: Any, method_id: str) -> Path:
-    """The output folder; refuses to replace a finished adapter unless ``--overwrite``."""
+    """The output folder, checked as the stages check theirs (:func:`~b4m.checks.check_out_folder`,
+    :func:`~b4m.train.checkpoint.claim_output`): never a file or an unwritable place, and a finished adapter
+    is replaced only with ``--overwrite``."""
     out = Path(cfg.out or Path("runs") / method_id)
-    if (out / ADAPTER).is_file() and not cfg.overwrite:
-        raise B4MError(f"--out {out}: holds a finished adapter; choose another --out, or pass --overwrite")
+    check_out_folder(out)
+    claim_output(out, resume=False, overwrite=cfg.overwrite)
     return out
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from b4m.adapters.compose import concat, fold_ranks
-from b4m.adapters.deltas import Delta, attach, current_mode, delta_mode, factors_of
+from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
 from b4m.config import opt
 from b4m.diffusion.pipeline import encode_prompts, training_scheduler
 from b4m.errors import B4MError
@@ -110,30 +110,18 @@ def layer_priors(unet: torch.nn.Module, names: list[str]) -> dict[str, str]:
     return {n: ("content" if lv in content_levels else "style") for n, lv in levels.items() if lv is not None}
 
 
-class DuoDelta(Delta):
-    """Frozen source factors and the learnable ZipRank masks of one layer."""
+class DuoDelta(MergedPairDelta):
+    """Frozen source factors and the learnable ZipRank masks of one layer: one per rank component, starting
+    at 1 for the layer's own concept and at ``prior_init`` for the other."""
+
+    fold = staticmethod(fold_ranks)
 
     def __init__(self, content: tuple, style: tuple, prior: str, prior_init: float) -> None:
-        super().__init__()
-        for key, t in zip(("u_c", "v_c", "u_s", "v_s"), (*content, *style), strict=True):
-            self.register_buffer(key, t.detach().clone().float())
+        super().__init__(content, style)
         self.prior = prior
         c0, s0 = (1.0, prior_init) if prior == "content" else (prior_init, 1.0)
         self.m_c = torch.nn.Parameter(torch.full((self.u_c.shape[1],), c0))
         self.m_s = torch.nn.Parameter(torch.full((self.u_s.shape[1],), s0))
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = current_mode()
-        if mode == "content":
-            return self.u_c, self.v_c
-        if mode == "style":
-            return self.u_s, self.v_s
-        return concat(
-            [
-                (1.0, *fold_ranks(self.u_c, self.v_c, self.m_c)),
-                (1.0, *fold_ranks(self.u_s, self.v_s, self.m_s)),
-            ]
-        )
 
     def rank_loss(self, hinge: float) -> torch.Tensor:
         n_c, n_s = self.m_c.abs().mean(), self.m_s.abs().mean()  # ||m||_1 / r = ||diag m||_* / r

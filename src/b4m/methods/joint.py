@@ -15,6 +15,7 @@ from b4m.config import opt
 from b4m.methods.base import Fitted, Method, MethodOptions, register
 from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
 from b4m.methods.lora import TRAIN_PRESETS, denoising_step, plain_deltas
+from b4m.paths import portable
 
 __all__ = ["JointOptions", "fit_joint"]
 
@@ -53,8 +54,8 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
         "joint",
         cfg,
         role="fused",
-        content={"prompt": sets[0].prompts[0], "images": str(sets[0].folder.resolve())},
-        style={"prompt": sets[1].prompts[0], "images": str(sets[1].folder.resolve())},
+        content={"prompt": sets[0].prompts[0], "images": portable(sets[0].folder, session.out)},
+        style={"prompt": sets[1].prompts[0], "images": portable(sets[1].folder, session.out)},
         trigger_words=session.trigger_words(*sets),
     )
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})

@@ -20,6 +20,7 @@ from b4m.diffusion.pipeline import per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, MethodOptions, register
 from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.paths import portable
 from b4m.train.loop import CachedSet, sample_batch
 
 __all__ = ["LoRAOptions", "denoising_step", "fit_lora", "plain_deltas"]
@@ -89,7 +90,7 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
         cfg,
         role=cfg.concept,
         prompt=images.prompts[0],
-        images=str(images.folder.resolve()),
+        images=portable(images.folder, session.out),  # no user folder names in a shared file
         trigger_words=session.trigger_words(images),
     )
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})

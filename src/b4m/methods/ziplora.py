@@ -21,8 +21,8 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from b4m.adapters.compose import concat, fold_columns
-from b4m.adapters.deltas import Delta, attach, current_mode, delta_mode, factors_of
+from b4m.adapters.compose import fold_columns
+from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
 from b4m.config import opt
 from b4m.diffusion.pipeline import training_scheduler
 from b4m.errors import B4MError
@@ -55,31 +55,19 @@ class ZipLoRAOptions(MethodOptions):
     lambda_merge: float = opt(0.01, "weight of the coefficient-overlap term sum |m_c . m_s|")
 
 
-class ZipDelta(Delta):
-    """Frozen source factors (buffers) and the learnable merger coefficients ``m_c``, ``m_s`` of one layer."""
+class ZipDelta(MergedPairDelta):
+    """Frozen source factors (buffers) and the learnable merger coefficients ``m_c``, ``m_s`` of one layer:
+    one per input column, starting at 1."""
+
+    fold = staticmethod(fold_columns)
 
     def __init__(
         self, content: tuple[torch.Tensor, torch.Tensor], style: tuple[torch.Tensor, torch.Tensor]
     ) -> None:
-        super().__init__()
-        for key, t in zip(("u_c", "v_c", "u_s", "v_s"), (*content, *style), strict=True):
-            self.register_buffer(key, t.detach().clone().float())
+        super().__init__(content, style)
         n = self.v_c.shape[1]
         self.m_c = torch.nn.Parameter(torch.ones(n))
         self.m_s = torch.nn.Parameter(torch.ones(n))
-
-    def factors(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mode = current_mode()
-        if mode == "content":
-            return self.u_c, self.v_c
-        if mode == "style":
-            return self.u_s, self.v_s
-        return concat(
-            [
-                (1.0, *fold_columns(self.u_c, self.v_c, self.m_c)),
-                (1.0, *fold_columns(self.u_s, self.v_s, self.m_s)),
-            ]
-        )
 
     def merged_delta(self) -> torch.Tensor:
         """``dW_c diag(m_c) + dW_s diag(m_s)``, densely (the definition, not the fold)."""
