@@ -24,6 +24,10 @@ from b4m.eval.judges import DEFAULT_DIR, WorldJudges, evaluate_judges, train_jud
 REPORT = Path(__file__).resolve().parent / "judges.md"
 
 _ROWS = (
+    ("content instance (class + shape traits)", "content_instance"),
+    ("content instance, personal instances", "content_instance_personal"),
+    ("style instance (family + rendering traits)", "style_instance"),
+    ("style instance, personal instances", "style_instance_personal"),
     ("content (all)", "content"),
     ("content, held-in", "content_held_in"),
     ("content, held-out", "content_held_out"),
@@ -41,8 +45,11 @@ def report(metrics: dict, command: str, out_dir: Path) -> str:
         "# World judges: accuracy benchmark",
         "",
         "Stand-ins for DINOv2 (content) and CLIP (style, prompt) on the synthetic world: one small CNN trunk",
-        "with content/style embedding heads and attribute heads (`b4m.eval.judges`). Trained on renders of all",
-        "contents and styles, held-out ones included; evaluated on fresh renders whose seeds training never uses.",
+        "with content/style identity embeddings, class and instance-trait heads on them, and attribute heads",
+        "(`b4m.eval.judges`). Trained on renders of all contents, styles and instances (held-out classes and",
+        "personal instances included); evaluated on fresh renders whose seeds training never uses. An instance",
+        "counts as recognised only when the class and every trait are right (36 content codes, 24 style codes",
+        "per class).",
         "",
         f"Command: `{command}`",
         "",

@@ -114,7 +114,8 @@ def test_training_pool_never_contains_held_out_concepts(monkeypatch):
     assert len(seen) == 300
     assert not {s.content for s in seen} & set(concepts.HELD_OUT_CONTENTS)
     assert not {s.style for s in seen} & set(concepts.HELD_OUT_STYLES)
-    for word in (*concepts.HELD_OUT_CONTENTS, *concepts.HELD_OUT_STYLES):
+    assert not {(s.content, s.style) for s in seen} & concepts.UNSEEN_PAIRS
+    for word in (*concepts.HELD_OUT_CONTENTS, *concepts.HELD_OUT_STYLES, *concepts.IDENTIFIERS):
         assert not any(f" {word} " in f" {c} " for c in captions)
 
 
@@ -200,7 +201,6 @@ def test_builtin_pipeline_loads_without_deprecation_warnings_and_in_the_asked_dt
 def test_shipped_base_model_meets_the_quality_bar():
     from b4m.eval.judges import WorldJudges
 
-    torch.set_num_threads(2)
     pipe = bm.load_base_pipeline()
     r = bm.evaluate_base_model(pipe, WorldJudges.load(), n_per_concept=8, seed=777, progress=False)
     assert r["content_acc"] >= 0.9, r
@@ -208,3 +208,30 @@ def test_shipped_base_model_meets_the_quality_bar():
     assert r["attribute_acc_mean"] >= 0.8, r
     assert r["held_out_content_acc"] <= 3 * r["chance_content"] + 0.05, r
     assert r["held_out_style_acc"] <= 3 * r["chance_style"] + 0.05, r
+    assert r["unseen_content_acc"] >= 0.85 and r["unseen_style_acc"] >= 0.85, r  # pairs it never saw
+    assert r["personal_content_rate"] <= 2 * r["chance_content_instance"], r  # not drawn by prompt alone
+    assert r["personal_style_rate"] <= 2 * r["chance_style_instance"], r
+
+
+def test_customizability_check_runs_and_reports_both_mirrors(tmp_path):
+    """A few-step run of the check on the shipped base: structure and the judges' numbers, not quality."""
+    from b4m.eval.customize import CustomizeCheck, check_customizability
+
+    cfg = CustomizeCheck(contents=("teddy#3",), content_styles=("flat",), styles=("papercut#5",),
+                         style_contents=("bird",), n_refs=2, n=2, steps=2)  # fmt: skip
+    r = check_customizability(cfg, work=tmp_path)
+    assert len(r["runs"]) == 4 and {x["kind"] for x in r["runs"]} == {"content", "style"}
+    for part in ("content", "style"):
+        assert 0.0 <= r[part]["instance_acc"] <= 1.0 and isinstance(r["passed"][part], bool)
+    assert (tmp_path / "lora-teddy#3" / "adapter.safetensors").is_file()
+
+
+@shipped
+@pytest.mark.slow
+def test_shipped_base_model_is_customizable():
+    """The world issue's customizability bar: a plain LoRA of a personal instance keeps it in other styles
+    (and the mirror for a personal style over other contents)."""
+    from b4m.eval.customize import CustomizeCheck, check_customizability
+
+    r = check_customizability(CustomizeCheck())
+    assert r["passed"] == {"content": True, "style": True}, (r["content"], r["style"])

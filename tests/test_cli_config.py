@@ -32,19 +32,6 @@ def test_presets_fill_only_unset_fields():
     assert (sdxl.rank, sdxl.lr, sdxl.steps, sdxl.resolution) == (64, 3e-5, 1000, 512)
 
 
-def test_a_rebuilt_world_base_folder_gets_the_builtin_preset(tmp_path):
-    from b4m.config import BASE_INFO_FILE, PRESETS
-
-    folder = tmp_path / "my_base"
-    folder.mkdir()
-    assert resolve_preset(Stage1Config(base=str(folder))).resolution == PRESETS["sd"]["resolution"]
-    (folder / BASE_INFO_FILE).write_text("{}")  # what `b4m base train` writes into its pipeline folder
-    cfg = resolve_preset(Stage1Config(base=str(folder)))
-    assert (cfg.resolution, cfg.steps, cfg.lr) == tuple(
-        PRESETS["builtin"][k] for k in ("resolution", "steps", "lr")
-    )
-
-
 def test_all_config_problems_reported_together(tmp_path):
     (tmp_path / "bad.yaml").write_text("lr: fast\nrnak: 4\n")
     with pytest.raises(B4MError) as err:

@@ -20,11 +20,12 @@ from b4m.errors import B4MError, disk_full
 
 EPILOG = """examples:
   b4m demo                                          # the whole pipeline on the built-in world
-  b4m world export --out refs/teddy --content teddy -n 4 --content-word "snq teddy"
+  b4m world list                                    # every name below: classes, personal instances
+  b4m world export --out refs/teddy --content teddy#3 -n 4 --content-word "snq teddy"
   b4m train content --images refs/teddy --prompt "a photo of a snq teddy" --aux-styles s1 s2 s3
   b4m train style --images refs/paper --aux-contents c1 c2 c3      # prompts from the .txt captions
   b4m fuse --content runs/content/adapter.safetensors --style runs/style/adapter.safetensors
-  b4m generate --adapter runs/fused/adapter.safetensors --prompt "a snq teddy in w@z style" -n 8
+  b4m generate --adapter runs/fused/adapter.safetensors --prompt "a snq teddy in wzk papercut style" -n 8
   b4m convert runs/fused/adapter.safetensors teddy_kohya.safetensors --to kohya   # for ComfyUI / A1111
   b4m methods                                       # every method: id, needs, writes
   b4m run ziplora --content-lora c.safetensors --style-lora s.safetensors --content-images refs/teddy \\
@@ -44,10 +45,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _print_scores(scores: dict) -> None:
     cols = ["content", "style", "prompt", "mean", "hmean", "content_acc", "style_acc"]
+    cols += [c for c in ("content_inst", "style_inst") if any(r.get(c) is not None for r in scores.values())]
     width = max(len(k) for k in scores) + 2
-    print("\n" + "model".ljust(width) + "".join(c.rjust(12) for c in cols))
+    print("\n" + "model".ljust(width) + "".join(c.rjust(13) for c in cols))
     for name, row in scores.items():
-        print(name.ljust(width) + "".join(f"{row[c]:12.3f}" for c in cols))
+        print(name.ljust(width) + "".join(f"{row[c]:13.3f}" for c in cols))
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -145,10 +147,23 @@ def _cmd_world_show(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise B4MError(f"--out {out}: exists; choose another path or pass --overwrite")
-    sheet = contact_sheet(args.contents or CONTENTS, args.styles or STYLES, seed=args.seed)
+    try:
+        sheet = contact_sheet(args.contents or CONTENTS, args.styles or STYLES, seed=args.seed)
+    except ValueError as err:
+        raise B4MError(f"world show: {err}") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     print(out)
+    return 0
+
+
+def _cmd_world_list(args: argparse.Namespace) -> int:
+    from b4m.world.instances import catalogue
+
+    rows = catalogue()
+    width = max(len(name) for name, _ in rows) + 2
+    for name, what in rows:
+        print(name.ljust(width) + what)
     return 0
 
 
@@ -264,21 +279,32 @@ def build_parser() -> argparse.ArgumentParser:
         "export", help="write reference images + captions of a concept to a folder", formatter_class=fmt
     )
     p.add_argument("--out", required=True, type=Path, help="folder to create (must not exist or be empty)")
-    p.add_argument("--content", help="content name (with no --style: photo style)")
-    p.add_argument("--style", help="style name (with no --content: over random held-in contents)")
+    p.add_argument(
+        "--content",
+        help="content name, or a personal instance such as teddy#3 (with no --style: photo style)",
+    )
+    p.add_argument(
+        "--style", help="style name or a personal instance such as papercut#5 (no --content: random contents)"
+    )
     p.add_argument("-n", type=int, default=4, help="number of images")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--content-word", help="replaces the content name in captions, e.g. 'snq teddy'")
-    p.add_argument("--style-word", help="replaces the style name in captions, e.g. 'w@z'")
+    p.add_argument("--style-word", help="replaces the style name in captions, e.g. 'wzk papercut'")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=_cmd_world_export)
     p = world.add_parser("show", help="write a contact sheet (PNG) of contents x styles", formatter_class=fmt)
     p.add_argument("--out", type=Path, default=Path("world.png"))
-    p.add_argument("--contents", nargs="+", help="subset of contents (default: all)")
-    p.add_argument("--styles", nargs="+", help="subset of styles (default: all)")
+    p.add_argument(
+        "--contents", nargs="+", help="contents or personal instances, e.g. teddy#0 (default: all)"
+    )
+    p.add_argument("--styles", nargs="+", help="styles or personal instances, e.g. papercut#5 (default: all)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_world_show)
+    p = world.add_parser(
+        "list", help="print every content, style, personal instance and held-out name", formatter_class=fmt
+    )
+    p.set_defaults(func=_cmd_world_list)
 
     base = sub.add_parser("base", help="the built-in base model").add_subparsers(
         dest="base_cmd", required=True

@@ -207,8 +207,7 @@ def _preset_help(key: str) -> str:
 
 
 BASE_INFO_FILE = "b4m_base.json"
-"""The file that marks a folder as a b4m world base model (the shipped one, or one rebuilt with
-``b4m base train``)."""
+"""The file that marks a folder as a b4m world base model (the shipped one, or one rebuilt from it)."""
 
 
 def preset_for(base: str | None) -> dict[str, Any]:

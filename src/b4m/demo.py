@@ -1,7 +1,9 @@
 """``b4m demo``: the whole B4M pipeline on the built-in world, from reference folders to a scored report.
 
-1. export a held-out content and a held-out style (never seen by the base model) to ordinary image folders,
-   plus auxiliary folders of other styles and contents for multi-correspondence learning;
+1. export a personal content instance and a personal style instance (of classes the base model knows, as in
+   the paper: *my* teddy, *my* paper cut-out style; base training never rendered them) to ordinary image
+   folders, plus auxiliary folders of other styles and contents for multi-correspondence learning (a
+   held-out class name instead runs the harder "new class" track);
 2. stage 1: train the content PLP and the style PLP;
 3. stage 2: fuse them and fine-tune with the Riemannian preconditioner;
 4. generate the new subject in the new style under several prompts, with the base model for comparison;
@@ -36,13 +38,18 @@ class DemoConfig:
     """Settings of ``b4m demo`` (every one has a default: the demo runs with no arguments)."""
 
     out: Path = opt(Path("demo"), "output folder")
-    content: str = opt("teddy", "held-out content to learn (see 'b4m world show')")
-    style: str = opt("papercut", "held-out style to learn")
+    content: str = opt(
+        "teddy#3",
+        "content to learn: a personal instance (teddy#3) or a held-out class (see 'b4m world list')",
+    )
+    style: str = opt(
+        "papercut#5", "style to learn: a personal instance (papercut#5) or a held-out style family"
+    )
     content_word: str = opt(
-        "", "trigger word put before the content's name ('': the name alone, a token the base never trained)"
+        "snq", "identifier put before the content's class word: 'a photo of a snq teddy' ('': none)"
     )
     style_word: str = opt(
-        "", "trigger word of the style ('': the style's name, a token the base never trained)"
+        "wzk", "identifier put before the style's word: 'a cup in wzk papercut style' ('': none)"
     )
     n_content: int = opt(4, "content reference images")
     n_style: int = opt(3, "style reference images")
@@ -81,22 +88,35 @@ _PROMPT_ATTRIBUTES: list[dict[str, str]] = [
 ]
 
 
+def _class(name: str) -> str:
+    return name.partition("#")[0]
+
+
 def _content_phrase(cfg: DemoConfig) -> str:
-    return f"{cfg.content_word} {cfg.content}".strip()
+    return f"{cfg.content_word} {_class(cfg.content)}".strip()
 
 
 def _style_phrase(cfg: DemoConfig) -> str:
-    return cfg.style_word or cfg.style
+    return f"{cfg.style_word} {_class(cfg.style)}".strip()
 
 
 def _check_concepts(cfg: DemoConfig) -> None:
     from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
+    from b4m.world.instances import parse_concept
 
     problems = []
-    if cfg.content not in HELD_OUT_CONTENTS:
-        problems.append(f"--content {cfg.content}: choose a held-out content: {', '.join(HELD_OUT_CONTENTS)}")
-    if cfg.style not in HELD_OUT_STYLES:
-        problems.append(f"--style {cfg.style}: choose a held-out style: {', '.join(HELD_OUT_STYLES)}")
+    for option, kind, value, new in (("--content", "content", cfg.content, HELD_OUT_CONTENTS),
+                                     ("--style", "style", cfg.style, HELD_OUT_STYLES)):  # fmt: skip
+        try:
+            ref = parse_concept(value, kind)
+        except ValueError as err:
+            problems.append(f"{option}: {err}")
+            continue
+        if ref.index is None and ref.name not in new:
+            problems.append(
+                f"{option} {value}: the base model already draws {value}; choose a personal instance "
+                f"({value}#0..#7) or a held-out {kind}: {', '.join(new)}"
+            )
     for s in cfg.aux_styles:
         if s not in STYLES or s in HELD_OUT_STYLES:
             problems.append(f"--aux-styles {s}: not a held-in style")
@@ -121,6 +141,7 @@ def _check_concepts(cfg: DemoConfig) -> None:
 
 
 def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
+    from b4m.world.concepts import HELD_IN_CONTENTS
     from b4m.world.export import export_concept
 
     def once(folder: Path, **kw: Any) -> Path:
@@ -135,11 +156,18 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
     content_word = _content_phrase(cfg)
     return {
         "content": once(data / "content", content=cfg.content, n=cfg.n_content, content_word=content_word),
-        "style": once(data / "style", style=cfg.style, n=cfg.n_style, style_word=_style_phrase(cfg)),
+        "style": once(
+            data / "style",
+            style=cfg.style,
+            n=cfg.n_style,
+            style_word=_style_phrase(cfg),
+            # the style references must not show the content being learned (content leakage)
+            contents=[c for c in HELD_IN_CONTENTS if c != _class(cfg.content)],
+        ),
         "aux_styles": [once(data / f"aux-style-{s}", style=s, n=1) for s in cfg.aux_styles],
         "aux_contents": [once(data / f"aux-content-{c}", content=c, n=1) for c in cfg.aux_contents],
         "content_prompt": f"a photo of a {content_word}",
-        "style_prompt": None,  # each style image has its own caption: "a cup in w@z style"
+        "style_prompt": None,  # each style image has its own caption: "a cup in wzk papercut style"
     }
 
 
@@ -246,11 +274,20 @@ def _save_grid(images: list[torch.Tensor], path: Path, scale: int = 3) -> str:
 def _summary(cfg: DemoConfig, scores: dict[str, dict[str, Any]]) -> str:
     """What the report says first: what was learned, then what the judges saw (numbers, not a claim)."""
     base, b4m = scores["base model (prompt only)"], scores["B4M (fused, stage 2)"]
+
+    def named(row: dict[str, Any], kind: str) -> float:
+        inst = row[f"{kind}_inst"]
+        return row[f"{kind}_acc"] if inst is None else inst
+
+    what = []
+    for name in (cfg.content, cfg.style):
+        cls = _class(name)
+        what.append(f"this {cls} ({name})" if "#" in name else f"{cls} (a class it never saw)")
     return (
-        f"The base model never saw {cfg.content} or {cfg.style}; B4M learned each from the reference folders "
-        f"below and fused them into one LoRA. The judges name {cfg.content} in {b4m['content_acc']:.0%} and "
-        f"{cfg.style} in {b4m['style_acc']:.0%} of its images (base model, prompt only: "
-        f"{base['content_acc']:.0%} and {base['style_acc']:.0%})."
+        f"The base model knows neither {what[0]} nor {what[1]}; B4M learned each from the reference folders "
+        f"below and fused them into one LoRA. The judges name {cfg.content} in {named(b4m, 'content'):.0%} and "
+        f"{cfg.style} in {named(b4m, 'style'):.0%} of its images (base model, prompt only: "
+        f"{named(base, 'content'):.0%} and {named(base, 'style'):.0%})."
     )
 
 
@@ -333,7 +370,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     t = time.perf_counter()
     prompts, wanted = [], []
     for attrs in _PROMPT_ATTRIBUTES:
-        scene = Scene(cfg.content, cfg.style, **attrs)
+        scene = Scene.of(cfg.content, cfg.style, **attrs)
         prompts.append(caption(scene, content_word=_content_phrase(cfg), style_word=_style_phrase(cfg)))
         wanted.append(attrs)
     pipe = load_pipeline(None)
@@ -371,8 +408,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "style references": _save_grid([style_refs], out / "ref_style.png"),
     }
     results = {
-        "title": f"b4m demo: '{_content_phrase(cfg)}' (held-out {cfg.content}) in "
-        f"'{_style_phrase(cfg)}' style (held-out {cfg.style})",
+        "title": f"b4m demo: '{_content_phrase(cfg)}' ({cfg.content}) in "
+        f"'{_style_phrase(cfg)}' style ({cfg.style})",
         "summary": _summary(cfg, scores),
         "prompts": prompts,
         "scores": scores,

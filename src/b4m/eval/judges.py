@@ -2,8 +2,8 @@
 
 One convolutional trunk (three stages, 32 -> 16 -> 8 px) feeds
 
-- a content embedding and a style embedding: global-average-pooled trunk features through separate linear
-  projections, L2-normalised. Each is trained through a cosine classifier (NormFace; Wang et al. 2017):
+- a content embedding and a style embedding: global-average-pooled trunk features (for style, their mean
+  and standard deviation) through separate linear projections, L2-normalised. Each is trained through a cosine classifier (NormFace; Wang et al. 2017):
   ``logits = s * <normalize(f), normalize(w_k)>`` with ``s = 16``, so cosine similarity between embeddings is what
   the classifiers rank by: images of the same content in different styles map close together in content space,
   and images of the same style over different contents close together in style space.
@@ -37,11 +37,20 @@ from torch import nn
 
 from b4m import threads as b4m_threads
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
+from b4m.world.instances import (
+    CONTENT_TRAITS,
+    N_CONTENT_CODES,
+    N_STYLE_CODES,
+    STYLE_TRAITS,
+    content_traits,
+    personal_codes,
+    style_traits,
+)
 from b4m.world.render import Scene, render
 
 __all__ = ["WorldJudges", "evaluate_judges", "perturb", "render_batch", "train_judges"]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 WEIGHTS_NAME = "judges.safetensors"
 CONFIG_NAME = "judges.json"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges"
@@ -62,6 +71,10 @@ class _CosineClassifier(nn.Module):
         return _COS_SCALE * features @ F.normalize(self.weight, dim=-1).T
 
 
+def _identity(class_embedding: torch.Tensor, traits: torch.Tensor) -> torch.Tensor:
+    return F.normalize(torch.cat([class_embedding, F.normalize(traits, dim=-1)], dim=-1), dim=-1)
+
+
 class WorldJudges(nn.Module):
     """Content, style and attribute judges for world images.
 
@@ -75,14 +88,17 @@ class WorldJudges(nn.Module):
         styles: tuple[str, ...] = STYLES,
         attributes: dict[str, tuple[str, ...]] | None = None,
         width: int = 24,
-        embed_dim: int = 64,
+        embed_dim: int = 96,
         resolution: int = 32,
+        n_content_codes: int = N_CONTENT_CODES,
+        n_style_codes: int = N_STYLE_CODES,
     ) -> None:
         super().__init__()
         self.contents = tuple(contents)
         self.styles = tuple(styles)
         self.attributes = {k: tuple(v) for k, v in (attributes or ATTRIBUTES).items()}
         self.width, self.embed_dim, self.resolution = width, embed_dim, resolution
+        self.n_content_codes, self.n_style_codes = n_content_codes, n_style_codes
         self.metrics: dict = {}  # filled by load() from judges.json
         w = width
         self.trunk = nn.Sequential(
@@ -95,9 +111,18 @@ class WorldJudges(nn.Module):
             *_block(4 * w, 4 * w),
         )
         self.content_proj = nn.Linear(4 * w, embed_dim)
-        self.style_proj = nn.Linear(4 * w, embed_dim)
+        self.style_proj = nn.Linear(8 * w, embed_dim)  # mean and std of the features: texture statistics
         self.content_head = _CosineClassifier(embed_dim, len(self.contents))
         self.style_head = _CosineClassifier(embed_dim, len(self.styles))
+        # Instance traits: a small MLP per kind over the pooled statistics (a palette index means different
+        # colours in each style family, so it needs class x colour interactions that a linear head on a
+        # class-clustered embedding cannot draw), then one linear head per trait.
+        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w, 128), nn.ReLU(inplace=True))
+        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w, 128), nn.ReLU(inplace=True))
+        self.trait_heads = nn.ModuleDict(
+            {f"content_{k}": nn.Linear(128, len(v)) for k, v in CONTENT_TRAITS.items()}
+            | {f"style_{k}": nn.Linear(128, len(v)) for k, v in STYLE_TRAITS.items()}
+        )
         side = resolution // 4
         self.attr_reduce = nn.Sequential(nn.Conv2d(4 * w, 8, 1), nn.ReLU(inplace=True), nn.Flatten())
         self.attr_hidden = nn.Sequential(nn.Linear(8 * side * side, 96), nn.ReLU(inplace=True))
@@ -114,6 +139,8 @@ class WorldJudges(nn.Module):
             "width": self.width,
             "embed_dim": self.embed_dim,
             "resolution": self.resolution,
+            "n_content_codes": self.n_content_codes,
+            "n_style_codes": self.n_style_codes,
         }
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -133,35 +160,63 @@ class WorldJudges(nn.Module):
             )
         return ((images - 0.5) / 0.25).contiguous(memory_format=torch.channels_last)
 
-    def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         fmap = self.trunk(self._prepare(images))
         pooled = fmap.mean(dim=(2, 3))
-        content = F.normalize(self.content_proj(pooled), dim=-1)
-        style = F.normalize(self.style_proj(pooled), dim=-1)
-        return fmap, content, style
+        # style from first- and second-order statistics of the feature map (Gatys et al.'s observation
+        # that texture lives in feature correlations; the diagonal is enough here)
+        stats = torch.cat([pooled, fmap.std(dim=(2, 3))], dim=-1)
+        return {
+            "fmap": fmap,
+            "content": F.normalize(self.content_proj(pooled), dim=-1),
+            "style": F.normalize(self.style_proj(stats), dim=-1),
+            "content_traits": self.content_trait_mlp(pooled),
+            "style_traits": self.style_trait_mlp(stats),
+        }
 
     def content_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim) unit-norm content embeddings (the DINOv2 stand-in)."""
-        return self._forward(images)[1]
+        """(B, embed_dim + 128) unit-norm content identity embeddings (the DINOv2 stand-in): the class
+        embedding and the instance-trait features, each normalised, concatenated, normalised; close for the
+        same instance of the same content across styles, poses and sizes."""
+        f = self._forward(images)
+        return _identity(f["content"], f["content_traits"])
 
     def style_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim) unit-norm style embeddings (the CLIP-image stand-in for style similarity)."""
-        return self._forward(images)[2]
+        """(B, embed_dim + 128) unit-norm style identity embeddings (the CLIP/CSD stand-in for style
+        similarity), built like :meth:`content_features`: close for the same style instance across contents."""
+        f = self._forward(images)
+        return _identity(f["style"], f["style_traits"])
 
     def classify(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Logits: ``"content"`` over :attr:`contents`, ``"style"`` over :attr:`styles`, and one entry per
-        attribute over its values."""
-        fmap, content, style = self._forward(images)
-        out = {"content": self.content_head(content), "style": self.style_head(style)}
+        """Logits: ``"content"`` over :attr:`contents`, ``"style"`` over :attr:`styles`, one entry per instance
+        trait (``"content_squeeze"``, ..., ``"style_edge"``, over the trait's values) and one per attribute."""
+        f = self._forward(images)
+        out = {"content": self.content_head(f["content"]), "style": self.style_head(f["style"])}
+        for name, head in self.trait_heads.items():
+            out[name] = head(f["content_traits"] if name.startswith("content_") else f["style_traits"])
+        fmap = f["fmap"]
         hidden = self.attr_hidden(self.attr_reduce(fmap))
         for name, head in self.attr_heads.items():
             out[name] = head(hidden)
         return out
 
-    def predict(self, images: torch.Tensor) -> dict[str, list[str]]:
-        """Predicted names per judge."""
+    def predict(self, images: torch.Tensor) -> dict[str, list]:
+        """Predicted names per judge, plus ``"content_id"`` / ``"style_id"``: the identity as ``(class name,
+        instance code)``, the code assembled from the trait heads."""
+        logits = self.classify(images)
+        idx = {k: v.argmax(-1).tolist() for k, v in logits.items()}
         names = {"content": self.contents, "style": self.styles, **self.attributes}
-        return {k: [names[k][i] for i in v.argmax(-1).tolist()] for k, v in self.classify(images).items()}
+        out: dict[str, list] = {k: [names[k][i] for i in idx[k]] for k in names}
+        for kind, traits, classes in (("content", CONTENT_TRAITS, self.contents),
+                                      ("style", STYLE_TRAITS, self.styles)):  # fmt: skip
+            ids = []
+            for b, cls in enumerate(idx[kind]):
+                code = 0
+                for name, values in traits.items():
+                    code = code * len(values) + idx[f"{kind}_{name}"][b]
+                ids.append((classes[cls], code))
+            out[f"{kind}_id"] = ids
+        return out
 
     # ------------------------------------------------------------------------------------------- files
 
@@ -212,6 +267,8 @@ class WorldJudges(nn.Module):
             width=config["width"],
             embed_dim=config["embed_dim"],
             resolution=config["resolution"],
+            n_content_codes=config["n_content_codes"],
+            n_style_codes=config["n_style_codes"],
         )
         mismatch = []
         if judges.contents != CONTENTS:
@@ -220,6 +277,8 @@ class WorldJudges(nn.Module):
             mismatch.append("styles")
         if judges.attributes != dict(ATTRIBUTES):
             mismatch.append("attributes")
+        if (judges.n_content_codes, judges.n_style_codes) != (N_CONTENT_CODES, N_STYLE_CODES):
+            mismatch.append("instance codes")
         if mismatch:
             raise ValueError(
                 f"{config_file}: {', '.join(mismatch)} differ from b4m.world.concepts; retrain the judges "
@@ -239,11 +298,19 @@ def render_batch(scenes: list[Scene], seeds: list[int], resolution: int = 32) ->
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-def _uniform_scene(rng: np.random.Generator, contents=CONTENTS, styles=STYLES) -> Scene:
-    values = {
-        "content": contents[int(rng.integers(len(contents)))],
-        "style": styles[int(rng.integers(len(styles)))],
-    }
+def _uniform_scene(
+    rng: np.random.Generator, contents=CONTENTS, styles=STYLES, personal: bool | None = None
+) -> Scene:
+    """Uniform content, style, instance codes and attributes; ``personal=True`` draws personal instances
+    of both (``False``: codes drawn over all codes; None: the same)."""
+    content = contents[int(rng.integers(len(contents)))]
+    style = styles[int(rng.integers(len(styles)))]
+    if personal:
+        c_code = personal_codes("content", content)[int(rng.integers(8))]
+        s_code = personal_codes("style", style)[int(rng.integers(8))]
+    else:
+        c_code, s_code = int(rng.integers(N_CONTENT_CODES)), int(rng.integers(N_STYLE_CODES))
+    values = {"content": content, "style": style, "content_code": c_code, "style_code": s_code}
     for name, options in ATTRIBUTES.items():
         values[name] = options[int(rng.integers(len(options)))]
     return Scene(**values)
@@ -331,11 +398,17 @@ def _augment(images: torch.Tensor, gen: torch.Generator, color: torch.Tensor) ->
     return x.clamp(0.0, 1.0)
 
 
-def _labels(scenes: list[Scene]) -> dict[str, torch.Tensor]:
+def _labels(scenes: list[Scene], seeds: list[int] | None = None) -> dict[str, torch.Tensor]:
+    seeds = seeds if seeds is not None else [0] * len(scenes)
+    codes = [s.codes(k) for s, k in zip(scenes, seeds, strict=True)]
     out = {
         "content": torch.tensor([CONTENTS.index(s.content) for s in scenes]),
         "style": torch.tensor([STYLES.index(s.style) for s in scenes]),
     }
+    for name in CONTENT_TRAITS:
+        out[f"content_{name}"] = torch.tensor([content_traits(c)[name] for c, _ in codes])
+    for name in STYLE_TRAITS:
+        out[f"style_{name}"] = torch.tensor([style_traits(c)[name] for _, c in codes])
     for name, values in ATTRIBUTES.items():
         out[name] = torch.tensor([values.index(getattr(s, name)) for s in scenes])
     return out
@@ -356,8 +429,9 @@ def train_judges(
     refresh: int = 32,
     n_eval: int = 30,
 ) -> dict:
-    """Train judges on renders of all contents and styles, evaluate them on never-seen seeds, save them to
-    ``out_dir`` (unless None) and return the metrics (also stored in ``judges.json``).
+    """Train judges on renders of all contents and styles and all their instances (personal ones included:
+    judges must score them), evaluate them on never-seen seeds, save them to ``out_dir`` (unless None) and
+    return the metrics (also stored in ``judges.json``).
 
     Rendering is the bottleneck on CPU, so batches are drawn from a pool of ``pool_size`` uniform scenes in
     which ``refresh`` images are replaced by fresh renders every step (training seeds are
@@ -405,9 +479,14 @@ def train_judges(
         labels = {k: v[idx] for k, v in pool_labels.items()}
         render_s += time.perf_counter() - tr
         logits = judges.classify(x)
-        losses = {"content": F.cross_entropy(logits["content"], labels["content"], label_smoothing=0.05)}
+        # colour jitter keeps shapes: the content judges (class and traits) train on the whole batch
+        losses = {
+            k: F.cross_entropy(logits[k], labels[k], label_smoothing=0.05)
+            for k in logits
+            if k == "content" or k.startswith("content_")
+        }
         for name, lg in logits.items():
-            if name != "content":
+            if name not in losses:
                 losses[name] = F.cross_entropy(lg[:half], labels[name][:half], label_smoothing=0.05)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
@@ -451,8 +530,10 @@ def _eval_scenes(n_per_concept: int, rng: np.random.Generator) -> list[Scene]:
     scenes = []
     for content in CONTENTS:
         scenes += [_uniform_scene(rng, contents=(content,)) for _ in range(n_per_concept)]
+        scenes += [_uniform_scene(rng, contents=(content,), personal=True) for _ in range(n_per_concept // 2)]
     for style in STYLES:
         scenes += [_uniform_scene(rng, styles=(style,)) for _ in range(n_per_concept)]
+        scenes += [_uniform_scene(rng, styles=(style,), personal=True) for _ in range(n_per_concept // 2)]
     return scenes
 
 
@@ -468,9 +549,17 @@ def _predict_all(judges: WorldJudges, images: torch.Tensor, chunk: int = 256) ->
 def _accuracies(preds: dict[str, torch.Tensor], scenes: list[Scene]) -> dict[str, float]:
     labels = _labels(scenes)
     ok = {k: (preds[k] == labels[k]).numpy() for k in labels}
+    for kind, traits in (("content", CONTENT_TRAITS), ("style", STYLE_TRAITS)):
+        ok[f"{kind}_id"] = ok[kind] & np.all([ok[f"{kind}_{t}"] for t in traits], axis=0)
     held_out_c = np.array([s.content in HELD_OUT_CONTENTS for s in scenes])
     held_out_s = np.array([s.style in HELD_OUT_STYLES for s in scenes])
+    personal_c = np.array([s.content_code in personal_codes("content", s.content) for s in scenes])
+    personal_s = np.array([s.style_code in personal_codes("style", s.style) for s in scenes])
     out = {
+        "content_instance": ok["content_id"].mean(),
+        "content_instance_personal": ok["content_id"][personal_c].mean(),
+        "style_instance": ok["style_id"].mean(),
+        "style_instance_personal": ok["style_id"][personal_s].mean(),
         "content": ok["content"].mean(),
         "content_held_in": ok["content"][~held_out_c].mean(),
         "content_held_out": ok["content"][held_out_c].mean(),

@@ -27,9 +27,11 @@ class Scores:
     content: float  # mean cosine to the content references' mean embedding
     style: float  # mean cosine to the style references' mean embedding
     prompt: float  # fraction of requested attributes present (1.0 when none requested)
-    content_acc: float  # fraction the content judge labels as the target content
-    style_acc: float  # fraction the style judge labels as the target style
+    content_acc: float  # fraction the content judge labels as the target content class
+    style_acc: float  # fraction the style judge labels as the target style family
     n: int
+    content_inst: float | None = None  # fraction judged to be the target personal content instance
+    style_inst: float | None = None  # fraction judged to be the target personal style instance
 
     @property
     def mean(self) -> float:
@@ -61,20 +63,30 @@ def score_world(
     """Score generated ``images`` (``(B, 3, H, W)`` in ``[0, 1]``) against reference images.
 
     ``attributes[i]`` holds the attribute values the prompt of image ``i`` asked for (empty: none asked).
-    ``content``/``style`` name the target concepts for the accuracies (``None``: reported as 0).
+    ``content``/``style`` name the target concepts for the accuracies (``None``: reported as 0); a personal
+    instance (``"teddy#3"``) also gets an instance accuracy: the judges' identity heads name exactly it.
     """
+    from b4m.world.instances import parse_concept
+
     c_align = (
         (judges.content_features(images) @ _centroid(judges.content_features(content_refs)).T).mean().item()
     )
     s_align = (judges.style_features(images) @ _centroid(judges.style_features(style_refs)).T).mean().item()
     pred = judges.predict(images)
     n = images.shape[0]
-    content_acc = sum(p == content for p in pred["content"]) / n if content else 0.0
-    style_acc = sum(p == style for p in pred["style"]) / n if style else 0.0
+    c_ref = parse_concept(content, "content") if content else None
+    s_ref = parse_concept(style, "style") if style else None
+    content_acc = sum(p == c_ref.name for p in pred["content"]) / n if c_ref else 0.0
+    style_acc = sum(p == s_ref.name for p in pred["style"]) / n if s_ref else 0.0
+    c_inst = s_inst = None
+    if c_ref is not None and c_ref.code is not None:
+        c_inst = sum(p == (c_ref.name, c_ref.code) for p in pred["content_id"]) / n
+    if s_ref is not None and s_ref.code is not None:
+        s_inst = sum(p == (s_ref.name, s_ref.code) for p in pred["style_id"]) / n
     asked = hit = 0
     for i, wanted in enumerate(attributes or []):
         for name, value in wanted.items():
             asked += 1
             hit += pred[name][i] == value
     prompt = hit / asked if asked else 1.0
-    return Scores(c_align, s_align, prompt, content_acc, style_acc, n)
+    return Scores(c_align, s_align, prompt, content_acc, style_acc, n, c_inst, s_inst)

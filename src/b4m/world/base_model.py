@@ -163,6 +163,15 @@ class BaseModelConfig:
     sample_steps: int = BASE_INFO.num_inference_steps
     guidance_scale: float = BASE_INFO.guidance_scale
 
+    init_from: str = ""
+    """A base pipeline folder to start from (fine-tuning): its VAE is reused as it is (phase 1 then only
+    encodes the pool with it, keeping its latent scaling), and its UNet and text encoder weights start
+    phase 2; token embeddings are carried over by token string, new words keep their fresh initialisation.
+    Empty: train everything from scratch."""
+    exclude_unseen_pairs: bool = True
+    """Leave the world's ``UNSEEN_PAIRS`` out of the pool, so the quality check can ask for pairs the base
+    model never saw."""
+
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the model (not used by training)."""
 
@@ -227,14 +236,15 @@ _WORD = re.compile(r"[a-z0-9]+")
 
 
 def world_words(n_random: int = 3000, seed: int = 0) -> list[str]:
-    """Every word the world's captions use (all contents and styles, held-out ones too, and attributes).
+    """Every word the world's captions use (all contents and styles, held-out ones too, and attributes),
+    plus the rare identifier words (:data:`~b4m.world.concepts.IDENTIFIERS`).
 
-    Held-out words get tokens as well (as a real encoder knows words it cannot draw); they are never trained
-    on, so their embeddings stay at their random initialisation.
+    Held-out words and identifiers get tokens as well (as a real encoder knows words it cannot draw); they
+    are never trained on, so their embeddings stay at their random initialisation.
     """
     concepts, render = _world()
     words: set[str] = set()
-    texts = [*concepts.CONTENTS, *concepts.STYLES]
+    texts = [*concepts.CONTENTS, *concepts.STYLES, *concepts.IDENTIFIERS]
     for values in concepts.ATTRIBUTES.values():
         texts.extend(str(v) for v in values)
     texts.extend(str(k) for k in concepts.ATTRIBUTES)
@@ -420,12 +430,16 @@ def _scene_names(scene: Any) -> tuple[str, str]:
 def render_pool(
     cfg: BaseModelConfig, n: int, seed: int, progress: bool = True
 ) -> tuple[np.ndarray, list[str]]:
-    """``n`` random held-in scenes rendered to uint8 (n, H, W, 3), with their captions.
+    """``n`` random held-in scenes rendered to uint8 (n, H, W, 3), with their captions; random *public*
+    instances of each class (``cfg.exclude_unseen_pairs``: no pair of ``UNSEEN_PAIRS``).
 
-    Never renders a held-out content or style (asserted per scene).
+    Never renders a held-out content or style, an unseen pair or a personal instance (asserted per scene).
     """
+    from b4m.world.instances import personal_codes
+
     concepts, render = _world()
     held_out_c, held_out_s = set(concepts.HELD_OUT_CONTENTS), set(concepts.HELD_OUT_STYLES)
+    excluded = concepts.UNSEEN_PAIRS if cfg.exclude_unseen_pairs else frozenset()
     rng = np.random.default_rng(seed)
     images = np.empty((n, cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
     captions = []
@@ -435,14 +449,37 @@ def render_pool(
             contents=concepts.HELD_IN_CONTENTS,
             styles=concepts.HELD_IN_STYLES,
             attribute_prob=cfg.attribute_prob,
+            exclude_pairs=excluded,
         )
         c, s = _scene_names(scene)
-        assert c not in held_out_c and s not in held_out_s, (
-            f"held-out concept in base training data: {c}, {s}"
+        assert c not in held_out_c and s not in held_out_s and (c, s) not in excluded, (
+            f"held-out concept or unseen pair in base training data: {c}, {s}"
         )
-        images[i] = render.render(scene, seed=int(rng.integers(2**31)), resolution=cfg.resolution)
+        seed_i = int(rng.integers(2**31))
+        c_code, s_code = scene.codes(seed_i)
+        assert c_code not in personal_codes("content", c) and s_code not in personal_codes("style", s)
+        images[i] = render.render(scene, seed=seed_i, resolution=cfg.resolution)
         captions.append(render.caption(scene))
     return images, captions
+
+
+def _init_from(components: dict[str, Any], path: str | Path) -> None:
+    """Load an earlier base pipeline's weights into freshly built ``components`` (see ``init_from``)."""
+    old = load_base_pipeline(path)
+    components["vae"].load_state_dict(old.vae.state_dict())
+    components["vae"].register_to_config(scaling_factor=float(old.vae.config.scaling_factor))
+    components["unet"].load_state_dict(old.unet.state_dict())
+    new_te, old_te = components["text_encoder"], old.text_encoder
+    state = {k: v for k, v in old_te.state_dict().items() if "token_embedding" not in k}
+    missing, _ = new_te.load_state_dict(state, strict=False)
+    assert all("token_embedding" in k for k in missing), missing
+    old_vocab, new_vocab = old.tokenizer.get_vocab(), components["tokenizer"].get_vocab()
+    with torch.no_grad():
+        emb_new = new_te.get_input_embeddings().weight
+        emb_old = old_te.get_input_embeddings().weight
+        for token, i in new_vocab.items():
+            if token in old_vocab:
+                emb_new[i] = emb_old[old_vocab[token]]
 
 
 def _to_model_range(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -723,6 +760,8 @@ def train_base_model(
     words = world_words()
     components = build_components(cfg, words)
     vae = components["vae"]
+    if cfg.init_from:
+        _init_from(components, cfg.init_from)
     latents_path = out_dir / "latents.safetensors"
     if latents_path.exists():
         with safe_open(str(latents_path), framework="pt") as f:
@@ -730,10 +769,15 @@ def train_base_model(
             latents = f.get_tensor("latents")
             scaling = float(f.metadata()["scaling_factor"])
     else:
-        train_vae(vae, images, cfg, out_dir, log, progress)
+        if not cfg.init_from:
+            train_vae(vae, images, cfg, out_dir, log, progress)
         vae.eval()
         latents = encode_pool(vae, images, progress=progress)
-        scaling = 1.0 / float(latents[:, 0].float().std())  # latents of unit std, as SD's 0.18215
+        scaling = (
+            float(vae.config.scaling_factor)  # the UNet being fine-tuned learned latents of this scale
+            if cfg.init_from
+            else 1.0 / float(latents[:, 0].float().std())  # latents of unit std, as SD's 0.18215
+        )
         tensors = {f"vae.{k}": v for k, v in vae.state_dict().items()} | {"latents": latents}
         atomic_save_safetensors(tensors, latents_path, {"scaling_factor": repr(scaling)})
     vae.register_to_config(scaling_factor=scaling)
@@ -817,12 +861,21 @@ def _eval_scenes(n_per_concept: int, seed: int) -> dict[str, list[Any]]:
         ss = [styles[i % len(styles)] for i in rng.permutation(n)]
         out = []
         for c, s in zip(cs, ss, strict=True):
+            while (c, s) in concepts.UNSEEN_PAIRS:  # asked for on their own, below
+                s = styles[int(rng.integers(len(styles)))]
             base = render.random_scene(rng, contents=(c,), styles=(s,), attribute_prob=attribute_prob)
             out.append(base)
         return out
 
+    per_pair = max(2, n_per_concept // 4)
+    unseen = [
+        render.random_scene(rng, contents=(c,), styles=(s,), attribute_prob=0.0)
+        for c, s in sorted(concepts.UNSEEN_PAIRS)
+        for _ in range(per_pair)
+    ]
     return {
         "held_in": scenes(c_in, s_in, 0.5),
+        "unseen_pairs": unseen,
         "held_out_content": scenes(concepts.HELD_OUT_CONTENTS, s_in, 0.0),
         "held_out_style": scenes(c_in, concepts.HELD_OUT_STYLES, 0.0),
     }
@@ -850,8 +903,23 @@ def evaluate_base_model(
       ``attribute_acc_mean`` averages the former;
     - ``held_out_content_acc`` and ``held_out_style_acc``: prompts naming a held-out concept (expected near
       ``chance_content`` = 1/len(CONTENTS) and ``chance_style`` = 1/len(STYLES)), with what the judges saw
-      instead in ``held_out_content_pred`` / ``held_out_style_pred`` (most frequent predictions).
+      instead in ``held_out_content_pred`` / ``held_out_style_pred`` (most frequent predictions);
+    - ``unseen_content_acc`` / ``unseen_style_acc``: prompts of ``UNSEEN_PAIRS``, pairs base training never
+      rendered (does the model compose?);
+    - ``personal_content_rate`` / ``personal_style_rate``: on held-in prompts, how often an image is judged to
+      be one given personal instance of its class (averaged over the personal instances), next to
+      ``chance_content_instance`` = 1/N_CONTENT_CODES and ``chance_style_instance`` (needs judges with instance
+      trait heads; personal instances must not come from a prompt alone).
     """
+    from b4m.world.instances import (
+        CONTENT_TRAITS,
+        N_CONTENT_CODES,
+        N_PERSONAL,
+        N_STYLE_CODES,
+        STYLE_TRAITS,
+        personal_codes,
+    )
+
     concepts, render = _world()
     sets = _eval_scenes(n_per_concept, seed)
     result: dict[str, Any] = {
@@ -913,6 +981,25 @@ def evaluate_base_model(
     result["held_out_style_acc"] = acc("held_out_style", "style", concepts.STYLES, [s.style for s in ho_s])
     result["held_out_content_pred"] = _top_names(preds["held_out_content"]["content"], concepts.CONTENTS)
     result["held_out_style_pred"] = _top_names(preds["held_out_style"]["style"], concepts.STYLES)
+    unseen = sets["unseen_pairs"]
+    result["unseen_content_acc"] = acc(
+        "unseen_pairs", "content", concepts.CONTENTS, [s.content for s in unseen]
+    )
+    result["unseen_style_acc"] = acc("unseen_pairs", "style", concepts.STYLES, [s.style for s in unseen])
+    p = preds["held_in"]
+    for kind, traits, n_codes in (("content", CONTENT_TRAITS, N_CONTENT_CODES),
+                                  ("style", STYLE_TRAITS, N_STYLE_CODES)):  # fmt: skip
+        if not all(f"{kind}_{t}" in p for t in traits):
+            continue
+        codes = np.zeros(len(held_in), dtype=np.int64)
+        for t, values in traits.items():
+            codes = codes * len(values) + p[f"{kind}_{t}"]
+        hits = [
+            int(code) in personal_codes(kind, getattr(s, kind))
+            for s, code in zip(held_in, codes, strict=True)
+        ]
+        result[f"personal_{kind}_rate"] = float(np.mean(hits)) / N_PERSONAL
+        result[f"chance_{kind}_instance"] = 1.0 / n_codes
     return result
 
 

@@ -9,8 +9,9 @@ Each content is a list of :class:`Part` primitives in a y-down frame of roughly 
 in order (later parts cover earlier ones); ``role`` names the colour role a style gives the part:
 0 main body, 1 secondary, 2 accent, 3 dark detail (eyes, wheels, windows). ``erase`` parts cut holes.
 
-Held-out contents and styles are never shown to the base model; they play the user's own concepts
-("my teddy bear", "my knitted sweater style") in B4M experiments.
+Every content and style also has instances (:mod:`b4m.world.instances`): the user's own concepts ("my teddy
+bear", "my paper cut-out style") are personal instances of known classes, as in the paper. Held-out contents
+and styles are never shown to the base model at all; they are the harder "new class" track.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ __all__ = [
     "HELD_IN_STYLES",
     "HELD_OUT_CONTENTS",
     "HELD_OUT_STYLES",
+    "IDENTIFIERS",
     "STYLES",
+    "UNSEEN_PAIRS",
     "Part",
 ]
 
@@ -354,10 +357,29 @@ STYLES: tuple[str, ...] = (
     "wood",
 )
 
-HELD_OUT_CONTENTS: tuple[str, ...] = ("teddy", "mushroom", "umbrella", "cat", "anchor", "guitar")
-HELD_OUT_STYLES: tuple[str, ...] = ("knit", "papercut", "glass", "neon", "sticker", "wood")
+HELD_OUT_CONTENTS: tuple[str, ...] = ("mushroom", "umbrella", "anchor", "guitar")
+HELD_OUT_STYLES: tuple[str, ...] = ("glass", "neon", "sticker", "wood")
+"""The "new class" track: brand-new classes the base model never sees (their words have tokens but are never
+trained). Every other class is known to the base model; its *personal instances* (:mod:`b4m.world.instances`)
+are the "personal instance" track."""
 HELD_IN_CONTENTS: tuple[str, ...] = tuple(c for c in CONTENTS if c not in HELD_OUT_CONTENTS)
 HELD_IN_STYLES: tuple[str, ...] = tuple(s for s in STYLES if s not in HELD_OUT_STYLES)
+
+UNSEEN_PAIRS: frozenset[tuple[str, str]] = frozenset(
+    [("teddy", s) for s in ("stripes", "checker", "marble", "mosaic", "camo", "metal", "knit")]
+    + [("cat", s) for s in ("flat", "dots", "gradient", "grain", "papercut", "mosaic", "metal")]
+    + [(c, "papercut") for c in ("cup", "house", "tree", "fish", "car", "star", "key")]
+    + [(c, "knit") for c in ("bottle", "lamp", "boat", "bird", "flower", "chair", "apple")]
+)
+"""Held-in (content, style) pairs that base training never renders (28 of 252, 11 %), to check that the base
+composes pairs it never saw. They involve the classes that became known in the fifth session (teddy, cat,
+papercut, knit), which no earlier base model saw either, so a base fine-tuned from an earlier one has never
+seen them (``benchmarks/base_model.md``)."""
+
+IDENTIFIERS: tuple[str, ...] = ("snq", "wzk", "sks", "ohwx", "zxv", "qlj", "vbk", "pfy")
+"""Rare identifier words (DreamBooth's "sks"): single tokens of the built-in tokenizer that base training
+never uses, so their embeddings stay untrained. Prompts follow the paper: "a photo of a snq teddy",
+"a cup in wzk papercut style"."""
 
 ATTRIBUTES: dict[str, tuple[str, ...]] = {
     "position": ("left", "center", "right"),

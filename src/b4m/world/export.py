@@ -7,6 +7,7 @@ directory and renamed into place, so a reader never sees a half-written folder.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import tempfile
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from b4m.world.concepts import HELD_IN_CONTENTS, STYLES
+from b4m.world.concepts import HELD_IN_CONTENTS
 from b4m.world.render import Scene, caption, render
 
 __all__ = ["export_concept", "export_folder"]
@@ -91,24 +92,30 @@ def export_concept(
     resolution: int = 32,
     content_word: str | None = None,
     style_word: str | None = None,
-    contents: tuple[str, ...] = HELD_IN_CONTENTS,
+    contents: tuple[str, ...] | list[str] = HELD_IN_CONTENTS,
     overwrite: bool = False,
 ) -> Path:
     """``n`` images of one concept with default attributes.
 
+    ``content`` and ``style`` are names the world knows, a personal instance written ``"teddy#3"`` /
+    ``"papercut#5"`` (:mod:`b4m.world.instances`); a bare class name gives random public instances.
+
     - ``content`` given: that content, in ``style`` (``"photo"`` when ``style`` is None).
     - only ``style`` given: that style over random contents from ``contents`` (held-in contents by default,
-      so a style reference does not leak a held-out content).
+      so a style reference does not leak a held-out content; random public instances of them).
     """
     if content is None and style is None:
         raise ValueError("export_concept needs content=..., style=... or both")
-    if style is not None and style not in STYLES:
-        raise ValueError(f"style={style!r} is not one of {STYLES}")
+    if n < 1:
+        raise ValueError(f"n={n}: export at least one image")
     rng = np.random.default_rng([seed, 5])
     if content is not None:
-        scenes = [Scene(content, style or "photo") for _ in range(n)]
+        # a user's own photos: the plain photo instance (style code 0), not random lighting per image
+        scenes = [Scene.of(content, style or "photo") for _ in range(n)]
+        if style is None:
+            scenes = [dataclasses.replace(sc, style_code=0) for sc in scenes]
     else:
-        scenes = [Scene(contents[int(rng.integers(len(contents)))], style) for _ in range(n)]
+        scenes = [Scene.of(contents[int(rng.integers(len(contents)))], style) for _ in range(n)]
     seeds = [seed * 1000 + i for i in range(n)]
     return export_folder(
         out_dir,

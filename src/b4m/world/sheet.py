@@ -62,7 +62,8 @@ def contact_sheet(
     contents: Sequence[str], styles: Sequence[str], resolution: int = 32, scale: int = 2, seed: int = 0
 ) -> Image.Image:
     """A grid with one row per content and one column per style (default attributes), each render upscaled by
-    ``scale`` (nearest neighbour), with style names on top and content names on the left."""
+    ``scale`` (nearest neighbour), with style names on top and content names on the left. Names may be
+    personal instances (``"teddy#3"``, ``"papercut#5"``)."""
     cell = resolution * scale
     font = ImageFont.load_default()
     left, top = 64, 14
@@ -76,6 +77,6 @@ def contact_sheet(
         y = top + i * (cell + _PAD)
         draw.text((2, y + cell // 2 - 5), content, fill=(0, 0, 0), font=font)
         for j, style in enumerate(styles):
-            img = Image.fromarray(render(Scene(content, style), seed + i, resolution))
+            img = Image.fromarray(render(Scene.of(content, style), seed + i, resolution))
             sheet.paste(img.resize((cell, cell), Image.NEAREST), (left + j * (cell + _PAD), y))
     return sheet

@@ -1,0 +1,161 @@
+"""The customizability check of a base model (the world issue's bar): does a plain one-concept adapter,
+trained on a few images of a personal instance, carry that instance into prompts that also name another
+concept?
+
+- **content**: 4 photos of a personal content instance (``"teddy#3"``) with "a photo of a snq teddy" train a
+  stage-1 adapter without MCP and without fusion (only ``B`` learns); it then draws "a snq teddy in {S}
+  style" for several held-in styles S. Passed when the judges name *that instance* in >= 60 % of the images
+  (chance <= 1/8) and the asked-for style in >= 80 %.
+- **style**, the mirror: 4 images of a personal style instance over other contents with "a {c} in wzk
+  papercut style" train ``D``; it then draws "a {C} in wzk papercut style" for several held-in contents C.
+
+Real SDXL passes this for a subject of a class it knows; the world's stand-in must pass it too, or no
+comparison of customization methods made on it means anything.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["CustomizeCheck", "check_customizability"]
+
+
+@dataclass(frozen=True)
+class CustomizeCheck:
+    """Settings of one run of the check (defaults: the bar of the world issue)."""
+
+    base: str = "builtin"
+    contents: tuple[str, ...] = ("teddy#3", "teddy#0")
+    """Personal content instances to learn (one adapter each)."""
+    content_styles: tuple[str, ...] = ("flat", "dots", "gradient", "papercut")
+    """Held-in styles asked for together with a learned content."""
+    styles: tuple[str, ...] = ("papercut#5", "papercut#2")
+    """Personal style instances to learn."""
+    style_contents: tuple[str, ...] = ("bottle", "bird", "chair", "rocket")
+    """Held-in contents asked for together with a learned style."""
+    content_word: str = "snq"
+    style_word: str = "wzk"
+    n_refs: int = 4
+    n: int = 8
+    """Images per prompt."""
+    steps: int = 800
+    lr: float = 2e-3
+    rank: int = 16
+    seed: int = 0
+    bar_instance: float = 0.6
+    bar_other: float = 0.8
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out: Path, word: str) -> Path:
+    from b4m.config import Stage1Config
+    from b4m.train.stage1 import train_stage1
+
+    s1 = Stage1Config(
+        images=images, prompt=prompt, base=cfg.base, out=out, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank,
+        mcp=False, seed=cfg.seed, overwrite=True, trigger_words=[word], checkpoint_every=0,
+    )  # fmt: skip
+    return train_stage1(s1, role, progress=False)
+
+
+@torch.no_grad()
+def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -> dict[str, Any]:
+    """Run the check; returns per-instance and overall accuracies and whether each bar is met."""
+    from b4m.diffusion.pipeline import load_pipeline
+    from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
+    from b4m.eval.judges import WorldJudges
+    from b4m.world.concepts import HELD_IN_CONTENTS
+    from b4m.world.export import export_concept
+    from b4m.world.instances import parse_concept
+    from b4m.world.render import Scene, caption
+
+    tmp = tempfile.TemporaryDirectory() if work is None else None
+    root = Path(work if work is not None else tmp.name)
+    judges = WorldJudges.load()
+    pipe = load_pipeline(None if cfg.base == "builtin" else cfg.base)
+    gen = generation_defaults(pipe, None if cfg.base == "builtin" else cfg.base)
+    kw = {"n": cfg.n, "seed": cfg.seed, "steps": gen["steps"], "guidance": gen["guidance"],
+          "resolution": gen["resolution"], "progress": False}  # fmt: skip
+    result: dict[str, Any] = {"config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
+
+    def judge(images: torch.Tensor, content: str, style: str) -> dict[str, float]:
+        c, s = parse_concept(content, "content"), parse_concept(style, "style")
+        pred = judges.predict(images)
+        n = len(images)
+        row = {
+            "content_acc": sum(p == c.name for p in pred["content"]) / n,
+            "style_acc": sum(p == s.name for p in pred["style"]) / n,
+        }
+        if c.code is not None:
+            row["content_inst"] = sum(p == (c.name, c.code) for p in pred["content_id"]) / n
+        if s.code is not None:
+            row["style_inst"] = sum(p == (s.name, s.code) for p in pred["style_id"]) / n
+        return row
+
+    runs = []
+    for content in cfg.contents:
+        ref = parse_concept(content, "content")
+        word = f"{cfg.content_word} {ref.name}"
+        folder = export_concept(root / f"refs-{content}", content=content, n=cfg.n_refs, seed=cfg.seed,
+                                content_word=word, overwrite=True)  # fmt: skip
+        adapter = _train(cfg, "content", folder, f"a photo of a {word}", root / f"lora-{content}", word)
+        prompts = [caption(Scene(ref.name, s), content_word=word) for s in cfg.content_styles]
+        for with_adapter in (False, True):
+            if with_adapter:
+                load_adapter(pipe, adapter, adapter_name="check")
+            images = sample(pipe, prompts, **kw)
+            if with_adapter:
+                pipe.delete_adapters("check")
+            for style, imgs in zip(cfg.content_styles, images, strict=True):
+                runs.append({"kind": "content", "learned": content, "other": style, "adapter": with_adapter,
+                             **judge(imgs, content, style)})  # fmt: skip
+    for style in cfg.styles:
+        ref = parse_concept(style, "style")
+        word = f"{cfg.style_word} {ref.name}"
+        others = [c for c in HELD_IN_CONTENTS if c not in cfg.style_contents]
+        folder = export_concept(root / f"refs-{style}", style=style, n=cfg.n_refs, seed=cfg.seed,
+                                style_word=word, contents=others, overwrite=True)  # fmt: skip
+        adapter = _train(cfg, "style", folder, None, root / f"lora-{style}", word)
+        prompts = [caption(Scene(c, ref.name), style_word=word) for c in cfg.style_contents]
+        for with_adapter in (False, True):
+            if with_adapter:
+                load_adapter(pipe, adapter, adapter_name="check")
+            images = sample(pipe, prompts, **kw)
+            if with_adapter:
+                pipe.delete_adapters("check")
+            for content, imgs in zip(cfg.style_contents, images, strict=True):
+                runs.append({"kind": "style", "learned": style, "other": content, "adapter": with_adapter,
+                             **judge(imgs, content, style)})  # fmt: skip
+    result["runs"] = runs
+
+    def mean(kind: str, key: str, adapter: bool = True) -> float:
+        vals = [r[key] for r in runs if r["kind"] == kind and r["adapter"] == adapter]
+        return sum(vals) / len(vals) if vals else float("nan")
+
+    result["content"] = {
+        "instance_acc": mean("content", "content_inst"),
+        "style_acc": mean("content", "style_acc"),
+        "base_instance_acc": mean("content", "content_inst", adapter=False),
+        "base_style_acc": mean("content", "style_acc", adapter=False),
+    }
+    result["style"] = {
+        "instance_acc": mean("style", "style_inst"),
+        "content_acc": mean("style", "content_acc"),
+        "base_instance_acc": mean("style", "style_inst", adapter=False),
+        "base_content_acc": mean("style", "content_acc", adapter=False),
+    }
+    result["passed"] = {
+        "content": result["content"]["instance_acc"] >= cfg.bar_instance
+        and result["content"]["style_acc"] >= cfg.bar_other,
+        "style": result["style"]["instance_acc"] >= cfg.bar_instance
+        and result["style"]["content_acc"] >= cfg.bar_other,
+    }
+    if tmp is not None:
+        tmp.cleanup()
+    return json.loads(json.dumps(result))
