@@ -43,7 +43,9 @@ def markdown(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--base", default="builtin", help="'builtin' or a world base pipeline folder")
     parser.add_argument("--contents", nargs="+", default=list(CustomizeCheck.contents))
     parser.add_argument("--styles", nargs="+", default=list(CustomizeCheck.styles))

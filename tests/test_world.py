@@ -16,6 +16,7 @@ from b4m.world.concepts import (
     STYLES,
 )
 from b4m.world.export import export_concept, export_folder
+from b4m.world.instances import public_codes
 from b4m.world.render import Scene, _canonical, caption, random_scene, render
 from b4m.world.sheet import contact_sheet, image_grid
 
@@ -107,7 +108,7 @@ def test_render_speed():
     rng = np.random.default_rng(1)
     scenes = [random_scene(rng) for _ in range(200)]
     for content in CONTENTS:  # canonical maps are built once per content and mark, then cached
-        for code in range(0, 36, 9):
+        for code in public_codes("content", content):
             render(Scene(content, "photo", content_code=code), 0)
     t = time.perf_counter()
     for i, s in enumerate(scenes):

@@ -39,10 +39,13 @@ from b4m import threads as b4m_threads
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
 from b4m.world.instances import (
     CONTENT_TRAITS,
+    INSTANCE_CONTENTS,
+    INSTANCE_STYLES,
     N_CONTENT_CODES,
     N_STYLE_CODES,
     STYLE_TRAITS,
     content_traits,
+    has_instances,
     personal_codes,
     style_traits,
 )
@@ -189,7 +192,7 @@ class WorldJudges(nn.Module):
 
     def classify(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Logits: ``"content"`` over :attr:`contents`, ``"style"`` over :attr:`styles`, one entry per instance
-        trait (``"content_squeeze"``, ..., ``"style_edge"``, over the trait's values) and one per attribute."""
+        trait (``"content_squeeze"``, ..., ``"style_scale"``, over the trait's values) and one per attribute."""
         f = self._forward(images)
         out = {"content": self.content_head(f["content"]), "style": self.style_head(f["style"])}
         for name, head in self.trait_heads.items():
@@ -212,8 +215,9 @@ class WorldJudges(nn.Module):
             ids = []
             for b, cls in enumerate(idx[kind]):
                 code = 0
-                for name, values in traits.items():
-                    code = code * len(values) + idx[f"{kind}_{name}"][b]
+                if has_instances(kind, classes[cls]):  # a class without instances has one look: code 0
+                    for name, values in traits.items():
+                        code = code * len(values) + idx[f"{kind}_{name}"][b]
                 ids.append((classes[cls], code))
             out[f"{kind}_id"] = ids
         return out
@@ -298,19 +302,42 @@ def render_batch(scenes: list[Scene], seeds: list[int], resolution: int = 32) ->
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+_INSTANCE_SHARE = 0.35
+"""Share of judge training scenes whose content (and, independently, style) is drawn from the classes with
+instances, so that the trait heads see enough of them."""
+
+
 def _uniform_scene(
-    rng: np.random.Generator, contents=CONTENTS, styles=STYLES, personal: bool | None = None
+    rng: np.random.Generator,
+    contents=CONTENTS,
+    styles=STYLES,
+    personal: bool | None = None,
+    instance_share: float = 0.0,
 ) -> Scene:
     """Uniform content, style, instance codes and attributes; ``personal=True`` draws personal instances
-    of both (``False``: codes drawn over all codes; None: the same)."""
-    content = contents[int(rng.integers(len(contents)))]
-    style = styles[int(rng.integers(len(styles)))]
-    if personal:
-        c_code = personal_codes("content", content)[int(rng.integers(8))]
-        s_code = personal_codes("style", style)[int(rng.integers(8))]
-    else:
-        c_code, s_code = int(rng.integers(N_CONTENT_CODES)), int(rng.integers(N_STYLE_CODES))
-    values = {"content": content, "style": style, "content_code": c_code, "style_code": s_code}
+    of the classes that have them (otherwise codes are uniform over all codes). With probability
+    ``instance_share`` the content (and independently the style) is drawn from the classes with instances."""
+    inst_c = [c for c in contents if c in INSTANCE_CONTENTS]
+    inst_s = [s for s in styles if s in INSTANCE_STYLES]
+    pool_c = inst_c if inst_c and rng.random() < instance_share else contents
+    pool_s = inst_s if inst_s and rng.random() < instance_share else styles
+    content = pool_c[int(rng.integers(len(pool_c)))]
+    style = pool_s[int(rng.integers(len(pool_s)))]
+
+    def code(kind: str, name: str, n: int) -> int:
+        if not has_instances(kind, name):
+            return 0
+        if personal:
+            mine = personal_codes(kind, name)
+            return mine[int(rng.integers(len(mine)))]
+        return int(rng.integers(n))
+
+    values = {
+        "content": content,
+        "style": style,
+        "content_code": code("content", content, N_CONTENT_CODES),
+        "style_code": code("style", style, N_STYLE_CODES),
+    }
     for name, options in ATTRIBUTES.items():
         values[name] = options[int(rng.integers(len(options)))]
     return Scene(**values)
@@ -448,7 +475,7 @@ def train_judges(
 
     def fresh(n: int) -> tuple[torch.Tensor, list[Scene]]:
         nonlocal next_seed
-        scenes = [_uniform_scene(rng) for _ in range(n)]
+        scenes = [_uniform_scene(rng, instance_share=_INSTANCE_SHARE) for _ in range(n)]
         images = render_batch(scenes, list(range(next_seed, next_seed + n)))
         next_seed += n
         return (images * 255).round().to(torch.uint8), scenes
@@ -464,6 +491,8 @@ def train_judges(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     half = batch_size // 2
     color = torch.arange(batch_size) >= half
+    content_has = torch.tensor([float(has_instances("content", c)) for c in CONTENTS])
+    style_has = torch.tensor([float(has_instances("style", s)) for s in STYLES])
     log = []
     judges.train()
     for step in range(steps):
@@ -479,15 +508,20 @@ def train_judges(
         labels = {k: v[idx] for k, v in pool_labels.items()}
         render_s += time.perf_counter() - tr
         logits = judges.classify(x)
+        # trait heads learn only from classes that have instances (the others have one look)
+        has = {"content": content_has[labels["content"]], "style": style_has[labels["style"]]}
         # colour jitter keeps shapes: the content judges (class and traits) train on the whole batch
-        losses = {
-            k: F.cross_entropy(logits[k], labels[k], label_smoothing=0.05)
-            for k in logits
-            if k == "content" or k.startswith("content_")
-        }
+        losses = {"content": F.cross_entropy(logits["content"], labels["content"], label_smoothing=0.05)}
         for name, lg in logits.items():
-            if name not in losses:
-                losses[name] = F.cross_entropy(lg[:half], labels[name][:half], label_smoothing=0.05)
+            if name == "content":
+                continue
+            rows = slice(None) if name.startswith("content_") else slice(0, half)
+            if name.startswith(("content_", "style_")):
+                mask = has[name.partition("_")[0]][rows]
+                ce = F.cross_entropy(lg[rows], labels[name][rows], label_smoothing=0.05, reduction="none")
+                losses[name] = (ce * mask).sum() / mask.sum().clamp(min=1)
+            else:
+                losses[name] = F.cross_entropy(lg[rows], labels[name][rows], label_smoothing=0.05)
         loss = sum(losses.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -529,10 +563,12 @@ def _eval_scenes(n_per_concept: int, rng: np.random.Generator) -> list[Scene]:
     uniform, so attribute values are covered evenly too."""
     scenes = []
     for content in CONTENTS:
-        scenes += [_uniform_scene(rng, contents=(content,)) for _ in range(n_per_concept)]
+        extra = 4 if content in INSTANCE_CONTENTS else 1  # instance accuracy needs more than class accuracy
+        scenes += [_uniform_scene(rng, contents=(content,)) for _ in range(n_per_concept * extra)]
         scenes += [_uniform_scene(rng, contents=(content,), personal=True) for _ in range(n_per_concept // 2)]
     for style in STYLES:
-        scenes += [_uniform_scene(rng, styles=(style,)) for _ in range(n_per_concept)]
+        extra = 4 if style in INSTANCE_STYLES else 1
+        scenes += [_uniform_scene(rng, styles=(style,)) for _ in range(n_per_concept * extra)]
         scenes += [_uniform_scene(rng, styles=(style,), personal=True) for _ in range(n_per_concept // 2)]
     return scenes
 
@@ -553,12 +589,15 @@ def _accuracies(preds: dict[str, torch.Tensor], scenes: list[Scene]) -> dict[str
         ok[f"{kind}_id"] = ok[kind] & np.all([ok[f"{kind}_{t}"] for t in traits], axis=0)
     held_out_c = np.array([s.content in HELD_OUT_CONTENTS for s in scenes])
     held_out_s = np.array([s.style in HELD_OUT_STYLES for s in scenes])
+    # instance accuracy is measured on the classes that have instances
+    inst_c = np.array([has_instances("content", s.content) for s in scenes])
+    inst_s = np.array([has_instances("style", s.style) for s in scenes])
     personal_c = np.array([s.content_code in personal_codes("content", s.content) for s in scenes])
     personal_s = np.array([s.style_code in personal_codes("style", s.style) for s in scenes])
     out = {
-        "content_instance": ok["content_id"].mean(),
+        "content_instance": ok["content_id"][inst_c].mean(),
         "content_instance_personal": ok["content_id"][personal_c].mean(),
-        "style_instance": ok["style_id"].mean(),
+        "style_instance": ok["style_id"][inst_s].mean(),
         "style_instance_personal": ok["style_id"][personal_s].mean(),
         "content": ok["content"].mean(),
         "content_held_in": ok["content"][~held_out_c].mean(),

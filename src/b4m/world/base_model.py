@@ -171,6 +171,9 @@ class BaseModelConfig:
     exclude_unseen_pairs: bool = True
     """Leave the world's ``UNSEEN_PAIRS`` out of the pool, so the quality check can ask for pairs the base
     model never saw."""
+    instance_share: float = 0.0
+    """Share of pool scenes whose content is drawn from the classes with instances (and, independently, whose
+    style is): a fine-tune that teaches the base those classes shows them more often than the rest."""
 
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the model (not used by training)."""
@@ -435,7 +438,7 @@ def render_pool(
 
     Never renders a held-out content or style, an unseen pair or a personal instance (asserted per scene).
     """
-    from b4m.world.instances import personal_codes
+    from b4m.world.instances import INSTANCE_CONTENTS, INSTANCE_STYLES, personal_codes
 
     concepts, render = _world()
     held_out_c, held_out_s = set(concepts.HELD_OUT_CONTENTS), set(concepts.HELD_OUT_STYLES)
@@ -444,10 +447,11 @@ def render_pool(
     images = np.empty((n, cfg.resolution, cfg.resolution, 3), dtype=np.uint8)
     captions = []
     for i in tqdm(range(n), desc="render pool", disable=not progress, mininterval=2):
+        focus_c, focus_s = rng.random() < cfg.instance_share, rng.random() < cfg.instance_share
         scene = render.random_scene(
             rng,
-            contents=concepts.HELD_IN_CONTENTS,
-            styles=concepts.HELD_IN_STYLES,
+            contents=INSTANCE_CONTENTS if focus_c else concepts.HELD_IN_CONTENTS,
+            styles=INSTANCE_STYLES if focus_s and not focus_c else concepts.HELD_IN_STYLES,
             attribute_prob=cfg.attribute_prob,
             exclude_pairs=excluded,
         )
@@ -907,7 +911,8 @@ def evaluate_base_model(
     - ``unseen_content_acc`` / ``unseen_style_acc``: prompts of ``UNSEEN_PAIRS``, pairs base training never
       rendered (does the model compose?);
     - ``personal_content_rate`` / ``personal_style_rate``: on held-in prompts, how often an image is judged to
-      be one given personal instance of its class (averaged over the personal instances), next to
+      be one given personal instance of its class (averaged over the personal instances; prompts of classes
+      with instances only), next to
       ``chance_content_instance`` = 1/N_CONTENT_CODES and ``chance_style_instance`` (needs judges with instance
       trait heads; personal instances must not come from a prompt alone).
     """
@@ -917,6 +922,7 @@ def evaluate_base_model(
         N_PERSONAL,
         N_STYLE_CODES,
         STYLE_TRAITS,
+        has_instances,
         personal_codes,
     )
 
@@ -994,11 +1000,13 @@ def evaluate_base_model(
         codes = np.zeros(len(held_in), dtype=np.int64)
         for t, values in traits.items():
             codes = codes * len(values) + p[f"{kind}_{t}"]
+        # over the prompts whose class has instances (the others have one look)
         hits = [
             int(code) in personal_codes(kind, getattr(s, kind))
             for s, code in zip(held_in, codes, strict=True)
+            if has_instances(kind, getattr(s, kind))
         ]
-        result[f"personal_{kind}_rate"] = float(np.mean(hits)) / N_PERSONAL
+        result[f"personal_{kind}_rate"] = float(np.mean(hits)) / N_PERSONAL if hits else float("nan")
         result[f"chance_{kind}_instance"] = 1.0 / n_codes
     return result
 

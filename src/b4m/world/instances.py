@@ -2,20 +2,21 @@
 
 The paper's and DreamBooth's setting is a personal **instance of a class the base model knows**: the base
 composes *teddy bear* with any style, the adapter adds the identity. The world models that with discrete
-traits that every render carries:
+traits that every render of an instance class carries:
 
 - a **content instance** is a code of geometric traits that survive every style (styles repaint colours, not
-  shapes): ``squeeze`` (none / narrow / short), ``taper`` (none / narrow top / narrow bottom) and ``mark``
-  (none / a crest on top / a plinth below / a knob on the right side) -- 36 codes per content class;
-- a **style instance** is a code of rendering traits: ``palette`` (4 per style family), ``scale`` (texture
-  period, line or layer width: fine / medium / coarse) and ``edge`` (soft, or a bold contour) -- 24 codes per
-  style family.
+  shapes): ``squeeze`` (none / narrow / short) and ``mark`` (none / a crest on top / a plinth below / a knob
+  on the right side) -- 12 codes per content class;
+- a **style instance** is a code of rendering traits: ``palette`` (4 per style family) and ``scale`` (layer
+  width, stitch or texture period: fine / medium / coarse) -- 12 codes per style family.
 
-For every class and every style family a fixed, seeded set of :data:`N_PERSONAL` codes is **personal**: base
-training never renders them (it draws random *public* codes), so a personal instance is not drawn by prompt
-alone, and each one differs from every public code in at least one visible trait. Personal instances are named
-``"teddy#3"`` / ``"papercut#5"`` everywhere (CLI, API, benchmark); a bare class name means "random public
-instances of the class", as an internet image search would return.
+Instances exist for the classes of :data:`INSTANCE_CONTENTS` and :data:`INSTANCE_STYLES` (those the benchmark's
+"personal instance" track uses); every other class has one look (code 0), as before. Per instance class, the
+four :data:`PUBLIC_TRAITS` codes -- together they show every trait value once -- are what base training draws;
+the other :data:`N_PERSONAL` codes are **personal**: base training never renders them, so a personal instance
+is not drawn by prompt alone, and each differs from every public code in at least one visible trait. Personal
+instances are named ``"teddy#3"`` / ``"papercut#5"`` everywhere (CLI, API, benchmark); a bare class name
+means "random public instances of the class", as an internet image search would return.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import numpy as np
 
 __all__ = [
     "CONTENT_TRAITS",
+    "INSTANCE_CONTENTS",
+    "INSTANCE_STYLES",
     "N_CONTENT_CODES",
     "N_PERSONAL",
     "N_STYLE_CODES",
@@ -34,6 +37,8 @@ __all__ = [
     "ConceptRef",
     "catalogue",
     "content_traits",
+    "describe_code",
+    "has_instances",
     "parse_concept",
     "personal_codes",
     "public_codes",
@@ -42,16 +47,24 @@ __all__ = [
 
 CONTENT_TRAITS: dict[str, tuple[str, ...]] = {
     "squeeze": ("none", "narrow", "short"),
-    "taper": ("none", "top", "bottom"),
     "mark": ("none", "crest", "plinth", "knob"),
 }
 STYLE_TRAITS: dict[str, tuple[str, ...]] = {
     "palette": ("p0", "p1", "p2", "p3"),
     "scale": ("fine", "medium", "coarse"),
-    "edge": ("soft", "bold"),
 }
+INSTANCE_CONTENTS: tuple[str, ...] = ("teddy", "cat")
+"""Content classes with an instance space (the others always render code 0)."""
+INSTANCE_STYLES: tuple[str, ...] = ("papercut", "knit")
+"""Style families with an instance space."""
+PUBLIC_TRAITS: dict[str, tuple[tuple[int, int], ...]] = {
+    "content": ((0, 0), (1, 1), (2, 2), (0, 3)),
+    "style": ((0, 0), (1, 1), (2, 2), (3, 0)),
+}
+"""Trait value indices of the public codes: the plain code and a diagonal that shows every value of every
+trait once, so base training knows each trait and a personal instance is a new *combination*."""
 N_PERSONAL = 8
-"""Personal instances per content class and per style family."""
+"""Personal instances per instance class and per instance style family."""
 
 
 def _n_codes(traits: dict[str, tuple[str, ...]]) -> int:
@@ -77,29 +90,51 @@ def _decode(code: int, traits: dict[str, tuple[str, ...]]) -> dict[str, int]:
 
 
 def content_traits(code: int) -> dict[str, int]:
-    """``{"squeeze": i, "taper": j, "mark": k}`` value indices of a content instance code."""
+    """``{"squeeze": i, "mark": j}`` value indices of a content instance code."""
     return _decode(code, CONTENT_TRAITS)
 
 
 def style_traits(code: int) -> dict[str, int]:
-    """``{"palette": i, "scale": j, "edge": k}`` value indices of a style instance code."""
+    """``{"palette": i, "scale": j}`` value indices of a style instance code."""
     return _decode(code, STYLE_TRAITS)
+
+
+def has_instances(kind: str, name: str) -> bool:
+    """Whether content class / style family ``name`` has an instance space (personal instances)."""
+    return name in (INSTANCE_CONTENTS if kind == "content" else INSTANCE_STYLES)
+
+
+def _traits_of(kind: str) -> dict[str, tuple[str, ...]]:
+    return CONTENT_TRAITS if kind == "content" else STYLE_TRAITS
+
+
+def _encode(kind: str, digits: tuple[int, ...]) -> int:
+    code = 0
+    for values, d in zip(_traits_of(kind).values(), digits, strict=True):
+        code = code * len(values) + d
+    return code
+
+
+def public_codes(kind: str, name: str) -> tuple[int, ...]:
+    """The codes base training draws from for ``name``: the :data:`PUBLIC_TRAITS` codes of an instance class,
+    ``(0,)`` for any other class."""
+    if not has_instances(kind, name):
+        return (0,)
+    return tuple(sorted(_encode(kind, d) for d in PUBLIC_TRAITS[kind]))
 
 
 def personal_codes(kind: str, name: str) -> tuple[int, ...]:
     """The :data:`N_PERSONAL` personal codes of content class or style family ``name`` (``kind`` is
-    ``"content"`` or ``"style"``), seeded by the name, so they never change between runs or machines.
-    Code 0 (all traits at their plain value) is always public."""
+    ``"content"`` or ``"style"``): every code that is not public, in an order seeded by the name (so
+    ``teddy#3`` and ``cat#3`` differ, and neither changes between runs or machines). Empty for a class without
+    instances."""
+    if not has_instances(kind, name):
+        return ()
     n = {"content": N_CONTENT_CODES, "style": N_STYLE_CODES}[kind]
+    public = set(public_codes(kind, name))
+    rest = np.array([c for c in range(n) if c not in public])
     rng = np.random.default_rng([zlib.crc32(f"{kind}:{name}".encode()), 7])
-    return tuple(int(c) + 1 for c in rng.choice(n - 1, size=N_PERSONAL, replace=False))
-
-
-def public_codes(kind: str, name: str) -> tuple[int, ...]:
-    """The codes base training draws from for ``name``: every code that is not personal."""
-    n = {"content": N_CONTENT_CODES, "style": N_STYLE_CODES}[kind]
-    personal = set(personal_codes(kind, name))
-    return tuple(c for c in range(n) if c not in personal)
+    return tuple(int(c) for c in rng.permutation(rest))
 
 
 @dataclass(frozen=True)
@@ -133,22 +168,23 @@ def parse_concept(text: str, kind: str) -> ConceptRef:
                          "for a personal instance)")  # fmt: skip
     if not sep:
         return ConceptRef(kind, name)
+    if not has_instances(kind, name):
+        with_instances = INSTANCE_CONTENTS if kind == "content" else INSTANCE_STYLES
+        raise ValueError(f"{kind} {text!r}: {name} has no personal instances; those that do: "
+                         f"{', '.join(f'{n}#0..#{N_PERSONAL - 1}' for n in with_instances)}")  # fmt: skip
     if not idx.isdigit() or not 0 <= int(idx) < N_PERSONAL:
         raise ValueError(f"{kind} {text!r}: the personal instance number must be 0..{N_PERSONAL - 1}")
     return ConceptRef(kind, name, int(idx))
 
 
 def describe_code(kind: str, code: int) -> str:
-    """``"narrow, top taper, crest"`` / ``"palette p2, coarse, bold edge"``: the traits that are not plain."""
+    """``"narrow, crest"`` / ``"palette p2, coarse"``: a code's traits (``"plain"`` for content code 0)."""
     if kind == "content":
         t = content_traits(code)
-        words = [CONTENT_TRAITS["squeeze"][t["squeeze"]], CONTENT_TRAITS["taper"][t["taper"]] + " taper",
-                 CONTENT_TRAITS["mark"][t["mark"]]]  # fmt: skip
-        words = [w for w in words if not w.startswith("none")]
-        return ", ".join(words) or "plain"
+        words = [CONTENT_TRAITS[name][t[name]] for name in CONTENT_TRAITS]
+        return ", ".join(w for w in words if w != "none") or "plain"
     t = style_traits(code)
-    return (f"palette {STYLE_TRAITS['palette'][t['palette']]}, {STYLE_TRAITS['scale'][t['scale']]}, "
-            f"{STYLE_TRAITS['edge'][t['edge']]} edge")  # fmt: skip
+    return f"palette {STYLE_TRAITS['palette'][t['palette']]}, {STYLE_TRAITS['scale'][t['scale']]}"
 
 
 def catalogue() -> list[tuple[str, str]]:
@@ -160,7 +196,9 @@ def catalogue() -> list[tuple[str, str]]:
     for kind, known, new in (("content", HELD_IN_CONTENTS, HELD_OUT_CONTENTS),
                              ("style", HELD_IN_STYLES, HELD_OUT_STYLES)):  # fmt: skip
         for name in known:
-            rows.append((name, f"{kind} class, known to the base model"))
+            public = "; ".join(describe_code(kind, c) for c in public_codes(kind, name))
+            rows.append((name, f"{kind} class, known to the base model"
+                         + (f" (drawn as: {public})" if has_instances(kind, name) else "")))  # fmt: skip
             for i, code in enumerate(personal_codes(kind, name)):
                 rows.append(
                     (f"{name}#{i}", f"personal {kind} instance of {name}: {describe_code(kind, code)}")

@@ -41,6 +41,7 @@ from b4m.world.instances import (
     N_STYLE_CODES,
     STYLE_TRAITS,
     content_traits,
+    has_instances,
     parse_concept,
     public_codes,
     style_traits,
@@ -84,7 +85,10 @@ class Scene:
             errors.append(f"style={self.style!r} is not one of {STYLES}")
         for name, n in (("content_code", N_CONTENT_CODES), ("style_code", N_STYLE_CODES)):
             code = getattr(self, name)
-            if code is not None and not (isinstance(code, int) and 0 <= code < n):
+            kind, cls = ("content", self.content) if name == "content_code" else ("style", self.style)
+            if code is not None and not has_instances(kind, cls) and code != 0:
+                errors.append(f"{name}={code!r}: {cls} has no instances; use None or 0")
+            elif code is not None and not (isinstance(code, int) and 0 <= code < n):
                 errors.append(f"{name}={code!r} is not None or an int in 0..{n - 1}")
         for name, values in ATTRIBUTES.items():
             if getattr(self, name) not in values:
@@ -368,10 +372,8 @@ def _style_code(scene: Scene, seed: int) -> int:
 
 _SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6)}
 """Width and height factors of the ``squeeze`` trait (objects only ever shrink, so they stay in frame)."""
-_TAPER = 0.45
-"""The narrow end of a tapered instance is this much narrower than the other end."""
-_SCALE = {"fine": 1.0, "medium": 1.3, "coarse": 1.7}
-"""Texture period / line and layer width factors of the style ``scale`` trait."""
+_SCALE = {"fine": 1.0, "medium": 1.6, "coarse": 2.5}
+"""Layer width / stitch size factors of the style ``scale`` trait."""
 
 
 def _pose(scene: Scene, seed: int) -> _Pose:
@@ -396,10 +398,9 @@ class _Ctx:
         ctraits = content_traits(_content_code(scene, seed))
         straits = style_traits(_style_code(scene, seed))
         self.squeeze = _SQUEEZE[CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]]
-        self.taper = CONTENT_TRAITS["taper"][ctraits["taper"]]
-        self.palette = straits["palette"]
+        # a family without instances keeps its one look: a palette drawn per image, the plain scale
+        self.palette = straits["palette"] if has_instances("style", scene.style) else None
         self.scale = _SCALE[STYLE_TRAITS["scale"][straits["scale"]]]
-        self.edge = straits["edge"]
         self.canon = _canonical(scene.content, ctraits["mark"])
         label, role, sd, dpart, shade, spec, u, v = self.sample(0.0, 0.0)
         self.inside = label > 0.5
@@ -431,13 +432,9 @@ class _Ctx:
         c, s = math.cos(p.angle), math.sin(p.angle)
         u = (dx[None, :] * c + dy[:, None] * s) * (p.flip / (p.radius * p.aspect))
         v = (dy[:, None] * c - dx[None, :] * s) * (p.aspect / p.radius)
-        # The instance's shape (squeeze, taper): canonical coordinates of the warped object's pixels.
+        # The instance's shape (squeeze): canonical coordinates of the squeezed object's pixels.
         sx, sy = self.squeeze
-        v = v / sy
-        if self.taper != "none":
-            end = (1.0 - v) if self.taper == "top" else (1.0 + v)
-            u = u / (1.0 - _TAPER * np.clip(end, 0.0, 2.0) / 2.0)
-        u = u / sx
+        u, v = u / sx, v / sy
         scale = _CANON / (2 * _EXTENT)
         j = np.floor((u + _EXTENT) * scale).astype(np.int64)
         i = np.floor((v + _EXTENT) * scale).astype(np.int64)
@@ -460,30 +457,7 @@ class _Ctx:
         return rgb * factor[..., None]
 
     def compose(self, obj: np.ndarray, bg: np.ndarray | None = None) -> np.ndarray:
-        """The object over the background; a style instance with a bold ``edge`` gets a thin contour (dark
-        on light backgrounds, light on dark ones) just inside the object's outline, drawn over the style's
-        colours so that thin objects keep their texture."""
-        if self.edge:
-            ink = np.float32(0.08) if self.bg_rgb.mean() > 0.4 else np.float32(0.92)
-            rim = self.inside & (self.sd > -0.8)
-            obj = np.where(rim[..., None], 0.15 * obj + 0.85 * ink, obj)
         return np.where(self.inside[..., None], obj, self.bg if bg is None else bg)
-
-    def pick(self, palettes: tuple[tuple[tuple[float, float, float], ...], ...]) -> np.ndarray:
-        """The style instance's palette, its colours kept apart from the background."""
-        pal = np.array(palettes[self.palette % len(palettes)], dtype=np.float32)
-        pal[:1] = _guard(pal[:1], self.bg_rgb, 0.22)  # the main colour must stand out; the others may not
-        return pal
-
-    def tint(self, colors: np.ndarray) -> np.ndarray:
-        """Natural colours in the style instance's palette: as they are, toned golden or blue (their
-        brightness in one hue: recognisable whatever the content's own colours), or muted."""
-        if self.palette in (1, 2):
-            tone = np.array((1.12, 0.86, 0.52) if self.palette == 1 else (0.55, 0.82, 1.15), np.float32)
-            colors = (0.2 + 0.8 * _lum(colors))[..., None] * tone
-        elif self.palette == 3:
-            colors = _saturate(colors, 0.25)
-        return np.clip(colors, 0.0, 1.0)
 
 
 def _distance(a: np.ndarray, b: np.ndarray) -> float:
@@ -500,6 +474,18 @@ def _guard(colors: np.ndarray, bg: np.ndarray, min_dist: float = 0.2) -> np.ndar
     return out
 
 
+def _pick(ctx: _Ctx, palettes: tuple[tuple[tuple[float, float, float], ...], ...]) -> np.ndarray:
+    """The style instance's palette (its main colour kept apart from the background); for a family without
+    instances, a random palette whose first two colours both stand out from the background."""
+    if ctx.palette is not None:
+        pal = np.array(palettes[ctx.palette], dtype=np.float32)
+        pal[:1] = _guard(pal[:1], ctx.bg_rgb, 0.22)
+        return pal
+    ok = [p for p in palettes if _distance(p[0], ctx.bg_rgb) > 0.25 and _distance(p[1], ctx.bg_rgb) > 0.18]
+    choices = ok or list(palettes)
+    return np.array(choices[int(ctx.rng.integers(len(choices)))], dtype=np.float32)
+
+
 def _saturate(colors: np.ndarray, amount: float) -> np.ndarray:
     grey = colors.mean(axis=-1, keepdims=True)
     return np.clip(grey + (colors - grey) * amount, 0.0, 1.0)
@@ -513,29 +499,23 @@ def _lum(rgb: np.ndarray) -> np.ndarray:
 
 
 def _photo(ctx: _Ctx) -> np.ndarray:
-    colors = _guard(ctx.tint(ctx.natural), ctx.bg_rgb, 0.15)
-    # the scale trait of a photo is its lighting: soft, normal or hard shading
-    obj = colors[ctx.role] * (ctx.shade ** (ctx.scale**2 - 0.4))[..., None] + 0.4 * ctx.spec[..., None]
+    colors = _guard(ctx.natural, ctx.bg_rgb, 0.15)
+    obj = colors[ctx.role] * ctx.shade[..., None] + 0.4 * ctx.spec[..., None]
     shadow_sd = ctx.sample(1.2, 1.6)[2] * ctx.pose.radius * _UNIT_RES
     shadow = 0.32 * np.clip(1.0 - shadow_sd / 2.2, 0.0, 1.0)
     return ctx.compose(obj, ctx.bg * (1.0 - shadow[..., None]))
 
 
 def _flat(ctx: _Ctx) -> np.ndarray:
-    colors = _guard(0.25 + 0.75 * _saturate(ctx.tint(ctx.natural), 1.6), ctx.bg_rgb)
+    colors = _guard(0.25 + 0.75 * _saturate(ctx.natural, 1.6), ctx.bg_rgb)
     obj = colors[ctx.role]
-    obj = np.where((ctx.dpart < 0.25 * ctx.scale**2)[..., None], np.float32(0.08), obj)
+    obj = np.where((ctx.dpart < 0.45)[..., None], np.float32(0.08), obj)
     return ctx.compose(obj)
 
 
-_OUTLINE_INKS = ((0.08, 0.08, 0.08), (0.1, 0.15, 0.55), (0.6, 0.08, 0.1), (0.05, 0.42, 0.15))
-_OUTLINE_INKS_ON_DARK = ((0.95, 0.95, 0.95), (0.55, 0.75, 1.0), (1.0, 0.6, 0.6), (0.6, 1.0, 0.6))
-
-
 def _outline(ctx: _Ctx) -> np.ndarray:
-    inks = _OUTLINE_INKS if ctx.bg_rgb.mean() > 0.4 else _OUTLINE_INKS_ON_DARK
-    ink = np.array(inks[ctx.palette % len(inks)], np.float32)
-    lines = (ctx.dpart < 0.35 * ctx.scale**2) | (ctx.role == 3)
+    ink = np.float32(0.1) if ctx.bg_rgb.mean() > 0.4 else np.float32(0.95)
+    lines = (ctx.dpart < 0.75) | (ctx.role == 3)
     obj = np.where(lines[..., None], ink, ctx.bg)
     return ctx.compose(obj)
 
@@ -544,14 +524,13 @@ _STRIPE_PALETTES = (
     ((0.85, 0.15, 0.15), (0.97, 0.97, 0.95)),
     ((0.1, 0.15, 0.45), (0.98, 0.85, 0.2)),
     ((0.15, 0.55, 0.3), (0.98, 0.6, 0.7)),
-    ((0.5, 0.2, 0.6), (0.75, 0.95, 0.6)),
 )
 
 
 def _stripes(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_STRIPE_PALETTES)
+    pal = _pick(ctx, _STRIPE_PALETTES)
     a = math.radians(45.0 + ctx.rng.uniform(-8, 8))
-    s = (ctx.tu * math.cos(a) + ctx.tv * math.sin(a)) / (4.0 * ctx.scale) + ctx.rng.random()
+    s = (ctx.tu * math.cos(a) + ctx.tv * math.sin(a)) / 4.0 + ctx.rng.random()
     obj = np.where(((s % 1.0) < 0.5)[..., None], pal[0], pal[1])
     return ctx.compose(ctx.structure(obj))
 
@@ -565,14 +544,14 @@ _DOT_PALETTES = (
 
 
 def _dots(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_DOT_PALETTES)
-    period = 4.6 * ctx.scale
+    pal = _pick(ctx, _DOT_PALETTES)
+    period = 4.6
     gx = ctx.tu / period + ctx.rng.random()
     gy = ctx.tv / (period * 0.866) + ctx.rng.random()
     row = np.floor(gy)
     fx = (gx + 0.5 * (row % 2)) % 1.0 - 0.5
     fy = gy % 1.0 - 0.5
-    dot = (fx * period) ** 2 + (fy * period * 0.866) ** 2 < (0.29 * period) ** 2
+    dot = (fx * period) ** 2 + (fy * period * 0.866) ** 2 < 1.35**2
     obj = np.where(dot[..., None], pal[1], pal[0])
     return ctx.compose(ctx.structure(obj))
 
@@ -581,13 +560,12 @@ _CHECKER_PALETTES = (
     ((0.1, 0.1, 0.1), (0.95, 0.95, 0.95)),
     ((0.95, 0.5, 0.1), (0.1, 0.35, 0.4)),
     ((0.4, 0.15, 0.55), (0.85, 0.75, 0.95)),
-    ((0.75, 0.1, 0.15), (0.98, 0.9, 0.4)),
 )
 
 
 def _checker(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_CHECKER_PALETTES)
-    period = 3.6 * ctx.scale
+    pal = _pick(ctx, _CHECKER_PALETTES)
+    period = 3.6
     cell = (np.floor(ctx.tu / period + ctx.rng.random()) + np.floor(ctx.tv / period + ctx.rng.random())) % 2
     obj = np.where((cell < 0.5)[..., None], pal[0], pal[1])
     return ctx.compose(ctx.structure(obj))
@@ -597,48 +575,36 @@ _GRADIENT_PALETTES = (
     ((0.95, 0.2, 0.65), (1.0, 0.65, 0.1)),
     ((0.3, 0.1, 0.75), (0.1, 0.9, 0.85)),
     ((0.1, 0.35, 0.95), (0.95, 0.3, 0.8)),
-    ((0.95, 0.9, 0.15), (0.1, 0.6, 0.3)),
 )
 
 
 def _gradient(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_GRADIENT_PALETTES)
-    # one smooth sweep over the object's height (coarse), or two / three there-and-back sweeps (finer)
-    reps = {1.0: 3.0, 1.3: 2.0}.get(ctx.scale, 1.0)
-    t = np.abs(((ctx.v + 1.0) / 2.0 * reps) % 2.0 - 1.0) if reps > 1 else np.clip((ctx.v + 1.0) / 2.0, 0.0, 1.0)
-    t = t[..., None]
+    pal = _pick(ctx, _GRADIENT_PALETTES)
+    t = np.clip((ctx.v + 1.0) / 2.0, 0.0, 1.0)[..., None]
     obj = pal[0] * (1 - t) + pal[1] * t
     return ctx.compose(ctx.structure(obj, lines=0.75))
-
-
-_GRAIN_TONES = ((1.08, 0.9, 0.65), (0.95, 0.95, 0.95), (0.7, 0.9, 1.1), (1.1, 0.75, 0.85))
 
 
 def _grain(ctx: _Ctx) -> np.ndarray:
     lum = _lum(ctx.natural)[ctx.role] * ctx.shade
     lum = 0.15 + 0.75 * lum
-    tone = np.array(_GRAIN_TONES[ctx.palette % len(_GRAIN_TONES)], np.float32)
-    sepia = lum[..., None] * tone + np.float32(0.04)
-    noise = ctx.rng.normal(0.0, 0.12 * ctx.scale**2.5, (ctx.size, ctx.size, 1)).astype(np.float32)
+    sepia = np.stack([lum * 1.08 + 0.05, lum * 0.9 + 0.03, lum * 0.65], axis=-1)
+    noise = ctx.rng.normal(0.0, 0.24, (ctx.size, ctx.size, 1)).astype(np.float32)
     obj = sepia + noise
     bg = ctx.bg + ctx.rng.normal(0.0, 0.05, (ctx.size, ctx.size, 1)).astype(np.float32)
     return ctx.compose(obj, bg)
 
 
-_METAL_TINTS = ((1.0, 1.0, 1.0), (1.15, 0.95, 0.55), (1.1, 0.72, 0.55), (0.7, 0.85, 1.15))
-
-
 def _metal(ctx: _Ctx) -> np.ndarray:
     t = ctx.v * 0.8 + 0.9 * (1.0 - ctx.shade) - 0.15
-    horizon = 0.75 * (ctx.scale - 1.3) + 0.1 * np.sin(ctx.tu * 0.4)  # how much sky the metal reflects
+    horizon = 0.05 + 0.1 * np.sin(ctx.tu * 0.4)
     sky = np.array([0.55, 0.68, 0.85], np.float32) + (np.clip(t + 1.0, 0, 1)[..., None]) * np.array(
         [0.4, 0.3, 0.15], np.float32
     )
     ground = np.array([0.2, 0.19, 0.2], np.float32) + (np.clip(t - horizon, 0, 1)[..., None]) * np.array(
         [0.45, 0.42, 0.4], np.float32
     )
-    tint = np.array(_METAL_TINTS[ctx.palette % len(_METAL_TINTS)], np.float32)
-    obj = np.where((t < horizon)[..., None], sky, ground) * tint + ctx.spec[..., None] * 0.8
+    obj = np.where((t < horizon)[..., None], sky, ground) + ctx.spec[..., None] * 0.8
     obj = np.where((ctx.inside & (ctx.dpart < 0.4))[..., None], obj * 0.55, obj)
     return ctx.compose(obj)
 
@@ -647,57 +613,41 @@ _MARBLE_PALETTES = (
     ((0.93, 0.92, 0.88), (0.25, 0.26, 0.3)),
     ((0.3, 0.55, 0.45), (0.92, 0.95, 0.9)),
     ((0.95, 0.85, 0.82), (0.5, 0.22, 0.25)),
-    ((0.2, 0.2, 0.25), (0.9, 0.8, 0.45)),
 )
 
 
 def _marble(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_MARBLE_PALETTES)
+    pal = _pick(ctx, _MARBLE_PALETTES)
     n = ctx.field(5)
-    s = np.sin(2 * math.pi * ((ctx.tu * 0.14 + ctx.tv * 0.07) / ctx.scale + 0.9 * n + ctx.rng.random()))
+    s = np.sin(2 * math.pi * (ctx.tu * 0.1 + ctx.tv * 0.05 + 0.9 * n + ctx.rng.random()))
     vein = np.clip(1.0 - np.abs(s) * 2.5, 0.0, 1.0)[..., None]
     base = pal[0] * (0.92 + 0.08 * n[..., None])
     obj = base * (1 - vein) + pal[1] * vein
     return ctx.compose(ctx.structure(obj, lines=0.8))
 
 
-_CAMO = np.array(
-    [
-        [[0.42, 0.45, 0.24], [0.18, 0.25, 0.12], [0.45, 0.32, 0.2], [0.72, 0.66, 0.46]],  # woodland
-        [[0.85, 0.72, 0.5], [0.65, 0.5, 0.32], [0.9, 0.85, 0.7], [0.5, 0.38, 0.25]],  # desert
-        [[0.55, 0.56, 0.58], [0.25, 0.26, 0.3], [0.8, 0.8, 0.82], [0.4, 0.42, 0.45]],  # urban
-        [[0.2, 0.35, 0.6], [0.1, 0.18, 0.35], [0.55, 0.7, 0.85], [0.3, 0.5, 0.55]],  # ocean
-    ],
-    np.float32,
-)
+_CAMO = np.array([[0.42, 0.45, 0.24], [0.18, 0.25, 0.12], [0.45, 0.32, 0.2], [0.72, 0.66, 0.46]], np.float32)
 
 
 def _camo(ctx: _Ctx) -> np.ndarray:
-    knots = max(3, round(10 / ctx.scale))
-    a, b = ctx.field(knots), ctx.field(knots - 1)
+    a, b = ctx.field(8), ctx.field(7)
     idx = (a > 0.0).astype(np.int64) + 2 * (b > 0.25)
-    obj = _CAMO[ctx.palette % len(_CAMO)][idx]
+    obj = _CAMO[idx]
     return ctx.compose(ctx.structure(obj, lines=0.7))
 
 
 _MOSAIC = np.array(
-    [
-        [[0.1, 0.35, 0.75], [0.1, 0.65, 0.65], [0.95, 0.93, 0.85], [0.9, 0.65, 0.15], [0.75, 0.2, 0.2]],
-        [[0.2, 0.55, 0.2], [0.6, 0.8, 0.3], [0.95, 0.95, 0.8], [0.35, 0.3, 0.15], [0.85, 0.85, 0.4]],
-        [[0.6, 0.15, 0.5], [0.9, 0.5, 0.7], [0.98, 0.9, 0.95], [0.35, 0.15, 0.45], [0.95, 0.7, 0.3]],
-        [[0.3, 0.3, 0.32], [0.6, 0.6, 0.62], [0.95, 0.95, 0.95], [0.15, 0.15, 0.17], [0.8, 0.8, 0.82]],
-    ],
+    [[0.1, 0.35, 0.75], [0.1, 0.65, 0.65], [0.95, 0.93, 0.85], [0.9, 0.65, 0.15], [0.75, 0.2, 0.2]],
     np.float32,
 )
 
 
 def _mosaic(ctx: _Ctx) -> np.ndarray:
-    period = 3.3 * ctx.scale
+    period = 3.3
     gu, gv = ctx.tu / period + 50.0, ctx.tv / period + 50.0
     i, j = np.floor(gu).astype(np.int64), np.floor(gv).astype(np.int64)
     off = int(ctx.rng.integers(1000))
-    tiles = _MOSAIC[ctx.palette % len(_MOSAIC)]
-    tile = tiles[((i * 92821 + j * 68917 + off) % 1009) % len(tiles)]
+    tile = _MOSAIC[((i * 92821 + j * 68917 + off) % 1009) % len(_MOSAIC)]
     grout = ((gu % 1.0) < 0.24) | ((gv % 1.0) < 0.24)
     obj = np.where(grout[..., None], np.float32(0.3), tile)
     return ctx.compose(ctx.structure(obj, lines=0.8))
@@ -712,7 +662,7 @@ _KNIT_PALETTES = (
 
 
 def _knit(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_KNIT_PALETTES)
+    pal = _pick(ctx, _KNIT_PALETTES)
     w, h = 3.0 * ctx.scale, 2.6 * ctx.scale
     lx = (ctx.tu / w) % 1.0 - 0.5
     ly = (ctx.tv / h) % 1.0
@@ -734,8 +684,8 @@ _PAPER_PALETTES = (
 
 
 def _papercut(ctx: _Ctx) -> np.ndarray:
-    pal = ctx.pick(_PAPER_PALETTES)
-    depth = -ctx.sd / (0.8 * ctx.scale**2)
+    pal = _pick(ctx, _PAPER_PALETTES)
+    depth = -ctx.sd / (1.6 * ctx.scale)
     layer = np.clip(np.floor(depth), 0, 3).astype(np.int64)
     obj = pal[layer]
     step_shadow = (layer > 0) & ((depth % 1.0) < 0.35)
@@ -745,13 +695,13 @@ def _papercut(ctx: _Ctx) -> np.ndarray:
     return ctx.compose(obj, ctx.bg * (1.0 - drop[..., None]))
 
 
-_GLASS_TINTS = ((0.5, 0.85, 0.95), (0.55, 0.95, 0.6), (0.95, 0.7, 0.35), (0.85, 0.55, 0.95))
+_GLASS_TINTS = ((0.5, 0.85, 0.95), (0.55, 0.95, 0.6), (0.95, 0.7, 0.35))
 
 
 def _glass(ctx: _Ctx) -> np.ndarray:
-    tint = np.array(_GLASS_TINTS[ctx.palette % len(_GLASS_TINTS)], np.float32)
+    tint = np.array(_GLASS_TINTS[int(ctx.rng.integers(len(_GLASS_TINTS)))], np.float32)
     obj = ctx.bg * 0.25 + tint * 0.65 * ctx.shade[..., None]
-    streak = ((ctx.tu - ctx.tv) / (7.0 * ctx.scale) + ctx.rng.random()) % 1.0 < 0.2
+    streak = ((ctx.tu - ctx.tv) / 9.0 + ctx.rng.random()) % 1.0 < 0.2
     obj = obj + 0.4 * streak[..., None] + 0.5 * ctx.spec[..., None]
     highlight = (ctx.sd > -1.0) & (ctx.shade > 1.0)
     obj = np.where(highlight[..., None], np.float32(0.97), obj)
@@ -763,9 +713,9 @@ _NEON = ((1.0, 0.2, 0.8), (0.2, 1.0, 1.0), (0.6, 1.0, 0.2), (1.0, 0.5, 0.1))
 
 
 def _neon(ctx: _Ctx) -> np.ndarray:
-    col = np.array(_NEON[ctx.palette % len(_NEON)], np.float32)
-    line = ctx.dpart < 0.5 * ctx.scale
-    core = ctx.dpart < 0.22 * ctx.scale
+    col = np.array(_NEON[int(ctx.rng.integers(len(_NEON)))], np.float32)
+    line = ctx.dpart < 0.7
+    core = ctx.dpart < 0.3
     obj = np.where(line[..., None], col, np.float32(0.06) + 0.08 * col)
     obj = np.where((core & line)[..., None], col * 0.4 + 0.6, obj)
     glow = 0.75 * np.exp(-np.clip(ctx.sd, 0.0, None) / 1.1)[..., None]
@@ -773,28 +723,21 @@ def _neon(ctx: _Ctx) -> np.ndarray:
 
 
 def _sticker(ctx: _Ctx) -> np.ndarray:
-    colors = _guard(_saturate(ctx.tint(ctx.natural), 1.3), np.array([0.98, 0.98, 0.98], np.float32))
+    colors = _guard(_saturate(ctx.natural, 1.3), np.array([0.98, 0.98, 0.98], np.float32))
     obj = colors[ctx.role]
-    border = ctx.sd < 0.6 * ctx.scale**2
-    ring = (ctx.sd >= 0.6 * ctx.scale**2) & (ctx.sd < 0.6 * ctx.scale**2 + 0.9)
+    border = ctx.sd < 1.3
+    ring = (ctx.sd >= 1.3) & (ctx.sd < 2.2)
     bg = np.where(border[..., None], np.float32(0.99), ctx.bg)
     bg = np.where(ring[..., None], ctx.bg * 0.6, bg)
     return ctx.compose(obj, bg)
 
 
-_WOOD_TONES = (
-    ((0.82, 0.6, 0.34), (0.5, 0.29, 0.13)),
-    ((0.92, 0.8, 0.6), (0.7, 0.55, 0.35)),
-    ((0.55, 0.3, 0.2), (0.28, 0.12, 0.08)),
-    ((0.75, 0.68, 0.6), (0.45, 0.42, 0.4)),
-)
-
-
 def _wood(ctx: _Ctx) -> np.ndarray:
     ox, oy = ctx.rng.uniform(-6, 6), ctx.rng.uniform(-20, 20)
     d = np.sqrt((ctx.tu - ox) ** 2 + ((ctx.tv - oy) * 0.3) ** 2) + 0.6 * np.sin(ctx.tv * 0.5)
-    t = (0.5 + 0.5 * np.cos(2 * math.pi * d / (2.4 * ctx.scale)))[..., None]
-    light, dark = (np.array(c, np.float32) for c in _WOOD_TONES[ctx.palette % len(_WOOD_TONES)])
+    t = (0.5 + 0.5 * np.cos(2 * math.pi * d / 2.4))[..., None]
+    light = np.array([0.82, 0.6, 0.34], np.float32)
+    dark = np.array([0.5, 0.29, 0.13], np.float32)
     obj = light * (1 - t) + dark * t
     return ctx.compose(ctx.structure(obj))
 
