@@ -7,8 +7,9 @@ traits that every render of an instance class carries:
 - a **content instance** is a code of geometric traits that survive every style (styles repaint colours, not
   shapes): ``squeeze`` (none / narrow / short) and ``mark`` (none / a crest on top / a plinth below / a knob
   on the right side) -- 12 codes per content class;
-- a **style instance** is a code of rendering traits: ``palette`` (4 per style family) and ``scale`` (layer
-  width, stitch or texture period: fine / medium / coarse) -- 12 codes per style family.
+- a **style instance** is a code of rendering traits: ``palette`` (4 per style family) and ``finish`` (3 per
+  family, :data:`FINISH_NAMES`: papercut's drop shadow raised / flat / deep, knit's contrast yarn striped /
+  plain / ribbed) -- 12 codes per style family.
 
 Instances exist for the classes of :data:`INSTANCE_CONTENTS` and :data:`INSTANCE_STYLES` (those the benchmark's
 "personal instance" track uses); every other class has one look (code 0), as before. Per instance class, the
@@ -28,6 +29,7 @@ import numpy as np
 
 __all__ = [
     "CONTENT_TRAITS",
+    "FINISH_NAMES",
     "INSTANCE_CONTENTS",
     "INSTANCE_STYLES",
     "N_CONTENT_CODES",
@@ -51,7 +53,7 @@ CONTENT_TRAITS: dict[str, tuple[str, ...]] = {
 }
 STYLE_TRAITS: dict[str, tuple[str, ...]] = {
     "palette": ("p0", "p1", "p2", "p3"),
-    "scale": ("fine", "medium", "coarse"),
+    "finish": ("f0", "f1", "f2"),
 }
 INSTANCE_CONTENTS: tuple[str, ...] = ("teddy", "cat")
 """Content classes with an instance space (the others always render code 0)."""
@@ -63,6 +65,12 @@ PUBLIC_TRAITS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 """Trait value indices of the public codes: the plain code and a diagonal that shows every value of every
 trait once, so base training knows each trait and a personal instance is a new *combination*."""
+FINISH_NAMES: dict[str, tuple[str, ...]] = {
+    "papercut": ("raised", "flat", "deep"),
+    "knit": ("striped", "plain", "ribbed"),
+}
+"""What the ``finish`` trait means per family: the paper's drop shadow (a halo, none, or a long offset shadow)
+or the knit's contrast yarn (every 2nd row, none, or a border along the outline)."""
 N_PERSONAL = 8
 """Personal instances per instance class and per instance style family."""
 
@@ -95,7 +103,7 @@ def content_traits(code: int) -> dict[str, int]:
 
 
 def style_traits(code: int) -> dict[str, int]:
-    """``{"palette": i, "scale": j}`` value indices of a style instance code."""
+    """``{"palette": i, "finish": j}`` value indices of a style instance code."""
     return _decode(code, STYLE_TRAITS)
 
 
@@ -177,14 +185,16 @@ def parse_concept(text: str, kind: str) -> ConceptRef:
     return ConceptRef(kind, name, int(idx))
 
 
-def describe_code(kind: str, code: int) -> str:
-    """``"narrow, crest"`` / ``"palette p2, coarse"``: a code's traits (``"plain"`` for content code 0)."""
+def describe_code(kind: str, code: int, name: str = "") -> str:
+    """``"narrow, crest"`` / ``"palette p2, deep"``: a code's traits (``"plain"`` for content code 0); ``name``
+    (the style family) words the ``finish`` trait."""
     if kind == "content":
         t = content_traits(code)
-        words = [CONTENT_TRAITS[name][t[name]] for name in CONTENT_TRAITS]
+        words = [CONTENT_TRAITS[trait][t[trait]] for trait in CONTENT_TRAITS]
         return ", ".join(w for w in words if w != "none") or "plain"
     t = style_traits(code)
-    return f"palette {STYLE_TRAITS['palette'][t['palette']]}, {STYLE_TRAITS['scale'][t['scale']]}"
+    finish = FINISH_NAMES.get(name, STYLE_TRAITS["finish"])[t["finish"]]
+    return f"palette {STYLE_TRAITS['palette'][t['palette']]}, {finish}"
 
 
 def catalogue() -> list[tuple[str, str]]:
@@ -196,12 +206,12 @@ def catalogue() -> list[tuple[str, str]]:
     for kind, known, new in (("content", HELD_IN_CONTENTS, HELD_OUT_CONTENTS),
                              ("style", HELD_IN_STYLES, HELD_OUT_STYLES)):  # fmt: skip
         for name in known:
-            public = "; ".join(describe_code(kind, c) for c in public_codes(kind, name))
+            public = "; ".join(describe_code(kind, c, name) for c in public_codes(kind, name))
             rows.append((name, f"{kind} class, known to the base model"
                          + (f" (drawn as: {public})" if has_instances(kind, name) else "")))  # fmt: skip
             for i, code in enumerate(personal_codes(kind, name)):
                 rows.append(
-                    (f"{name}#{i}", f"personal {kind} instance of {name}: {describe_code(kind, code)}")
+                    (f"{name}#{i}", f"personal {kind} instance of {name}: {describe_code(kind, code, name)}")
                 )
         for name in new:
             rows.append((name, f"held-out {kind}: a new class the base model never saw"))

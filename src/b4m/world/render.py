@@ -255,7 +255,7 @@ def _add_mark(labels: np.ndarray, gx: np.ndarray, gy: np.ndarray, mark: str, n_p
         mask = (gy > bottom - 0.05) & (gy < bottom + 0.2) & (gx > low.min() - 0.2) & (gx < low.max() + 0.2)
     elif mark == "knob":
         right, my = ox.max(), oy.mean()
-        mask = (gx - (right + 0.08)) ** 2 + (gy - my) ** 2 < 0.24**2
+        mask = (gx - (right + 0.1)) ** 2 + (gy - my) ** 2 < 0.28**2
     else:
         raise ValueError(f"unknown mark {mark!r}")
     out = labels.copy()
@@ -372,8 +372,10 @@ def _style_code(scene: Scene, seed: int) -> int:
 
 _SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6)}
 """Width and height factors of the ``squeeze`` trait (objects only ever shrink, so they stay in frame)."""
-_SCALE = {"fine": 1.0, "medium": 1.6, "coarse": 2.5}
-"""Layer width / stitch size factors of the style ``scale`` trait."""
+_KNIT_RIB = 1.2
+"""Width (px of a 32 px image) of the contrast border of a ribbed knit."""
+_PAPER_SHADOW = ((0.35, 0.0), (0.0, 0.0), (0.5, 2.2))
+"""Papercut ``finish``: (strength, offset in px) of the drop shadow: raised, flat, deep."""
 
 
 def _pose(scene: Scene, seed: int) -> _Pose:
@@ -400,7 +402,7 @@ class _Ctx:
         self.squeeze = _SQUEEZE[CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]]
         # a family without instances keeps its one look: a palette drawn per image, the plain scale
         self.palette = straits["palette"] if has_instances("style", scene.style) else None
-        self.scale = _SCALE[STYLE_TRAITS["scale"][straits["scale"]]]
+        self.finish = straits["finish"] if has_instances("style", scene.style) else 0
         self.canon = _canonical(scene.content, ctraits["mark"])
         label, role, sd, dpart, shade, spec, u, v = self.sample(0.0, 0.0)
         self.inside = label > 0.5
@@ -663,13 +665,20 @@ _KNIT_PALETTES = (
 
 def _knit(ctx: _Ctx) -> np.ndarray:
     pal = _pick(ctx, _KNIT_PALETTES)
-    w, h = 3.0 * ctx.scale, 2.6 * ctx.scale
+    w, h = 3.0, 2.6
     lx = (ctx.tu / w) % 1.0 - 0.5
     ly = (ctx.tv / h) % 1.0
     stitch = 0.6 + 0.4 * np.cos(2 * math.pi * (ly - 1.3 * np.abs(lx)))
     stitch = stitch * np.where(np.abs(lx) > 0.42, 0.7, 1.0)
     row = np.floor(ctx.tv / h).astype(np.int64)
-    band = (row % 4) == 0
+    # finish: contrast rows every 2nd row (striped), none (plain), or a contrast border along the outline
+    # (ribbed, like a cuff), which shows on thin objects too
+    if ctx.finish == 0:
+        band = (row % 2) == 0
+    elif ctx.finish == 1:
+        band = np.zeros_like(row, dtype=bool)
+    else:
+        band = ctx.sd > -_KNIT_RIB
     obj = np.where(band[..., None], pal[1], pal[0]) * stitch[..., None]
     obj = obj + ctx.rng.normal(0, 0.04, (ctx.size, ctx.size, 1)).astype(np.float32)
     return ctx.compose(ctx.structure(obj, lines=0.75))
@@ -685,13 +694,15 @@ _PAPER_PALETTES = (
 
 def _papercut(ctx: _Ctx) -> np.ndarray:
     pal = _pick(ctx, _PAPER_PALETTES)
-    depth = -ctx.sd / (1.6 * ctx.scale)
+    depth = -ctx.sd / 1.6
     layer = np.clip(np.floor(depth), 0, 3).astype(np.int64)
     obj = pal[layer]
     step_shadow = (layer > 0) & ((depth % 1.0) < 0.35)
     obj = np.where(step_shadow[..., None], obj * 0.78, obj)
     obj = np.where((ctx.dpart < 0.4)[..., None], obj * 0.85, obj)
-    drop = 0.35 * np.clip(1.0 - ctx.sd / 1.5, 0.0, 1.0)
+    strength, offset = _PAPER_SHADOW[ctx.finish]
+    sd = ctx.sd if offset == 0 else ctx.sample(offset, offset)[2] * ctx.pose.radius * _UNIT_RES
+    drop = strength * np.clip(1.0 - sd / 1.5, 0.0, 1.0)
     return ctx.compose(obj, ctx.bg * (1.0 - drop[..., None]))
 
 
