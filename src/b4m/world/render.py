@@ -39,7 +39,6 @@ from b4m.world.instances import (
     CONTENT_TRAITS,
     N_CONTENT_CODES,
     N_STYLE_CODES,
-    STYLE_TRAITS,
     content_traits,
     has_instances,
     parse_concept,
