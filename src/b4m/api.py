@@ -1,10 +1,10 @@
 """The Python API: one function per CLI command, each taking a config file and/or keyword options.
 
 import b4m
-content = b4m.train_content(images="refs/teddy", prompt="a photo of snq teddy", aux=["s1", "s2", "s3"])
-style = b4m.train_style(images="refs/paper", prompt="a cup in w@z style", aux=["c1", "c2", "c3"])
+content = b4m.train_content(images="refs/teddy", prompt="a photo of a snq teddy", aux=["s1", "s2", "s3"])
+style = b4m.train_style(images="refs/paper", prompt="a cup in wzk papercut style", aux=["c1", "c2", "c3"])
 fused = b4m.fuse(content=content, style=style)
-b4m.generate(adapter=fused, prompt=["a snq teddy in w@z style"], n=4)
+b4m.generate(adapter=fused, prompt=["a snq teddy in wzk papercut style"], n=4)
 """
 
 from __future__ import annotations

@@ -321,7 +321,7 @@ class Stage2Config:
 class GenerateConfig:
     """``b4m generate``: images from a prompt with an adapter (or the base model alone)."""
 
-    prompt: list[str] = opt([], "one or more prompts, e.g. 'a snq teddy in w@z style'")
+    prompt: list[str] = opt([], "one or more prompts, e.g. 'a snq teddy in wzk papercut style'")
     adapter: Path | None = opt(None, "adapter file (.safetensors); none: the base model alone")
     content_scale: float = opt(1.0, "strength of the content part B (b4m adapters)")
     style_scale: float = opt(1.0, "strength of the style part D (b4m adapters)")

@@ -77,11 +77,11 @@ class MethodOptions:
     content_images: Path | None = opt(
         None, "folder of content images (captions from .txt files or --content-prompt)"
     )
-    content_prompt: str | None = opt(None, "prompt for the content images, e.g. 'a photo of snq teddy'")
+    content_prompt: str | None = opt(None, "prompt for the content images, e.g. 'a photo of a snq teddy'")
     style_images: Path | None = opt(
         None, "folder of style images (captions from .txt files or --style-prompt)"
     )
-    style_prompt: str | None = opt(None, "prompt for the style images, e.g. 'a cup in w@z style'")
+    style_prompt: str | None = opt(None, "prompt for the style images, e.g. 'a cup in wzk papercut style'")
     content_lora: Path | None = opt(None, "content LoRA file (.safetensors), e.g. from 'b4m run lora'")
     style_lora: Path | None = opt(
         None, "style LoRA file (.safetensors), e.g. from 'b4m run lora --concept style'"

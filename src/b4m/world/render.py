@@ -121,7 +121,7 @@ def caption(scene: Scene, content_word: str | None = None, style_word: str | Non
 
     ``"a teddy in stripes style on the left, small, on a blue background"``; style ``photo`` reads
     ``"a photo of a teddy"``. Attributes at their default value are omitted. ``content_word`` and ``style_word``
-    replace the concept names, e.g. with trigger words (``"snq teddy"``, ``"w@z"``).
+    replace the concept names, e.g. with trigger words (``"snq teddy"``, ``"wzk papercut"``).
     """
     content = content_word if content_word is not None else scene.content
     if scene.style == "photo" and style_word is None:
