@@ -41,6 +41,8 @@ _ROWS = (
 
 
 def report(metrics: dict, command: str, out_dir: Path) -> str:
+    from b4m.world.instances import INSTANCE_CONTENTS, INSTANCE_STYLES, N_CONTENT_CODES, N_STYLE_CODES
+
     lines = [
         "# World judges: accuracy benchmark",
         "",
@@ -48,8 +50,9 @@ def report(metrics: dict, command: str, out_dir: Path) -> str:
         "with content/style identity embeddings, class and instance-trait heads on them, and attribute heads",
         "(`b4m.eval.judges`). Trained on renders of all contents, styles and instances (held-out classes and",
         "personal instances included); evaluated on fresh renders whose seeds training never uses. An instance",
-        "counts as recognised only when the class and every trait are right (36 content codes, 24 style codes",
-        "per class).",
+        "counts as recognised only when the class and every trait are right; instance accuracies are over the",
+        f"classes with instances ({', '.join(INSTANCE_CONTENTS)}: {N_CONTENT_CODES} codes each; "
+        f"{', '.join(INSTANCE_STYLES)}: {N_STYLE_CODES} codes each).",
         "",
         f"Command: `{command}`",
         "",
