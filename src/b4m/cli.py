@@ -226,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_args(p, Stage2Config)
     p.set_defaults(func=_cmd_fuse)
 
-    from b4m.methods import all_methods
+    from b4m.methods.catalogue import CATALOGUE  # configs and summaries only: no torch for --help
 
     p = sub.add_parser("methods", help="list the methods b4m runs (id, what each needs, what it writes)")
     p.set_defaults(func=_cmd_methods)
@@ -234,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
         "run", help="run any method by id ('b4m methods' lists them) with the shared option names"
     )
     ids = run.add_subparsers(dest="method", required=True, metavar="METHOD")
-    for method in all_methods().values():
+    for method in CATALOGUE.values():
         p = ids.add_parser(method.id, help=method.summary)
         add_config_args(p, method.config)
         p.set_defaults(func=_cmd_run)
@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = base.add_parser("sample", help="generate images from prompts with the base model (no adapter)")
     add_config_args(p, GenerateConfig, skip=("adapter", "content_scale", "style_scale"))
     p.set_defaults(func=_cmd_base_sample)
-    from b4m.world.base_model import BaseModelConfig
+    from b4m.world.base_config import BaseModelConfig
 
     p = base.add_parser(
         "train", help="rebuild the built-in base model from scratch (about an hour on 2 cores)"

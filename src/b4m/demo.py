@@ -22,13 +22,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from b4m import threads
 from b4m.config import Stage1Config, Stage2Config, opt, resolve_preset, to_dict
 from b4m.errors import B4MError
+
+if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
+    import torch
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -293,6 +294,8 @@ def _summary(cfg: DemoConfig, scores: dict[str, dict[str, Any]]) -> str:
 
 def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, Any]:
     """Run the demo; returns the results dict also written to ``<out>/results.json``."""
+    import torch
+
     from b4m.data.folders import load_images, read_image_folder
     from b4m.diffusion.pipeline import load_pipeline
     from b4m.diffusion.sampling import generation_defaults, load_adapter, sample

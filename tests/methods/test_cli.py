@@ -6,6 +6,8 @@ import b4m
 from b4m.adapters.codec import load_lora
 from b4m.cli import main
 from b4m.methods import all_methods
+from b4m.methods.base import METHOD_MODULES, MethodInfo
+from b4m.methods.catalogue import CATALOGUE
 
 from .conftest import random_lora
 
@@ -18,6 +20,19 @@ def test_methods_lists_every_id_with_needs_and_writes(capsys):
     assert listed == set(all_methods())
     ziplora = next(line for line in out if line.startswith("ziplora"))
     assert "content_lora, style_lora, content_images, style_images" in ziplora
+
+
+def test_catalogue_describes_the_registry():
+    """The command line's help reads the catalogue (no torch); the registry's methods must be exactly those."""
+    registry = all_methods()
+    assert set(registry) == set(CATALOGUE)
+    for method_id, method in registry.items():
+        info = CATALOGUE[method_id]
+        for field in MethodInfo.__dataclass_fields__:
+            assert getattr(method, field) == getattr(info, field), (method_id, field)
+    # the catalogue lists them in the order of their modules (as a fresh registry does)
+    order = [METHOD_MODULES.index(registry[method_id].fit.__module__) for method_id in CATALOGUE]
+    assert order == sorted(order)
 
 
 def test_missing_inputs_fail_in_one_line(capsys, tmp_path):

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
+from b4m.diffusion.builtin_base import load_base_pipeline
 from b4m.errors import B4MError
 
 __all__ = [
@@ -53,8 +54,6 @@ def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.flo
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
     if base is None or str(base) == BUILTIN:
-        from b4m.world.base_model import load_base_pipeline
-
         try:
             pipe = load_base_pipeline(None, dtype=dtype)
         except FileNotFoundError as err:

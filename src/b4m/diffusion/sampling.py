@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from b4m.adapters.codec import LoraFile, load_lora
 from b4m.adapters.plp import scale_parts, split_dims
+from b4m.diffusion.builtin_base import INFO_FILE, default_base_path, read_base_info
 from b4m.errors import B4MError
 
 __all__ = ["check_base_model", "check_layers", "describe", "generation_defaults", "load_adapter", "sample"]
@@ -56,8 +57,6 @@ def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, 
     """Steps, guidance and resolution: those a b4m base folder records (``b4m_base.json``: the built-in model,
     or one rebuilt with ``b4m base train``), else the official B4M settings (25 steps, guidance 5.0; 1024 px on
     SDXL, 512 px on SD)."""
-    from b4m.world.base_model import INFO_FILE, default_base_path, read_base_info
-
     folder = default_base_path() if base in (None, "builtin") else Path(str(base))
     if (folder / INFO_FILE).is_file():
         info = read_base_info(folder)

@@ -3,12 +3,22 @@
 ``all_methods()`` lists the registry; ``run_method(id, **options)`` runs one (the CLI's ``b4m run ID``).
 """
 
-from b4m.methods.base import NEEDS, Fitted, Method, MethodOptions, all_methods, get_method, register
+from b4m.methods.base import (
+    NEEDS,
+    Fitted,
+    Method,
+    MethodInfo,
+    MethodOptions,
+    all_methods,
+    get_method,
+    register,
+)
 
 __all__ = [
     "NEEDS",
     "Fitted",
     "Method",
+    "MethodInfo",
     "MethodOptions",
     "all_methods",
     "fit_method",

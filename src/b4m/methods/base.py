@@ -1,7 +1,9 @@
 """The method contract and registry: every method is one module, registered by id.
 
-A method module holds its config dataclass (a subclass of :class:`MethodOptions`, built by the project's config
-engine, so it loads from YAML/TOML files and CLI flags alike) and its maths, and registers one :class:`Method`:
+A method has a config dataclass (a subclass of :class:`MethodOptions`, built by the project's config engine, so it
+loads from YAML/TOML files and CLI flags alike) and a description (:class:`MethodInfo`), both in
+:mod:`b4m.methods.catalogue`, which imports no torch (the command line builds its help from it alone); the method's
+module holds its maths and registers one :class:`Method` (``Method.of(info, fit)``):
 
 - ``id``: how the CLI (``b4m run ID``), the API (``b4m.run_method(ID, ...)``) and the benchmark call it;
 - ``needs``: which inputs it requires, from :data:`NEEDS` (``"a|b"``: one of them; checked before any model
@@ -32,6 +34,7 @@ __all__ = [
     "NEEDS",
     "Fitted",
     "Method",
+    "MethodInfo",
     "MethodOptions",
     "all_methods",
     "get_method",
@@ -123,6 +126,31 @@ class Fitted:
     hook: Callable[..., Any] | None = None
 
 
+def _check_entry(entry: MethodInfo | Method) -> None:
+    unknown = {part for need in entry.needs for part in need.split("|")} - set(NEEDS)
+    if unknown:
+        raise ValueError(f"method {entry.id}: unknown needs {sorted(unknown)} (known: {sorted(NEEDS)})")
+    if not (isinstance(entry.config, type) and issubclass(entry.config, MethodOptions)):
+        raise ValueError(f"method {entry.id}: its config must subclass MethodOptions")
+
+
+@dataclass(frozen=True)
+class MethodInfo:
+    """What is known of a method before its module (and torch) loads: its id, config and description.
+
+    :data:`b4m.methods.catalogue.CATALOGUE` holds one per method; the command line's help reads only these."""
+
+    id: str
+    config: type
+    summary: str
+    trains: str
+    needs: tuple[str, ...]
+    writes: str
+
+    def __post_init__(self) -> None:
+        _check_entry(self)
+
+
 @dataclass(frozen=True)
 class Method:
     """One registered method (see the module docstring)."""
@@ -137,11 +165,15 @@ class Method:
     sampling_hook: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:
-        unknown = {part for need in self.needs for part in need.split("|")} - set(NEEDS)
-        if unknown:
-            raise ValueError(f"method {self.id}: unknown needs {sorted(unknown)} (known: {sorted(NEEDS)})")
-        if not (isinstance(self.config, type) and issubclass(self.config, MethodOptions)):
-            raise ValueError(f"method {self.id}: its config must subclass MethodOptions")
+        _check_entry(self)
+
+    @classmethod
+    def of(
+        cls, info: MethodInfo, fit: Callable[..., Fitted], sampling_hook: Callable[..., Any] | None = None
+    ) -> Method:
+        """The method described by ``info`` (its catalogue entry), computed by ``fit``."""
+        fields = {f.name: getattr(info, f.name) for f in dataclasses.fields(MethodInfo)}
+        return cls(fit=fit, sampling_hook=sampling_hook, **fields)
 
     def check_needs(self, cfg: Any) -> None:
         """Every declared input is given (one error listing all missing options)."""

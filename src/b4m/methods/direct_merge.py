@@ -6,25 +6,16 @@ Training-free; it reads two LoRA files and needs no model (each file's ``lora_al
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 from b4m.adapters.codec import load_lora
 from b4m.adapters.compose import concat
-from b4m.config import opt
 from b4m.errors import B4MError
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, DirectMergeOptions
 from b4m.methods.common import align_sources, claim_out, read_source, save_adapter
 
 __all__ = ["DirectMergeOptions", "check_same_base", "fit_direct_merge"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DirectMergeOptions(MethodOptions):
-    """``b4m run direct-merge``: the weighted sum of a content and a style LoRA."""
-
-    lambda_c: float = opt(1.0, "content strength l_c (Eq. 3)")
-    lambda_s: float = opt(1.0, "style strength l_s (Eq. 3)")
 
 
 def check_same_base(cfg: Any) -> None:
@@ -70,14 +61,4 @@ def _words(cfg: Any) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-register(
-    Method(
-        id="direct-merge",
-        config=DirectMergeOptions,
-        fit=fit_direct_merge,
-        summary="W0 + l_c dW_c + l_s dW_s (Eq. 3), training-free",
-        trains="nothing",
-        needs=("content_lora", "style_lora"),
-        writes="rank r_c + r_s LoRA (exact)",
-    )
-)
+register(Method.of(CATALOGUE["direct-merge"], fit_direct_merge))

@@ -31,19 +31,18 @@ components whose ``|m|`` is at most ``prune_tol`` dropped (the largest change th
 
 from __future__ import annotations
 
-import dataclasses
 import re
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from b4m.adapters.compose import concat, fold_ranks
 from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
-from b4m.config import opt
 from b4m.diffusion.pipeline import encode_prompts, training_scheduler
 from b4m.errors import B4MError
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, DuoLoRAOptions
 from b4m.methods.common import (
     Session,
     align_sources,
@@ -58,28 +57,6 @@ from b4m.methods.direct_merge import _words, check_same_base
 from b4m.train.loop import sample_batch
 
 __all__ = ["DuoDelta", "DuoLoRAOptions", "block_level", "fit_duolora", "layer_priors", "predicted_x0"]
-
-
-@dataclasses.dataclass(frozen=True)
-class DuoLoRAOptions(MethodOptions):
-    """``b4m run duolora``: learn rank masks for a content and a style LoRA with layer priors and cycle loss."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "sd": {"steps": 100, "lr": 1e-2, "resolution": 512},
-        "builtin": {"steps": 100, "lr": 1e-2, "resolution": 32},
-    }
-
-    combined_prompt: str | None = opt(
-        None,
-        "prompt of content in the style, for the Constyle cycle (default: '<content prompt>, <style prompt>')",
-    )
-    lambda_cycle: float = opt(0.01, "weight of the Constyle (cycle) loss")
-    lambda_prior: float = opt(0.1, "weight of the rank loss of the layer priors")
-    lambda_hinge: float = opt(1.0, "weight of the hinge inside the rank loss")
-    prior_init: float = opt(
-        0.5, "initial mask of the non-dominant concept in a layer (the dominant one starts at 1)"
-    )
-    prune_tol: float = opt(1e-3, "drop rank components whose |mask| is at most this on export")
 
 
 _BLOCK = re.compile(r"^(down_blocks|up_blocks)\.(\d+)\.|^(mid_block)\.")
@@ -252,14 +229,4 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
     )
 
 
-register(
-    Method(
-        id="duolora",
-        config=DuoLoRAOptions,
-        fit=fit_duolora,
-        summary="DuoLoRA: ZipRank rank masks, layer priors from the UNet's structure, Constyle cycle loss",
-        trains="m_c, m_s (one per rank component of every layer)",
-        needs=("content_lora", "style_lora", "content_images", "style_images"),
-        writes="LoRA of rank <= r_c + r_s (exact; near-zero components pruned)",
-    )
-)
+register(Method.of(CATALOGUE["duolora"], fit_duolora))

@@ -5,28 +5,18 @@ content and one style sample per step, sharing noise and timestep, in one batche
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from b4m.adapters.deltas import attach, factors_of
-from b4m.config import opt
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, JointOptions
 from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
-from b4m.methods.lora import TRAIN_PRESETS, denoising_step, plain_deltas
+from b4m.methods.lora import denoising_step, plain_deltas
 from b4m.paths import portable
 
 __all__ = ["JointOptions", "fit_joint"]
-
-
-@dataclasses.dataclass(frozen=True)
-class JointOptions(MethodOptions):
-    """``b4m run joint``: one LoRA on content + style images (JTtrain)."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
-
-    weight_decay: float = opt(1e-2, "AdamW weight decay")
 
 
 def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fitted:
@@ -61,14 +51,4 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})
 
 
-register(
-    Method(
-        id="joint",
-        config=JointOptions,
-        fit=fit_joint,
-        summary="JTtrain: one LoRA on content and style images together (Eq. 2)",
-        trains="U, V of every target layer on both image sets",
-        needs=("content_images", "style_images"),
-        writes="rank-r LoRA",
-    )
-)
+register(Method.of(CATALOGUE["joint"], fit_joint))

@@ -21,7 +21,6 @@ the sampling hook (:func:`install_klora`). Stock ``load_lora_weights`` does not 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -30,10 +29,10 @@ import torch
 
 from b4m.adapters.codec import FORMAT_VERSION, atomic_save_safetensors
 from b4m.adapters.deltas import Delta, attach
-from b4m.config import opt
 from b4m.diffusion.pipeline import base_model_name
 from b4m.errors import B4MError
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, KLoRAOptions
 from b4m.methods.common import align_sources, claim_out, read_source
 from b4m.methods.direct_merge import _words, check_same_base
 
@@ -47,15 +46,6 @@ __all__ = [
     "read_klora",
     "topk_score",
 ]
-
-
-@dataclasses.dataclass(frozen=True)
-class KLoRAOptions(MethodOptions):
-    """``b4m run klora``: package a content and a style LoRA with K-LoRA's selection settings."""
-
-    k: int = opt(64, "K: how many of the largest |dW| entries score each layer")
-    alpha: float = opt(1.5, "slope of the time schedule s(t) = alpha (1 - t/T) + beta")
-    beta: float = opt(0.5, "offset of the time schedule")
 
 
 def topk_score(dw: torch.Tensor, k: int) -> float:
@@ -192,15 +182,4 @@ def fit_klora(cfg: KLoRAOptions, pipe: Any = None, progress: bool = True) -> Fit
     return Fitted(path, merged_delta=None, info={"gamma": gamma, "ratios": ratios}, hook=install_klora)
 
 
-register(
-    Method(
-        id="klora",
-        config=KLoRAOptions,
-        fit=fit_klora,
-        summary="K-LoRA: per-layer, per-step top-K choice of content or style, training-free, at generation",
-        trains="nothing",
-        needs=("content_lora", "style_lora"),
-        writes="both sources + settings (generation-time; not one LoRA)",
-        sampling_hook=install_klora,
-    )
-)
+register(Method.of(CATALOGUE["klora"], fit_klora, sampling_hook=install_klora))

@@ -8,37 +8,20 @@ term needs generated class images and is left out, as in the LoRA baselines of t
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from b4m.adapters.deltas import LoRADelta, attach, factors_of, target_linears
-from b4m.config import PRESETS as B4M_PRESETS
-from b4m.config import opt
 from b4m.diffusion.pipeline import per_sample_loss, training_scheduler
 from b4m.errors import B4MError
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, LoRAOptions
 from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
 from b4m.paths import portable
 from b4m.train.loop import CachedSet, sample_batch
 
 __all__ = ["LoRAOptions", "denoising_step", "fit_lora", "plain_deltas"]
-
-# The stage-1 budget of B4M on each base (config.PRESETS), so the baselines train as long as B4M's stage 1.
-TRAIN_PRESETS: dict[str, dict[str, Any]] = {
-    key: {k: B4M_PRESETS[key][k] for k in ("steps", "lr", "rank", "resolution")} for key in ("sd", "builtin")
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class LoRAOptions(MethodOptions):
-    """``b4m run lora``: one LoRA on the content images (``--concept content``) or the style images."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
-
-    concept: str = opt("content", "which images to learn: content or style", choices=["content", "style"])
-    weight_decay: float = opt(1e-2, "AdamW weight decay")
 
 
 def plain_deltas(unet: torch.nn.Module, targets: list[str], rank: int, seed: int) -> dict[str, LoRADelta]:
@@ -96,14 +79,4 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in factors.items()})
 
 
-register(
-    Method(
-        id="lora",
-        config=LoRAOptions,
-        fit=fit_lora,
-        summary="plain one-concept DreamBooth LoRA (the merging methods' source adapters)",
-        trains="U, V of every target layer on one concept's images",
-        needs=("content_images|style_images",),
-        writes="rank-r LoRA",
-    )
-)
+register(Method.of(CATALOGUE["lora"], fit_lora))

@@ -12,28 +12,17 @@ above ``1e-6`` times the largest (the numerical rank); each file's ``lora_alpha 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
 import torch
 
 from b4m.adapters.compose import concat
-from b4m.config import opt
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, NPLoRAOptions
 from b4m.methods.common import align_sources, claim_out, read_source, save_adapter
 from b4m.methods.direct_merge import _words, check_same_base
 
 __all__ = ["NPLoRAOptions", "fit_nplora", "project_content", "strength", "style_row_basis"]
-
-
-@dataclasses.dataclass(frozen=True)
-class NPLoRAOptions(MethodOptions):
-    """``b4m run nplora``: project the content LoRA away from the style LoRA's input subspace."""
-
-    mu: float = opt(
-        0.5,
-        "projection strength mu: the content keeps 1/(1+mu) of its part in the style subspace (inf: none)",
-    )
 
 
 def style_row_basis(v_s: torch.Tensor, rtol: float = 1e-6) -> torch.Tensor:
@@ -90,14 +79,4 @@ def fit_nplora(cfg: NPLoRAOptions, pipe: Any = None, progress: bool = True) -> F
     return Fitted(path, merged_delta=merged, info={"bases": bases})
 
 
-register(
-    Method(
-        id="nplora",
-        config=NPLoRAOptions,
-        fit=fit_nplora,
-        summary="NP-LoRA: content projected off the style's input subspace, training-free",
-        trains="nothing",
-        needs=("content_lora", "style_lora"),
-        writes="rank r_s + r_c LoRA (exact)",
-    )
-)
+register(Method.of(CATALOGUE["nplora"], fit_nplora))

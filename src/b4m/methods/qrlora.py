@@ -19,29 +19,17 @@ sign of each ``Q`` column is fixed by ``diag(R) >= 0``; ``a = b = 1`` by default
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
 from b4m.adapters.deltas import Delta, attach, factors_of, target_linears
-from b4m.config import opt
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, QRLoRAOptions
 from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
-from b4m.methods.lora import TRAIN_PRESETS, denoising_step
+from b4m.methods.lora import denoising_step
 
 __all__ = ["QRDelta", "QRLoRAOptions", "fit_qrlora", "qr_basis"]
-
-
-@dataclasses.dataclass(frozen=True)
-class QRLoRAOptions(MethodOptions):
-    """``b4m run qrlora``: a content and a style QR-LoRA on the base's shared basis, merged by adding dR."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
-
-    alpha: float | None = opt(None, "LoRA alpha; scale s = alpha / r (default: alpha = r, s = 1)")
-    lambda_c: float = opt(1.0, "content weight b of dR_c in the merge")
-    lambda_s: float = opt(1.0, "style weight a of dR_s in the merge")
 
 
 def qr_basis(w0: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,14 +126,4 @@ def _all_words(session: Session) -> list[str]:
     return list(dict.fromkeys(words))
 
 
-register(
-    Method(
-        id="qrlora",
-        config=QRLoRAOptions,
-        fit=fit_qrlora,
-        summary="QR-LoRA: frozen Q, R from the base's top-r SVD; dR_c + dR_s merged in the shared basis",
-        trains="dR (r x n per layer), once on content, once on style",
-        needs=("content_images", "style_images"),
-        writes="rank-r LoRA (exact), plus content/style QR-LoRAs",
-    )
-)
+register(Method.of(CATALOGUE["qrlora"], fit_qrlora))

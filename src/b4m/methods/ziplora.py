@@ -15,18 +15,17 @@ notes Sec. 5). Exported exactly as a rank ``r_c + r_s`` LoRA: ``U = [U_c | U_s]`
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from b4m.adapters.compose import fold_columns
 from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
-from b4m.config import opt
 from b4m.diffusion.pipeline import training_scheduler
 from b4m.errors import B4MError
-from b4m.methods.base import Fitted, Method, MethodOptions, register
+from b4m.methods.base import Fitted, Method, register
+from b4m.methods.catalogue import CATALOGUE, ZipLoRAOptions
 from b4m.methods.common import (
     Session,
     align_sources,
@@ -41,18 +40,6 @@ from b4m.methods.direct_merge import _words, check_same_base
 from b4m.train.loop import sample_batch
 
 __all__ = ["ZipDelta", "ZipLoRAOptions", "fit_ziplora", "teacher_targets"]
-
-
-@dataclasses.dataclass(frozen=True)
-class ZipLoRAOptions(MethodOptions):
-    """``b4m run ziplora``: learn column-wise merger coefficients for a content and a style LoRA."""
-
-    PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
-        "sd": {"steps": 100, "lr": 1e-2, "resolution": 512},
-        "builtin": {"steps": 100, "lr": 1e-2, "resolution": 32},
-    }
-
-    lambda_merge: float = opt(0.01, "weight of the coefficient-overlap term sum |m_c . m_s|")
 
 
 class ZipDelta(MergedPairDelta):
@@ -145,14 +132,4 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     )
 
 
-register(
-    Method(
-        id="ziplora",
-        config=ZipLoRAOptions,
-        fit=fit_ziplora,
-        summary="ZipLoRA: column-wise merger coefficients, <= 100 steps",
-        trains="m_c, m_s (one per input feature of every layer)",
-        needs=("content_lora", "style_lora", "content_images", "style_images"),
-        writes="rank r_c + r_s LoRA (exact)",
-    )
-)
+register(Method.of(CATALOGUE["ziplora"], fit_ziplora))
