@@ -95,6 +95,7 @@ class WorldJudges(nn.Module):
         resolution: int = 32,
         n_content_codes: int = N_CONTENT_CODES,
         n_style_codes: int = N_STYLE_CODES,
+        trait_max_pool: bool = True,
     ) -> None:
         super().__init__()
         self.contents = tuple(contents)
@@ -102,6 +103,7 @@ class WorldJudges(nn.Module):
         self.attributes = {k: tuple(v) for k, v in (attributes or ATTRIBUTES).items()}
         self.width, self.embed_dim, self.resolution = width, embed_dim, resolution
         self.n_content_codes, self.n_style_codes = n_content_codes, n_style_codes
+        self.trait_max_pool = trait_max_pool
         self.metrics: dict = {}  # filled by load() from judges.json
         w = width
         self.trunk = nn.Sequential(
@@ -120,8 +122,11 @@ class WorldJudges(nn.Module):
         # Instance traits: a small MLP per kind over the pooled statistics (a palette index means different
         # colours in each style family, so it needs class x colour interactions that a linear head on a
         # class-clustered embedding cannot draw), then one linear head per trait.
-        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w, 128), nn.ReLU(inplace=True))
-        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w, 128), nn.ReLU(inplace=True))
+        # With ``trait_max_pool`` they also see the max over the feature map: a small part (a knob, a crest) or
+        # a thin shadow is a local peak that a mean over the map dilutes.
+        extra = 4 * w if trait_max_pool else 0
+        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w + extra, 128), nn.ReLU(inplace=True))
+        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w + extra, 128), nn.ReLU(inplace=True))
         self.trait_heads = nn.ModuleDict(
             {f"content_{k}": nn.Linear(128, len(v)) for k, v in CONTENT_TRAITS.items()}
             | {f"style_{k}": nn.Linear(128, len(v)) for k, v in STYLE_TRAITS.items()}
@@ -144,6 +149,7 @@ class WorldJudges(nn.Module):
             "resolution": self.resolution,
             "n_content_codes": self.n_content_codes,
             "n_style_codes": self.n_style_codes,
+            "trait_max_pool": self.trait_max_pool,
         }
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -169,12 +175,13 @@ class WorldJudges(nn.Module):
         # style from first- and second-order statistics of the feature map (Gatys et al.'s observation
         # that texture lives in feature correlations; the diagonal is enough here)
         stats = torch.cat([pooled, fmap.std(dim=(2, 3))], dim=-1)
+        peak = [fmap.amax(dim=(2, 3))] if self.trait_max_pool else []
         return {
             "fmap": fmap,
             "content": F.normalize(self.content_proj(pooled), dim=-1),
             "style": F.normalize(self.style_proj(stats), dim=-1),
-            "content_traits": self.content_trait_mlp(pooled),
-            "style_traits": self.style_trait_mlp(stats),
+            "content_traits": self.content_trait_mlp(torch.cat([pooled, *peak], dim=-1)),
+            "style_traits": self.style_trait_mlp(torch.cat([stats, *peak], dim=-1)),
         }
 
     def content_features(self, images: torch.Tensor) -> torch.Tensor:
@@ -273,6 +280,7 @@ class WorldJudges(nn.Module):
             resolution=config["resolution"],
             n_content_codes=config["n_content_codes"],
             n_style_codes=config["n_style_codes"],
+            trait_max_pool=config.get("trait_max_pool", False),
         )
         mismatch = []
         if judges.contents != CONTENTS:
@@ -302,7 +310,7 @@ def render_batch(scenes: list[Scene], seeds: list[int], resolution: int = 32) ->
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-_INSTANCE_SHARE = 0.35
+_INSTANCE_SHARE = 0.5
 """Share of judge training scenes whose content (and, independently, style) is drawn from the classes with
 instances, so that the trait heads see enough of them."""
 
