@@ -64,7 +64,6 @@ def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out
     return train_stage1(s1, role, progress=False)
 
 
-@torch.no_grad()
 def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -> dict[str, Any]:
     """Run the check; returns per-instance and overall accuracies and whether each bar is met."""
     from b4m.diffusion.pipeline import load_pipeline
@@ -84,6 +83,7 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
           "resolution": gen["resolution"], "progress": False}  # fmt: skip
     result: dict[str, Any] = {"config": {k: v for k, v in cfg.__dict__.items() if k != "extra"}}
 
+    @torch.no_grad()
     def judge(images: torch.Tensor, content: str, style: str) -> dict[str, float]:
         c, s = parse_concept(content, "content"), parse_concept(style, "style")
         pred = judges.predict(images)
@@ -109,7 +109,8 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
         for with_adapter in (False, True):
             if with_adapter:
                 load_adapter(pipe, adapter, adapter_name="check")
-            images = sample(pipe, prompts, **kw)
+            with torch.no_grad():
+                images = sample(pipe, prompts, **kw)
             if with_adapter:
                 pipe.delete_adapters("check")
             for style, imgs in zip(cfg.content_styles, images, strict=True):
@@ -126,7 +127,8 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
         for with_adapter in (False, True):
             if with_adapter:
                 load_adapter(pipe, adapter, adapter_name="check")
-            images = sample(pipe, prompts, **kw)
+            with torch.no_grad():
+                images = sample(pipe, prompts, **kw)
             if with_adapter:
                 pipe.delete_adapters("check")
             for content, imgs in zip(cfg.style_contents, images, strict=True):
