@@ -114,6 +114,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_DIR, help="where the weights go")
     parser.add_argument("--n-eval", type=int, default=30, help="evaluation images per content and per style")
     parser.add_argument("--evaluate-only", action="store_true", help="evaluate the weights in --out")
+    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--instance-share", type=float, default=0.5, help="share of instance-class contents")
+    parser.add_argument("--style-share", type=float, default=None, help="share of instance-family styles")
+    parser.add_argument("--init-from", type=Path, default=None, help="judges folder to continue from")
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     command = "python benchmarks/judges.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -126,8 +130,9 @@ def main(argv: list[str] | None = None) -> None:
         metrics["training"] = judges.metrics.get("training")
     else:
         metrics = train_judges(
-            args.out, steps=args.steps, seed=args.seed, threads=args.threads, n_eval=args.n_eval
-        )
+            args.out, steps=args.steps, seed=args.seed, threads=args.threads, n_eval=args.n_eval, lr=args.lr,
+            instance_share=args.instance_share, style_share=args.style_share, init_from=args.init_from,
+        )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("clean", "perturbed", "features")}, indent=1))
     args.report.write_text(report(metrics, command.strip(), args.out), encoding="utf-8")
     print(f"wrote {args.report}")

@@ -66,7 +66,7 @@ def test_features_are_unit_norm_and_any_size_is_accepted(judges):
     images = render_batch(scenes, [1, 2])
     for fn in (judges.content_features, judges.style_features):
         f = fn(images)
-        assert f.shape == (2, judges.embed_dim)
+        assert f.shape == (2, judges.feature_dim) == (2, judges.embed_dim + 128)
         assert torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
     big = render_batch(scenes, [1, 2], resolution=64)
     pred = judges.predict(big)

@@ -58,6 +58,7 @@ WEIGHTS_NAME = "judges.safetensors"
 CONFIG_NAME = "judges.json"
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges"
 _COS_SCALE = 16.0
+_TRAIT_DIM = 128
 _EVAL_SEED_OFFSET = 1_000_000_000  # evaluation seeds never overlap training seeds (< 1e9)
 
 
@@ -125,11 +126,13 @@ class WorldJudges(nn.Module):
         # With ``trait_max_pool`` they also see the max over the feature map: a small part (a knob, a crest) or
         # a thin shadow is a local peak that a mean over the map dilutes.
         extra = 4 * w if trait_max_pool else 0
-        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w + extra, 128), nn.ReLU(inplace=True))
-        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w + extra, 128), nn.ReLU(inplace=True))
+        self.content_trait_mlp = nn.Sequential(nn.Linear(4 * w + extra, _TRAIT_DIM), nn.ReLU(inplace=True))
+        self.style_trait_mlp = nn.Sequential(nn.Linear(8 * w + extra, _TRAIT_DIM), nn.ReLU(inplace=True))
+        self.feature_dim = embed_dim + _TRAIT_DIM
+        """Size of :meth:`content_features` / :meth:`style_features` (class embedding + trait features)."""
         self.trait_heads = nn.ModuleDict(
-            {f"content_{k}": nn.Linear(128, len(v)) for k, v in CONTENT_TRAITS.items()}
-            | {f"style_{k}": nn.Linear(128, len(v)) for k, v in STYLE_TRAITS.items()}
+            {f"content_{k}": nn.Linear(_TRAIT_DIM, len(v)) for k, v in CONTENT_TRAITS.items()}
+            | {f"style_{k}": nn.Linear(_TRAIT_DIM, len(v)) for k, v in STYLE_TRAITS.items()}
         )
         side = resolution // 4
         self.attr_reduce = nn.Sequential(nn.Conv2d(4 * w, 8, 1), nn.ReLU(inplace=True), nn.Flatten())
@@ -185,14 +188,14 @@ class WorldJudges(nn.Module):
         }
 
     def content_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim + 128) unit-norm content identity embeddings (the DINOv2 stand-in): the class
+        """(B, feature_dim) unit-norm content identity embeddings (the DINOv2 stand-in): the class
         embedding and the instance-trait features, each normalised, concatenated, normalised; close for the
         same instance of the same content across styles, poses and sizes."""
         f = self._forward(images)
         return _identity(f["content"], f["content_traits"])
 
     def style_features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, embed_dim + 128) unit-norm style identity embeddings (the CLIP/CSD stand-in for style
+        """(B, feature_dim) unit-norm style identity embeddings (the CLIP/CSD stand-in for style
         similarity), built like :meth:`content_features`: close for the same style instance across contents."""
         f = self._forward(images)
         return _identity(f["style"], f["style_traits"])
@@ -311,8 +314,8 @@ def render_batch(scenes: list[Scene], seeds: list[int], resolution: int = 32) ->
 
 
 _INSTANCE_SHARE = 0.5
-"""Share of judge training scenes whose content (and, independently, style) is drawn from the classes with
-instances, so that the trait heads see enough of them."""
+"""Default share of judge training scenes whose content (and, independently, style) is drawn from the classes
+with instances, so that the trait heads see enough of them."""
 
 
 def _uniform_scene(
@@ -321,14 +324,17 @@ def _uniform_scene(
     styles=STYLES,
     personal: bool | None = None,
     instance_share: float = 0.0,
+    style_share: float | None = None,
 ) -> Scene:
     """Uniform content, style, instance codes and attributes; ``personal=True`` draws personal instances
     of the classes that have them (otherwise codes are uniform over all codes). With probability
-    ``instance_share`` the content (and independently the style) is drawn from the classes with instances."""
+    ``instance_share`` the content is drawn from the classes with instances, and with ``style_share`` (default:
+    ``instance_share``) the style."""
     inst_c = [c for c in contents if c in INSTANCE_CONTENTS]
     inst_s = [s for s in styles if s in INSTANCE_STYLES]
     pool_c = inst_c if inst_c and rng.random() < instance_share else contents
-    pool_s = inst_s if inst_s and rng.random() < instance_share else styles
+    share_s = instance_share if style_share is None else style_share
+    pool_s = inst_s if inst_s and rng.random() < share_s else styles
     content = pool_c[int(rng.integers(len(pool_c)))]
     style = pool_s[int(rng.integers(len(pool_s)))]
 
@@ -463,6 +469,9 @@ def train_judges(
     pool_size: int = 24576,
     refresh: int = 32,
     n_eval: int = 30,
+    instance_share: float = _INSTANCE_SHARE,
+    style_share: float | None = None,
+    init_from: str | Path | None = None,
 ) -> dict:
     """Train judges on renders of all contents and styles and all their instances (personal ones included:
     judges must score them), evaluate them on never-seen seeds, save them to ``out_dir`` (unless None) and
@@ -472,7 +481,9 @@ def train_judges(
     which ``refresh`` images are replaced by fresh renders every step (training seeds are
     ``seed * 1e8 + k`` with ``k < 1e8``; evaluation seeds start at ``1e9``). Loss: sum of cross-entropies
     (label smoothing 0.05), AdamW with a one-cycle schedule. Half of each batch gets colour jitter and
-    trains only the content head.
+    trains only the content head. ``instance_share`` / ``style_share``: see :func:`_uniform_scene`.
+    ``init_from``: a judges folder to start from (a second phase, e.g. to rebalance the heads), instead of
+    random weights.
     """
     b4m_threads.apply(threads)
     torch.manual_seed(seed)
@@ -483,7 +494,9 @@ def train_judges(
 
     def fresh(n: int) -> tuple[torch.Tensor, list[Scene]]:
         nonlocal next_seed
-        scenes = [_uniform_scene(rng, instance_share=_INSTANCE_SHARE) for _ in range(n)]
+        scenes = [
+            _uniform_scene(rng, instance_share=instance_share, style_share=style_share) for _ in range(n)
+        ]
         images = render_batch(scenes, list(range(next_seed, next_seed + n)))
         next_seed += n
         return (images * 255).round().to(torch.uint8), scenes
@@ -494,7 +507,8 @@ def train_judges(
     if progress:
         print(f"[judges] rendered a pool of {pool_size} images in {render_s:.0f}s", flush=True)
 
-    judges = WorldJudges().to(memory_format=torch.channels_last)
+    judges = WorldJudges.load(init_from).train() if init_from else WorldJudges()
+    judges = judges.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(judges.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)
     half = batch_size // 2
@@ -552,6 +566,10 @@ def train_judges(
         "threads": threads,
         "pool_size": pool_size,
         "refresh_per_step": refresh,
+        "instance_share": instance_share,
+        "style_share": instance_share if style_share is None else style_share,
+        "init_from": str(init_from) if init_from else None,
+        "earlier_training": judges.metrics.get("training") if init_from else None,
         "unique_training_images": next_seed - seed * 100_000_000,
         "train_seconds": round(train_s, 1),
         "render_augment_seconds": round(render_s, 1),
