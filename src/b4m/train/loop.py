@@ -83,16 +83,18 @@ def sample_batch(
 
 
 def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:
-    """Words of ``prompt`` that the tokenizer splits into several pieces: rare tokens such as 'snq' or 'w@z'.
+    """Words of ``prompt`` that the tokenizer splits into several pieces (rare tokens such as 'w@z'), and the
+    built-in world's identifiers ('snq', 'wzk': single tokens of its tokenizer that base training never used).
 
     Ordinary words (:data:`b4m.prompts.ORDINARY_WORDS`) never count, and each word is listed once."""
     from b4m.prompts import ORDINARY_WORDS
+    from b4m.world.concepts import IDENTIFIERS
 
     words = []
     for word in prompt.replace(",", " ").split():
         if word.lower() in ORDINARY_WORDS or word in words:
             continue
-        if len(tokenizer.tokenize(word)) > 1:
+        if word.lower() in IDENTIFIERS or len(tokenizer.tokenize(word)) > 1:
             words.append(word)
     return words
 
