@@ -399,7 +399,7 @@ class _Ctx:
         ctraits = content_traits(_content_code(scene, seed))
         straits = style_traits(_style_code(scene, seed))
         self.squeeze = _SQUEEZE[CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]]
-        # a family without instances keeps its one look: a palette drawn per image, the plain scale
+        # a family without instances keeps its one look: a palette drawn per image, the first finish
         self.palette = straits["palette"] if has_instances("style", scene.style) else None
         self.finish = straits["finish"] if has_instances("style", scene.style) else 0
         self.canon = _canonical(scene.content, ctraits["mark"])
