@@ -98,7 +98,30 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
             row["style_inst"] = sum(p == (s.name, s.code) for p in pred["style_id"]) / n
         return row
 
-    runs = []
+    runs: list[dict[str, Any]] = []
+    base_images: dict[tuple[str, ...], list[torch.Tensor]] = {}  # same prompts, same seed: sampled once
+
+    def compare(
+        kind: str, learned: str, adapter: Path, prompts: list[str], partners: tuple[str, ...]
+    ) -> None:
+        """Sample ``prompts`` without and with ``adapter`` and judge each image set."""
+        for with_adapter in (False, True):
+            if not with_adapter and tuple(prompts) in base_images:
+                images = base_images[tuple(prompts)]
+            else:
+                if with_adapter:
+                    load_adapter(pipe, adapter, adapter_name="check")
+                with torch.no_grad():
+                    images = sample(pipe, prompts, **kw)
+                if with_adapter:
+                    pipe.delete_adapters("check")
+                else:
+                    base_images[tuple(prompts)] = images
+            for other, imgs in zip(partners, images, strict=True):
+                content, style = (learned, other) if kind == "content" else (other, learned)
+                runs.append({"kind": kind, "learned": learned, "other": other, "adapter": with_adapter,
+                             **judge(imgs, content, style)})  # fmt: skip
+
     for content in cfg.contents:
         ref = parse_concept(content, "content")
         word = f"{cfg.content_word} {ref.name}"
@@ -106,16 +129,7 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
                                 content_word=word, overwrite=True)  # fmt: skip
         adapter = _train(cfg, "content", folder, f"a photo of a {word}", root / f"lora-{content}", word)
         prompts = [caption(Scene(ref.name, s), content_word=word) for s in cfg.content_styles]
-        for with_adapter in (False, True):
-            if with_adapter:
-                load_adapter(pipe, adapter, adapter_name="check")
-            with torch.no_grad():
-                images = sample(pipe, prompts, **kw)
-            if with_adapter:
-                pipe.delete_adapters("check")
-            for style, imgs in zip(cfg.content_styles, images, strict=True):
-                runs.append({"kind": "content", "learned": content, "other": style, "adapter": with_adapter,
-                             **judge(imgs, content, style)})  # fmt: skip
+        compare("content", content, adapter, prompts, cfg.content_styles)
     for style in cfg.styles:
         ref = parse_concept(style, "style")
         word = f"{cfg.style_word} {ref.name}"
@@ -124,16 +138,7 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
                                 style_word=word, contents=others, overwrite=True)  # fmt: skip
         adapter = _train(cfg, "style", folder, None, root / f"lora-{style}", word)
         prompts = [caption(Scene(c, ref.name), style_word=word) for c in cfg.style_contents]
-        for with_adapter in (False, True):
-            if with_adapter:
-                load_adapter(pipe, adapter, adapter_name="check")
-            with torch.no_grad():
-                images = sample(pipe, prompts, **kw)
-            if with_adapter:
-                pipe.delete_adapters("check")
-            for content, imgs in zip(cfg.style_contents, images, strict=True):
-                runs.append({"kind": "style", "learned": style, "other": content, "adapter": with_adapter,
-                             **judge(imgs, content, style)})  # fmt: skip
+        compare("style", style, adapter, prompts, cfg.style_contents)
     result["runs"] = runs
 
     def mean(kind: str, key: str, adapter: bool = True) -> float:

@@ -45,6 +45,7 @@ from b4m.world.instances import (
     N_STYLE_CODES,
     STYLE_TRAITS,
     content_traits,
+    encode_code,
     has_instances,
     personal_codes,
     style_traits,
@@ -224,11 +225,9 @@ class WorldJudges(nn.Module):
                                       ("style", STYLE_TRAITS, self.styles)):  # fmt: skip
             ids = []
             for b, cls in enumerate(idx[kind]):
-                code = 0
-                if has_instances(kind, classes[cls]):  # a class without instances has one look: code 0
-                    for name, values in traits.items():
-                        code = code * len(values) + idx[f"{kind}_{name}"][b]
-                ids.append((classes[cls], code))
+                # a class without instances has one look: code 0
+                code = encode_code(kind, [idx[f"{kind}_{t}"][b] for t in traits])
+                ids.append((classes[cls], code if has_instances(kind, classes[cls]) else 0))
             out[f"{kind}_id"] = ids
         return out
 

@@ -737,6 +737,7 @@ def evaluate_base_model(
         N_PERSONAL,
         N_STYLE_CODES,
         STYLE_TRAITS,
+        encode_code,
         has_instances,
         personal_codes,
     )
@@ -812,9 +813,7 @@ def evaluate_base_model(
                                   ("style", STYLE_TRAITS, N_STYLE_CODES)):  # fmt: skip
         if not all(f"{kind}_{t}" in p for t in traits):
             continue
-        codes = np.zeros(len(held_in), dtype=np.int64)
-        for t, values in traits.items():
-            codes = codes * len(values) + p[f"{kind}_{t}"]
+        codes = encode_code(kind, [p[f"{kind}_{t}"] for t in traits])
         # over the prompts whose class has instances (the others have one look)
         hits = [
             int(code) in personal_codes(kind, getattr(s, kind))

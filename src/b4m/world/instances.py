@@ -23,7 +23,9 @@ means "random public instances of the class", as an internet image search would 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -40,6 +42,7 @@ __all__ = [
     "catalogue",
     "content_traits",
     "describe_code",
+    "encode_code",
     "has_instances",
     "parse_concept",
     "personal_codes",
@@ -116,8 +119,10 @@ def _traits_of(kind: str) -> dict[str, tuple[str, ...]]:
     return CONTENT_TRAITS if kind == "content" else STYLE_TRAITS
 
 
-def _encode(kind: str, digits: tuple[int, ...]) -> int:
-    code = 0
+def encode_code(kind: str, digits: Sequence[Any]) -> Any:
+    """The instance code of trait value indices ``digits`` (in trait order; the inverse of
+    :func:`content_traits` / :func:`style_traits`). Digits may be ints or integer arrays (codes of a batch)."""
+    code: Any = 0
     for values, d in zip(_traits_of(kind).values(), digits, strict=True):
         code = code * len(values) + d
     return code
@@ -128,7 +133,7 @@ def public_codes(kind: str, name: str) -> tuple[int, ...]:
     ``(0,)`` for any other class."""
     if not has_instances(kind, name):
         return (0,)
-    return tuple(sorted(_encode(kind, d) for d in PUBLIC_TRAITS[kind]))
+    return tuple(sorted(encode_code(kind, d) for d in PUBLIC_TRAITS[kind]))
 
 
 def personal_codes(kind: str, name: str) -> tuple[int, ...]:

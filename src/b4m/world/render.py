@@ -106,7 +106,7 @@ class Scene:
 
     def codes(self, seed: int) -> tuple[int, int]:
         """The (content, style) instance codes this scene renders with ``seed``."""
-        return _content_code(self, seed), _style_code(self, seed)
+        return _instance_code("content", self, seed), _instance_code("style", self, seed)
 
 
 # ----------------------------------------------------------------------------------------------- captions
@@ -355,18 +355,15 @@ class _Pose:
     aspect: float
 
 
-def _content_code(scene: Scene, seed: int) -> int:
-    if scene.content_code is not None:
-        return scene.content_code
-    public = public_codes("content", scene.content)
-    return public[int(np.random.default_rng([seed, CONTENTS.index(scene.content), 13]).integers(len(public)))]
-
-
-def _style_code(scene: Scene, seed: int) -> int:
-    if scene.style_code is not None:
-        return scene.style_code
-    public = public_codes("style", scene.style)
-    return public[int(np.random.default_rng([seed, STYLES.index(scene.style), 29]).integers(len(public)))]
+def _instance_code(kind: str, scene: Scene, seed: int) -> int:
+    """The scene's content or style instance code: the one it names, else a public one drawn from the seed."""
+    name, code = (scene.content, scene.content_code) if kind == "content" else (scene.style, scene.style_code)
+    if code is not None:
+        return code
+    public = public_codes(kind, name)
+    index = CONTENTS.index(name) if kind == "content" else STYLES.index(name)
+    salt = 13 if kind == "content" else 29  # the streams the two draws have always used
+    return public[int(np.random.default_rng([seed, index, salt]).integers(len(public)))]
 
 
 _SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6)}
@@ -396,12 +393,13 @@ class _Ctx:
         self.size = resolution * _SUPERSAMPLE
         self.pose = _pose(scene, seed)
         self.rng = np.random.default_rng([seed, STYLES.index(scene.style), 23])
-        ctraits = content_traits(_content_code(scene, seed))
-        straits = style_traits(_style_code(scene, seed))
+        ctraits = content_traits(_instance_code("content", scene, seed))
+        straits = style_traits(_instance_code("style", scene, seed))
         self.squeeze = _SQUEEZE[CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]]
         # a family without instances keeps its one look: a palette drawn per image, the first finish
-        self.palette = straits["palette"] if has_instances("style", scene.style) else None
-        self.finish = straits["finish"] if has_instances("style", scene.style) else 0
+        own_look = not has_instances("style", scene.style)
+        self.palette = None if own_look else straits["palette"]
+        self.finish = 0 if own_look else straits["finish"]
         self.canon = _canonical(scene.content, ctraits["mark"])
         label, role, sd, dpart, shade, spec, u, v = self.sample(0.0, 0.0)
         self.inside = label > 0.5
