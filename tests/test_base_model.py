@@ -160,6 +160,67 @@ def test_a_finished_run_continues_when_train_steps_grow_and_refuses_other_change
     assert json.loads((tmp_path / "pipeline" / bm.INFO_FILE).read_text())["diffusion_steps"] == 4
 
 
+def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embeddings():
+    tok = build_tokenizer(WORDS, max_length=12)
+    ids = tok(
+        ["a cat in stripes style", "a car", "a cat in stripes style on the left at"],
+        padding="max_length", max_length=12, return_tensors="pt",
+    ).input_ids  # fmt: skip
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    counts = []
+    for seed in range(20):
+        out = bm.insert_fillers(ids, 1.0, 2, bos, eos, torch.Generator().manual_seed(seed))
+        for before, after in zip(ids.tolist(), out.tolist(), strict=True):
+            words, end = before[1 : before.index(eos)], after.index(eos)
+            assert after[0] == bos
+            assert [t for t in after[1:end] if t != bos] == words  # the caption's words, in order
+            assert after[end:] == [eos] * (12 - end)  # EOS closes it and pads
+            counts.append(end - 1 - len(words))
+        assert out[2].tolist() == ids[2].tolist() or (out[2] == bos).sum() == 2  # one more fits, two don't
+    assert set(counts[:2]) <= {1, 2} and {1, 2} <= set(counts)
+    assert bm.insert_fillers(ids, 0.0, 2, bos, eos, torch.Generator()).equal(ids)
+
+    enc = bm.build_components(TINY, WORDS)["text_encoder"]
+    gen = torch.Generator().manual_seed(0)
+    handle = bm._filler_hook(enc, bos, gen)
+    try:
+        emb = enc.get_input_embeddings()
+        with torch.no_grad():
+            e1, e2 = emb(out), emb(out)
+    finally:
+        handle.remove()
+    mask = out == bos
+    mask[:, 0] = False
+    with torch.no_grad():
+        plain = emb(out)
+    assert torch.equal(e1[~mask], plain[~mask])  # only filler slots change
+    assert not torch.allclose(e1[mask], e2[mask])  # redrawn on every call
+    drawn = torch.cat([e1[mask], e2[mask]])
+    assert 0.01 < float(drawn.std()) < 0.03  # N(0, 0.02), the encoder's initial distribution
+    assert torch.equal(plain[:, 0], emb.weight[bos].expand_as(plain[:, 0]))
+
+
+def test_lift_weak_words_scales_short_embeddings_to_the_median_and_keeps_their_direction(tmp_path):
+    pipe = bm.build_pipeline(TINY, WORDS)
+    vocab = pipe.tokenizer.get_vocab()
+    with torch.no_grad():
+        emb = pipe.text_encoder.get_input_embeddings().weight
+        emb[[vocab[w + "</w>"] for w in WORDS]] *= 30.0  # "trained" words, norms about 30x init
+        emb[vocab["cat</w>"]] /= 30.0  # a word a short fine-tune taught: still at its init norm
+    bm.save_pipeline(pipe, tmp_path / "old")
+    before = emb.detach().clone()
+    components = bm.build_components(TINY, WORDS)
+    bm._init_from(components, tmp_path / "old", lift_words=["cat", "car", "in", "style", "photo"])
+    after = components["text_encoder"].get_input_embeddings().weight.detach()
+    rows = [vocab[w + "</w>"] for w in ("cat", "car", "in", "style", "photo")]
+    median = before[rows].norm(dim=1).median()
+    cat = vocab["cat</w>"]
+    torch.testing.assert_close(after[cat].norm(), median)
+    assert torch.nn.functional.cosine_similarity(after[cat], before[cat], dim=0) > 0.9999
+    others = [r for r in range(len(vocab)) if r != cat]
+    torch.testing.assert_close(after[others], before[others])  # the rest copied as they were
+
+
 shipped = pytest.mark.skipif(
     not (bm.default_base_path() / "model_index.json").exists(), reason="no shipped base model yet"
 )

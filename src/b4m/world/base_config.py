@@ -112,6 +112,20 @@ class BaseModelConfig:
     """Share of pool scenes whose content is drawn from the classes with instances (and, independently, whose
     style is): a fine-tune that teaches the base those classes shows them more often than the rest."""
 
+    filler_prob: float = 0.0
+    """Probability that a training caption gets placeholder words inserted at random positions (1 to
+    ``filler_max`` of them), each a fresh random token embedding drawn from the text encoder's initial
+    distribution (``N(0, 0.02)``), redrawn every time. Untrained words (the identifiers "snq", "wzk", held-out
+    class names) look exactly like that to the encoder, so the base learns to draw a caption with an unknown
+    word in it as the caption without it, instead of losing the content or style the caption names. The
+    identifiers themselves are never used."""
+    filler_max: int = 2
+    lift_weak_words: bool = False
+    """With ``init_from``: caption words of this run's pool whose loaded embedding is shorter than half the
+    median of those words' embedding norms (words a short fine-tune taught, whose embeddings barely left their
+    random initialisation) are scaled, direction kept, to that median, so that no word the base knows looks
+    like an untrained one."""
+
     extra: dict[str, Any] = field(default_factory=dict)
     """Free-form notes stored with the model (not used by training)."""
 
@@ -139,6 +153,8 @@ class BaseModelConfig:
             errors.append(
                 f"text_hidden_size={self.text_hidden_size} is not divisible by text_heads={self.text_heads}"
             )
+        if not 0 <= self.filler_prob <= 1 or self.filler_max < 1:
+            errors.append(f"filler_prob={self.filler_prob} must be in [0, 1] and filler_max >= 1")
         if not 0 <= self.cfg_dropout < 1:
             errors.append(f"cfg_dropout={self.cfg_dropout} must be in [0, 1)")
         if self.prediction_type not in ("epsilon", "v_prediction"):

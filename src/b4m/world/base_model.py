@@ -282,8 +282,11 @@ def render_pool(
     return images, captions
 
 
-def _init_from(components: dict[str, Any], path: str | Path) -> None:
-    """Load an earlier base pipeline's weights into freshly built ``components`` (see ``init_from``)."""
+def _init_from(
+    components: dict[str, Any], path: str | Path, lift_words: Sequence[str] | None = None
+) -> None:
+    """Load an earlier base pipeline's weights into freshly built ``components`` (see ``init_from``);
+    ``lift_words``: the caption words whose weak embeddings to scale up (see ``lift_weak_words``)."""
     old = load_base_pipeline(path)
     components["vae"].load_state_dict(old.vae.state_dict())
     components["vae"].register_to_config(scaling_factor=float(old.vae.config.scaling_factor))
@@ -299,6 +302,54 @@ def _init_from(components: dict[str, Any], path: str | Path) -> None:
         for token, i in new_vocab.items():
             if token in old_vocab:
                 emb_new[i] = emb_old[old_vocab[token]]
+        if lift_words:
+            rows = torch.tensor([new_vocab[w + "</w>"] for w in sorted(set(lift_words))])
+            norms = emb_new[rows].norm(dim=1)
+            target = norms.median()
+            weak = norms < 0.5 * target
+            emb_new[rows[weak]] *= (target / norms[weak])[:, None]
+
+
+def insert_fillers(
+    ids: torch.Tensor, prob: float, max_fillers: int, placeholder: int, eos: int, gen: torch.Generator
+) -> torch.Tensor:
+    """Caption token ids (B, L) with 1 to ``max_fillers`` ``placeholder`` ids inserted at random positions
+    between BOS and EOS in a share ``prob`` of the rows (later tokens shift right; rows without room for
+    them are left as they are). See ``BaseModelConfig.filler_prob``."""
+    out = ids.clone()
+    length = ids.shape[1]
+    chosen = torch.rand(len(ids), generator=gen) < prob
+    counts = torch.randint(1, max_fillers + 1, (len(ids),), generator=gen)
+    for r in torch.nonzero(chosen).flatten().tolist():
+        row = ids[r].tolist()
+        end = row.index(eos)  # the first EOS closes the caption (padding repeats it)
+        k = int(counts[r])
+        if end + k >= length:
+            continue
+        words = row[1:end]
+        for _ in range(k):
+            at = int(torch.randint(0, len(words) + 1, (1,), generator=gen))
+            words.insert(at, placeholder)
+        new = [row[0], *words, eos]
+        out[r] = torch.tensor(new + [eos] * (length - len(new)))
+    return out
+
+
+def _filler_hook(text_encoder: CLIPTextModel, placeholder: int, gen: torch.Generator) -> Any:
+    """Replace the embedding of every ``placeholder`` id past position 0 by a fresh draw from the encoder's
+    initial token-embedding distribution; returns the hook handle (``.remove()`` it)."""
+    std = 0.02 * float(text_encoder.config.initializer_factor)  # CLIPPreTrainedModel's init of token rows
+
+    def hook(module: torch.nn.Module, inputs: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        mask = inputs[0] == placeholder
+        mask[:, 0] = False
+        if not mask.any():
+            return out
+        out = out.clone()
+        out[mask] = torch.randn(int(mask.sum()), out.shape[-1], generator=gen).to(out.dtype) * std
+        return out
+
+    return text_encoder.get_input_embeddings().register_forward_hook(hook)
 
 
 def _to_model_range(images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -462,6 +513,9 @@ def train_diffusion(
         step = load_checkpoint(ckpt, state, opt, gen)["step"]
     unet.train()
     text_encoder.train()
+    # BOS never occurs past position 0, so it marks the filler slots; they are filled in by the hook.
+    bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
+    hook = _filler_hook(text_encoder, bos, gen) if cfg.filler_prob > 0 else None
     n = len(latents)
     t0, t_last, step_last = time.time(), time.time(), step
     loss_acc, loss_n = 0.0, 0
@@ -473,6 +527,8 @@ def train_diffusion(
         ids = input_ids[idx].clone()
         drop = torch.rand(cfg.batch_size, generator=gen) < cfg.cfg_dropout
         ids[drop] = empty_ids
+        if cfg.filler_prob > 0:
+            ids[~drop] = insert_fillers(ids[~drop], cfg.filler_prob, cfg.filler_max, bos, eos, gen)
         noise = torch.randn(x0.shape, generator=gen)
         t = torch.randint(0, cfg.num_train_timesteps, (cfg.batch_size,), generator=gen)
         a = alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -508,6 +564,8 @@ def train_diffusion(
         if step % cfg.checkpoint_every == 0 or step == cfg.train_steps:
             save_checkpoint(ckpt_dir, step, state, opt, gen)
     bar.close()
+    if hook is not None:
+        hook.remove()
     with torch.no_grad():
         for p, e in zip(params, ema, strict=True):
             p.copy_(e)
@@ -580,7 +638,8 @@ def train_base_model(
     components = build_components(cfg, words)
     vae = components["vae"]
     if cfg.init_from:
-        _init_from(components, cfg.init_from)
+        lift = sorted({w for c in captions for w in _WORD.findall(str(c))}) if cfg.lift_weak_words else None
+        _init_from(components, cfg.init_from, lift)
     latents_path = out_dir / "latents.safetensors"
     if latents_path.exists():
         with safe_open(str(latents_path), framework="pt") as f:
