@@ -1,0 +1,9 @@
+"""``b4m bench``: the paper's comparison protocol (B4M, Xu et al., ACM TOG 2025, Sec. 5, Table 1, Fig. 11) on the
+built-in world: every method of the registry and every B4M ablation arm, on the same references, the same source
+adapters and the same seeds, scored by the world's judges with bootstrap intervals.
+
+- :mod:`b4m.bench.catalogue`: the tracks, pairs, arms and the :class:`~b4m.bench.catalogue.BenchConfig` (no torch);
+- :mod:`b4m.eval.stats` (shared with ``b4m eval``): bootstrap intervals over images and over pairs;
+- :mod:`b4m.bench.run`: the protocol (export, fit, sample, score; cached per run, so it resumes);
+- :mod:`b4m.bench.report`: ``results.md`` (Table-1 layout) and the self-contained ``report.html``.
+"""

@@ -1,0 +1,269 @@
+"""What ``b4m bench`` can run, without torch: tracks and their default pairs, B4M's ablation arms, the config.
+
+The arms are the paper's Table 1 ablations (B4M, Xu et al., ACM TOG 2025, Sec. 5.3) and its rho study (Fig. 11):
+
+======================  ===================================================================================
+arm                     B4M options it changes
+======================  ===================================================================================
+``full``                none (B4M as ``b4m run b4m`` runs it; every other method's row is also ``full``)
+``no-mcp``              ``mcp=False``: stage 1 on the target images only (w/o MCP, Eq. 12)
+``no-orth``             ``orth="none"``: random frozen parts, ``A C != 0`` (w/o Orth)
+``approx-orth``         ``orth="approx"``: the official code's approximate orthogonal construction
+``no-rp``               ``optimizer="adamw"``: plain AdamW in stage 2 (w/o RP, Eq. 13-14)
+``rp-sgd``              ``optimizer="riemannian-sgd"`` at ``--sgd-lr``: Eq. 13-14 literally
+``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
+``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
+======================  ===================================================================================
+
+Arms that change only stage-2 knobs (``no-rp``, ``rp-sgd``, ``fusion-only``) share the stage-1 adapters of
+``full``; every merging method shares the same two source LoRAs (``lora`` on the content, ``lora`` on the style).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+from b4m.config import opt
+from b4m.errors import B4MError
+
+__all__ = [
+    "ARMS",
+    "DEFAULT_ARMS",
+    "METRICS",
+    "QUICK",
+    "SIZE_HELP",
+    "STAGE2_KNOBS",
+    "TRACK_PAIRS",
+    "BenchConfig",
+    "Plan",
+    "arm_options",
+    "plan",
+    "track_of",
+]
+
+#: Default content-style pairs per track: personal instances of classes the base model knows ("instance"),
+#: and classes it never saw ("new-class").
+TRACK_PAIRS: dict[str, tuple[str, ...]] = {
+    "instance": ("teddy#3:papercut#5", "cat#2:knit#1"),
+    "new-class": ("mushroom:glass",),
+}
+
+#: arm -> (what it is, B4M option overrides; ``None`` values are filled by the bench: ``rp-sgd``'s lr).
+ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "full": ("B4M (exact orth, MCP, RP-AdamW)", {}),
+    "no-mcp": ("w/o MCP", {"mcp": False}),
+    "no-orth": ("w/o Orth (random frozen parts)", {"orth": "none"}),
+    "approx-orth": ("approx orth (official construction)", {"orth": "approx"}),
+    "no-rp": ("w/o RP (plain AdamW in stage 2)", {"optimizer": "adamw"}),
+    "rp-sgd": ("RP, SGD form (Eq. 13-14 literally)", {"optimizer": "riemannian-sgd", "stage2_lr": None}),
+    "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
+}
+DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
+STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", "delta", "delta_rel"})
+"""Options that stage 1 never reads: arms changing only these reuse the stage-1 adapters of ``full``."""
+
+#: Metrics of every row, in table order (``leak_*``: leakage; lower is better).
+METRICS: tuple[str, ...] = (
+    "content",
+    "style",
+    "prompt",
+    "mean",
+    "hmean",
+    "content_acc",
+    "style_acc",
+    "content_inst",
+    "style_inst",
+    "leak_content",
+    "leak_content_acc",
+    "leak_style",
+    "leak_style_acc",
+)
+
+#: What ``--quick`` sets (options given explicitly keep their value, except the sizes).
+QUICK: dict[str, Any] = {
+    "methods": ["b4m", "lora", "direct-merge", "ziplora"],
+    "arms": ["full", "fusion-only"],
+    "seeds": 1,
+    "steps": 10,
+    "stage2_steps": 5,
+    "merge_steps": 5,
+    "sample_steps": 10,
+    "n_content": 2,
+    "n_style": 2,
+    "bootstrap": 500,
+}
+
+SIZE_HELP = (
+    "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
+    "4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
+    "100 stage-2 / merger steps: about 45-60 min on 2 CPU cores (estimated from benchmarks/methods_cost.md). "
+    "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only, 1 seed, 10 "
+    "training steps, 10 sampling steps: a few minutes (it checks the machinery, not the methods). "
+    "Finished runs are cached under --out: rerun the same command to resume."
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchConfig:
+    """Settings of ``b4m bench`` (see :data:`SIZE_HELP` for the default size)."""
+
+    out: Path = opt(Path("runs/bench"), "output folder: results.json, results.md, report.html, cached runs")
+    track: str = opt(
+        "both", "instance (personal instances), new-class (held-out classes) or both",
+        choices=["instance", "new-class", "both"],
+    )  # fmt: skip
+    pairs: list[str] = opt(
+        [],
+        "content:style pairs, comma-separated, e.g. teddy#3:papercut#5,mushroom:glass (default: the track's: "
+        "instance teddy#3:papercut#5, cat#2:knit#1; new-class mushroom:glass)",
+    )
+    methods: list[str] = opt(
+        [], "method ids, comma-separated, e.g. b4m,ziplora (default: all; 'b4m methods')"
+    )
+    arms: list[str] = opt(
+        [], f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full)"
+    )
+    rho: list[str] = opt(
+        [], "rho sweep values (paper Fig. 11), e.g. 1/8,3/8 or 'sweep' for 1/8..7/8 (default: none)"
+    )
+    seeds: int = opt(4, "sampling seeds per prompt (5 prompts per pair)")
+    steps: int = opt(
+        400, "training steps of B4M's stage 1 and of every trained baseline (lora, joint, qrlora)"
+    )
+    stage2_steps: int | None = opt(None, "B4M stage-2 steps (default: B4M's preset, 100)")
+    merge_steps: int | None = opt(None, "ziplora / duolora merger steps (default: their preset, 100)")
+    sample_steps: int | None = opt(None, "sampling steps (default: the base model's, 25)")
+    sgd_lr: float = opt(1.0, "stage-2 learning rate of the rp-sgd arm (SGD needs its own; untuned)")
+    n_content: int = opt(4, "content reference images per pair")
+    n_style: int = opt(3, "style reference images per pair")
+    seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
+    bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
+    quick: bool = opt(False, "a few-minute smoke run (see the size note below)")
+
+
+def _split(values: list[str]) -> list[str]:
+    return [v.strip() for item in values for v in str(item).split(",") if v.strip()]
+
+
+def track_of(pair: str) -> str:
+    """``"instance"`` when both sides name personal instances (``#``), else ``"new-class"``."""
+    content, _, style = pair.partition(":")
+    return "instance" if "#" in content and "#" in style else "new-class"
+
+
+def _rho_values(values: list[str], problems: list[str]) -> list[Fraction]:
+    out: list[Fraction] = []
+    for v in _split(values):
+        if v in ("sweep", "all"):
+            out += [Fraction(k, 8) for k in range(1, 8)]
+            continue
+        try:
+            f = Fraction(v).limit_denominator(64)
+        except (ValueError, ZeroDivisionError):
+            problems.append(f"--rho {v}: give a fraction such as 3/8 or 0.375, or 'sweep'")
+            continue
+        if not 0 < f < 1:
+            problems.append(f"--rho {v}: rho must lie strictly between 0 and 1")
+        out.append(f)
+    return list(dict.fromkeys(out))
+
+
+def _check_pair(content: str, style: str, problems: list[str]) -> None:
+    """Names the world knows, which the base model cannot already draw (a personal instance or a held-out class)."""
+    from b4m.world.concepts import HELD_OUT_CONTENTS, HELD_OUT_STYLES
+    from b4m.world.instances import parse_concept
+
+    for kind, value, new in (("content", content, HELD_OUT_CONTENTS), ("style", style, HELD_OUT_STYLES)):
+        try:
+            ref = parse_concept(value, kind)
+        except ValueError as err:
+            problems.append(f"--pairs {content}:{style}: {err}")
+            continue
+        if ref.index is None and ref.name not in new:
+            problems.append(
+                f"--pairs {content}:{style}: the base model already draws {value}; choose a personal instance "
+                f"({value}#0..#7) or a held-out {kind}: {', '.join(new)}"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The validated protocol: what to run, at which size."""
+
+    pairs: tuple[tuple[str, str], ...]
+    methods: tuple[str, ...]
+    arms: tuple[str, ...]  # "full" first, then ablations and "rho=k/8"
+    sizes: dict[str, Any]
+    cfg: BenchConfig
+
+
+def arm_options(arm: str, sgd_lr: float) -> dict[str, Any]:
+    """B4M option overrides of ``arm`` (``"rho=3/8"`` included)."""
+    if arm.startswith("rho="):
+        return {"rho": float(Fraction(arm[4:]))}
+    over = dict(ARMS[arm][1])
+    if "stage2_lr" in over:
+        over["stage2_lr"] = sgd_lr
+    return over
+
+
+def plan(cfg: BenchConfig) -> Plan:
+    """Check every option (one error naming them all, before any model loads) and expand the defaults."""
+    from b4m.checks import finite, integer_at_least
+    from b4m.methods.catalogue import CATALOGUE
+
+    problems: list[str] = []
+    explicit = {k for k in ("methods", "arms", "pairs") if getattr(cfg, k)}
+    sizes = {k: getattr(cfg, k) for k in ("seeds", "steps", "stage2_steps", "merge_steps", "sample_steps",
+                                          "n_content", "n_style", "bootstrap")}  # fmt: skip
+    if cfg.quick:
+        sizes.update({k: v for k, v in QUICK.items() if k in sizes})
+    pairs_text = _split(cfg.pairs)
+    if not pairs_text:
+        tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
+        pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
+        if cfg.quick:
+            pairs_text = pairs_text[:1]
+    pairs = []
+    for text in pairs_text:
+        content, sep, style = text.partition(":")
+        if not sep or not content or not style:
+            problems.append(f"--pairs {text}: write content:style, e.g. teddy#3:papercut#5")
+            continue
+        pairs.append((content.strip(), style.strip()))
+    for content, style in pairs:
+        _check_pair(content, style, problems)
+    if len(set(pairs)) != len(pairs):
+        problems.append("--pairs: a pair is listed twice")
+    methods = _split(cfg.methods) or (
+        QUICK["methods"] if cfg.quick and "methods" not in explicit else list(CATALOGUE)
+    )
+    unknown = [m for m in methods if m not in CATALOGUE]
+    if unknown:
+        problems.append(f"--methods {','.join(unknown)}: unknown; known: {', '.join(CATALOGUE)}")
+    # the ablations are B4M's: by default they run when b4m is among the methods
+    default_arms = QUICK["arms"] if cfg.quick else list(DEFAULT_ARMS)
+    arms = _split(cfg.arms) or (default_arms if "b4m" in methods else ["full"])
+    if arms == ["none"]:
+        arms = ["full"]
+    bad = [a for a in arms if a not in ARMS]
+    if bad:
+        problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none)")
+    rhos = _rho_values(cfg.rho, problems)
+    arms = ["full", *[a for a in arms if a != "full"]]
+    arms += [f"rho={f.numerator}/{f.denominator}" for f in rhos if f != Fraction(1, 2)]
+    # rho = 1/2 is B4M's default: the full arm's row
+    for option, value, least in (("--seeds", sizes["seeds"], 1), ("--steps", sizes["steps"], 1),
+                                 ("--stage2-steps", sizes["stage2_steps"], 0),
+                                 ("--merge-steps", sizes["merge_steps"], 1),
+                                 ("--sample-steps", sizes["sample_steps"], 1),
+                                 ("--n-content", sizes["n_content"], 1), ("--n-style", sizes["n_style"], 1),
+                                 ("--bootstrap", sizes["bootstrap"], 100)):  # fmt: skip
+        integer_at_least(value, option, least, problems)
+    finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
+    if problems:
+        raise B4MError("; ".join(problems))
+    return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)

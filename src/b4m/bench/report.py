@@ -1,0 +1,272 @@
+"""The bench's reports, built from its results alone: ``results.md`` and one self-contained ``report.html``.
+
+``results.md`` follows the layout of the B4M paper's Table 1 (Xu et al., ACM TOG 2025): one table per track, rows
+= methods and ablation arms (the base model, prompt only, first as the floor), columns = metrics, each
+``value ± half-width of its 95 % bootstrap interval``. ``report.html`` adds, as inline base64 PNGs (no file
+next to it is needed): per pair an image grid (references | base | each method, 32 px images enlarged with
+nearest-neighbour scaling), bar charts of every metric with their intervals, the rho curve (the paper's
+Fig. 11: content and style alignment against rho) and a content-vs-style scatter.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+from typing import Any
+
+from b4m.bench.catalogue import METRICS, SIZE_HELP
+
+__all__ = ["HEADERS", "write_html", "write_markdown"]
+
+HEADERS: dict[str, str] = {
+    "content": "content",
+    "style": "style",
+    "prompt": "prompt",
+    "mean": "mean",
+    "hmean": "h-mean",
+    "content_acc": "content acc.",
+    "style_acc": "style acc.",
+    "content_inst": "content inst.",
+    "style_inst": "style inst.",
+    "leak_content": "content leak",
+    "leak_content_acc": "content leak acc.",
+    "leak_style": "style leak",
+    "leak_style_acc": "style leak acc.",
+}
+TRACKS = {"instance": "personal instances", "new-class": "new classes"}
+SCALE = 4
+
+
+def _cell(row: dict[str, Any], key: str) -> str:
+    value = row.get(key)
+    if value is None:
+        return "–"
+    lo, hi = row.get("ci", {}).get(key, (value, value))
+    return f"{value:.3f} ± {(hi - lo) / 2:.3f}"
+
+
+def _columns(rows: list[dict[str, Any]]) -> list[str]:
+    return [k for k in METRICS if any(r.get(k) is not None for r in rows)]
+
+
+def _md_table(rows: list[dict[str, Any]], first: str) -> list[str]:
+    cols = _columns(rows)
+    lines = [
+        f"| {first} | " + " | ".join(HEADERS[c] for c in cols) + " | n |",
+        "|---|" + "---:|" * (len(cols) + 1),
+    ]
+    for r in rows:
+        name = r["label"] if first == "method" else f"{r['label']} ({r['pair']})"
+        lines.append(f"| {name} | " + " | ".join(_cell(r, c) for c in cols) + f" | {r['n']} |")
+    return lines
+
+
+def write_markdown(results: dict[str, Any]) -> str:
+    """``results.md``: per track a Table-1 style table of the aggregated rows, then one table per pair."""
+    agg = results["aggregated"]
+    lines = [
+        "# b4m bench: methods and B4M ablations on the built-in world",
+        "",
+        f"Command: `{results['command']}`",
+        "",
+        f"Pairs: {', '.join(results['pairs'])}; 5 prompts x {results['sizes']['seeds']} seeds per pair; "
+        f"{results['sizes']['steps']} training steps. Scores are the world judges' (b4m.eval.scoring): "
+        "content / style = cosine to the references' centroid embedding, prompt = fraction of asked attributes "
+        "present, acc. = the judge names the target class, inst. = it names the personal instance, leak = the "
+        "other references' content (style) showing up (lower is better; compare with the base model). "
+        "± = half the 95 % bootstrap interval: over images per pair, over pairs then images per track.",
+    ]
+    for track, title in TRACKS.items():
+        rows = [r for r in agg if r["track"] == track]
+        if rows:
+            lines += [
+                "",
+                f"## Track: {title} ({', '.join(rows[0]['pairs'])})",
+                "",
+                *_md_table(rows, "method"),
+            ]
+    lines += ["", "## Per pair", ""]
+    for pair in results["pairs"]:
+        lines += [
+            f"### {pair}",
+            "",
+            *_md_table([r for r in results["rows"] if r["pair"] == pair], "method"),
+            "",
+        ]
+    timed = [r for r in results["rows"] if r.get("fit_s") is not None]
+    if timed:
+        lines += ["Wall time per run (fit + sample):", ""]
+        lines += [f"- {r['pair']} / {r['label']}: {r['fit_s']:.0f} s + {r['sample_s']:.0f} s" for r in timed]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------- HTML
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img.px{image-rendering:pixelated;image-rendering:crisp-edges;border:1px solid #ddd}
+table.grid td{vertical-align:middle;text-align:left}
+figure{margin:1em 0}figcaption{font-size:13px;color:#555}
+"""
+
+
+def _png(image: Any, scale: int = SCALE) -> str:
+    """A PIL image as an inline ``<img>``, enlarged ``scale`` x with nearest-neighbour sampling."""
+    from PIL import Image
+
+    big = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    big.save(buf, format="PNG")
+    data = base64.b64encode(buf.getvalue()).decode()
+    return f"<img class=px src='data:image/png;base64,{data}' width={big.width} height={big.height}>"
+
+
+def _figure(fig: Any, caption: str, kind: str) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return (f"<figure class=plot data-plot={kind}><img src='data:image/png;base64,{data}'>"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+
+
+def _errors(rows: list[dict[str, Any]], key: str) -> tuple[list[float], list[list[float]]]:
+    values = [r[key] for r in rows]
+    lo = [max(0.0, v - r["ci"].get(key, (v, v))[0]) for v, r in zip(values, rows, strict=True)]
+    hi = [max(0.0, r["ci"].get(key, (v, v))[1] - v) for v, r in zip(values, rows, strict=True)]
+    return values, [lo, hi]
+
+
+def _bars(rows: list[dict[str, Any]], title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    cols = _columns(rows)
+    ncols = 4
+    nrows = -(-len(cols) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4 * ncols, 0.25 * len(rows) * nrows + 1.5 * nrows),
+                             squeeze=False)  # fmt: skip
+    for ax, key in zip(axes.flat, cols, strict=False):
+        have = [r for r in rows if r.get(key) is not None]
+        values, err = _errors(have, key)
+        ax.barh(range(len(have)), values, xerr=err, color="#4a7ab5", ecolor="#333", capsize=2)
+        ax.set_yticks(range(len(have)), [r["label"] for r in have], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(HEADERS[key], fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    for ax in list(axes.flat)[len(cols) :]:
+        ax.axis("off")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return _figure(fig, f"{title}: every metric with its 95 % bootstrap interval", "bars")
+
+
+def _rho(rows: list[dict[str, Any]], title: str) -> str | None:
+    import matplotlib.pyplot as plt
+
+    points = []
+    for r in rows:
+        if r["method"] == "b4m" and r["arm"].startswith("rho="):
+            a, b = r["arm"][4:].split("/")
+            points.append((int(a) / int(b), r))
+        elif r["method"] == "b4m" and r["arm"] == "full":
+            points.append((0.5, r))
+    if len(points) < 2:
+        return None
+    points.sort(key=lambda t: t[0])
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    xs = [x for x, _ in points]
+    for key, color in (("content", "#c0392b"), ("style", "#2471a3")):
+        values, err = _errors([r for _, r in points], key)
+        ax.errorbar(xs, values, yerr=err, marker="o", capsize=3, color=color, label=f"{key} alignment")
+    ax.set_xlabel("rho (frozen fraction of each projection)")
+    ax.set_ylabel("alignment")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
+    return _figure(fig, f"{title}: content and style alignment vs rho (B4M paper Fig. 11)", "rho")
+
+
+def _scatter(rows: list[dict[str, Any]], title: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 5))
+    for r in rows:
+        (x,), xerr = _errors([r], "content")
+        (y,), yerr = _errors([r], "style")
+        base = r["method"] == "base"
+        ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="s" if base else "o", capsize=2,
+                    color="#777" if base else "#1f618d")  # fmt: skip
+        ax.annotate(r["label"], (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("content alignment")
+    ax.set_ylabel("style alignment")
+    ax.set_title(title, fontsize=10)
+    return _figure(fig, f"{title}: content vs style alignment (up and right is better)", "scatter")
+
+
+def _html_table(rows: list[dict[str, Any]]) -> str:
+    cols = _columns(rows)
+    head = "".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in cols)
+    body = "".join(
+        f"<tr><td>{html.escape(r['label'])}</td>" + "".join(f"<td>{_cell(r, c)}</td>" for c in cols)
+        + f"<td>{r['n']}</td></tr>" for r in rows
+    )  # fmt: skip
+    return f"<table class=scores><tr><th>method</th>{head}<th>n</th></tr>{body}</table>"
+
+
+def _grid(results: dict[str, Any], pair: str, root: Path) -> str:
+    from PIL import Image
+
+    from b4m.data.folders import read_image_folder
+    from b4m.world.sheet import image_grid
+
+    cells = []
+    refs = results["references"][pair]
+    for kind in ("content", "style"):
+        try:
+            paths = read_image_folder(root / refs[kind]).paths
+            strip = image_grid([Image.open(p).convert("RGB") for p in paths], ncols=len(paths))
+            cells.append(f"<tr><td>{kind} references</td><td>{_png(strip)}</td></tr>")
+        except Exception:  # a report is still written when a folder went missing
+            cells.append(f"<tr><td>{kind} references</td><td>(missing: {html.escape(refs[kind])})</td></tr>")
+    for r in (r for r in results["rows"] if r["pair"] == pair):
+        path = root / r["samples"]
+        image = _png(Image.open(path).convert("RGB")) if path.is_file() else "(missing)"
+        cells.append(f"<tr><td>{html.escape(r['label'])}</td><td>{image}</td></tr>")
+    prompts = "".join(f"<li><code>{html.escape(q)}</code></li>" for q in results["prompts"].get(pair, []))
+    return (f"<section class=pair data-pair='{html.escape(pair)}'><h3>{html.escape(pair)}</h3>"
+            f"<p>Rows of each grid: prompts; columns: seeds (equal noise across methods).</p><ol>{prompts}</ol>"
+            f"<table class=grid>{''.join(cells)}</table></section>")  # fmt: skip
+
+
+def write_html(results: dict[str, Any], root: Path) -> str:
+    """The HTML of ``report.html`` (images and plots inline: one self-contained file)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    parts = [
+        f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(results['title'])}</title>"
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(results['title'])}</h1>",
+        f"<p>Command: <code>{html.escape(results['command'])}</code>. {html.escape(SIZE_HELP)}</p>",
+    ]
+    agg = results["aggregated"]
+    for track, title in TRACKS.items():
+        rows = [r for r in agg if r["track"] == track]
+        if not rows:
+            continue
+        name = f"Track: {title}"
+        parts += [f"<section class=track data-track={track}><h2>{html.escape(name)}</h2>", _html_table(rows),
+                  _bars(rows, name), _scatter(rows, name)]  # fmt: skip
+        rho = _rho(rows, name)
+        parts.append(rho or "<p class=no-rho>No rho arms in this bench: run with <code>--rho sweep</code> for "
+                            "the rho curve.</p>")  # fmt: skip
+        parts.append("</section>")
+    parts.append("<h2>Samples</h2>")
+    parts += [_grid(results, pair, root) for pair in results["pairs"]]
+    parts.append("</body></html>")
+    return "\n".join(parts) + "\n"

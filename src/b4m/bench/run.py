@@ -1,0 +1,471 @@
+"""The bench protocol: every method and arm on every pair, same references, same sources, same seeds.
+
+For each content-style pair (B4M paper Sec. 5: the personal-instance track and the new-class track):
+
+1. export the references once with the demo's exporter (content, style and the auxiliary MCP folders);
+2. train the shared sources once: ``lora`` on the content and ``lora`` on the style images (the inputs of
+   direct-merge, ziplora, klora, nplora and duolora), and B4M's stage-1 adapters per stage-1 setting (arms that
+   change only stage-2 knobs share them);
+3. per method x arm: fit (the registry's ``fit``; B4M's two stages with the shared stage 1), generate the
+   prompt set x N seeds at equal noise, score with the world's judges per image (:mod:`b4m.eval.scoring`);
+4. aggregate with bootstrap intervals (:mod:`b4m.eval.stats`) and write ``results.json``, ``results.md`` and
+   ``report.html`` (:mod:`b4m.bench.report`).
+
+Every finished unit (a source, a stage 1, a run) lives in a folder named by a hash of its settings, with a
+``done.json`` written last: an interrupted bench continues where it stopped with the same command, and a
+setting that changed is recomputed, never read stale. ``b4m bench`` writes only into an ``--out`` it made.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from b4m.bench.catalogue import ARMS, METRICS, STAGE2_KNOBS, BenchConfig, Plan, arm_options, plan, track_of
+from b4m.errors import B4MError
+from b4m.eval.scoring import atomic_write_text
+
+__all__ = ["BENCH_VERSION", "Run", "bench_runs", "run_bench"]
+
+BENCH_VERSION = 1
+"""Part of every cache key: bump it when a change of this module changes what a cached run would hold."""
+STAMP = "bench.json"
+DONE = "done.json"
+SOURCE_METHODS = frozenset({"direct-merge", "ziplora", "klora", "nplora", "duolora"})
+MERGE_TRAINED = frozenset({"ziplora", "duolora"})
+B4M_METHODS = frozenset({"b4m", "b4m-official"})
+BASE = "base"
+
+
+def _hash(spec: Any) -> str:
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def assets_fingerprint() -> str:
+    """A hash of the shipped base model's and judges' records (``b4m_base.json``, ``judges.json``, which change
+    with every retrain): part of every cache key, so that runs cached on an older base or older judges are
+    recomputed, never read stale."""
+    from b4m.diffusion.builtin_base import INFO_FILE, default_base_path
+
+    judges = Path(__file__).resolve().parent.parent / "assets" / "judges" / "judges.json"
+    h = hashlib.sha256()
+    for f in (default_base_path() / INFO_FILE, judges):
+        h.update(f.read_bytes() if f.exists() else b"-")
+    return h.hexdigest()[:16]
+
+
+def slug(pair: str) -> str:
+    """A folder name for a pair: ``teddy#3:papercut#5`` -> ``teddy-3_papercut-5``."""
+    return pair.replace("#", "-").replace(":", "_")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One row of the bench: a method (``base``: the base model, prompt only) x arm x pair."""
+
+    method: str
+    arm: str
+    pair: str
+    spec: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return _hash(self.spec)
+
+    @property
+    def track(self) -> str:
+        return track_of(self.pair)
+
+    @property
+    def label(self) -> str:
+        if self.method == BASE:
+            return "base model (prompt only)"
+        if self.arm == "full":
+            return self.method
+        return f"{self.method}: {ARMS[self.arm][0] if self.arm in ARMS else self.arm}"
+
+    def folder(self, root: Path) -> Path:
+        return root / "runs" / slug(self.pair) / f"{self.method}_{self.arm.replace('/', '-')}_{self.key}"
+
+
+def _prompt_set(content: str, style: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The demo's prompt set for a pair (its trigger words and attribute requests)."""
+    from b4m.demo import _PROMPT_ATTRIBUTES, DemoConfig, _content_phrase, _style_phrase
+    from b4m.world.render import Scene, caption
+
+    demo = DemoConfig(content=content, style=style)
+    prompts = [caption(Scene.of(content, style, **a), content_word=_content_phrase(demo),
+                       style_word=_style_phrase(demo)) for a in _PROMPT_ATTRIBUTES]  # fmt: skip
+    return prompts, [dict(a) for a in _PROMPT_ATTRIBUTES]
+
+
+def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
+    s = p.sizes
+    if method == BASE:
+        return {}
+    if method in B4M_METHODS:
+        return {"steps": s["steps"], "stage2_steps": s["stage2_steps"], **arm_options(arm, p.cfg.sgd_lr)}
+    if method in MERGE_TRAINED:
+        return {"steps": s["merge_steps"], "sources_steps": s["steps"]}
+    if method in SOURCE_METHODS:
+        return {"sources_steps": s["steps"]}
+    return {"steps": s["steps"]}
+
+
+def bench_runs(p: Plan) -> list[Run]:
+    """Every run of the plan, in report order: per pair the base model, each method, then B4M's arms."""
+    runs = []
+    fingerprint = assets_fingerprint()
+    for content, style in p.pairs:
+        pair = f"{content}:{style}"
+        prompts, attributes = _prompt_set(content, style)
+        common = {
+            "version": BENCH_VERSION,
+            "assets": fingerprint,
+            "pair": pair,
+            "seed": p.cfg.seed,
+            "refs": [p.sizes["n_content"], p.sizes["n_style"]],
+            "sample": {"seeds": p.sizes["seeds"], "steps": p.sizes["sample_steps"], "prompts": prompts,
+                       "attributes": attributes},
+        }  # fmt: skip
+        items = [(BASE, "full"), *[(m, "full") for m in p.methods]]
+        if "b4m" in p.methods or any(a != "full" for a in p.arms):
+            items += [("b4m", a) for a in p.arms if a != "full"]
+        for method, arm in items:
+            spec = {**common, "method": method, "arm": arm, "train": _train_spec(method, arm, p)}
+            runs.append(Run(method, arm, pair, spec))
+    return runs
+
+
+# --------------------------------------------------------------------------------------------- the folder
+
+
+def _claim(out: Path) -> None:
+    """``--out`` must be new, empty, or a folder an earlier ``b4m bench`` made (then it resumes)."""
+    from b4m.checks import check_out_folder
+
+    check_out_folder(out)
+    if out.is_dir() and any(out.iterdir()):
+        try:
+            stamp = json.loads((out / STAMP).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            stamp = None
+        if not isinstance(stamp, dict) or stamp.get("made_by") != "b4m bench":
+            first = sorted(p.name for p in out.iterdir())[0]
+            raise B4MError(
+                f"--out {out}: holds {first}, which b4m bench did not make; choose a new or empty --out "
+                "(the bench never writes over your files)"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / STAMP, json.dumps({"made_by": "b4m bench", "version": BENCH_VERSION}) + "\n")
+
+
+def _done(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / DONE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def _finish(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
+    atomic_write_text(folder / DONE, json.dumps(record) + "\n")
+    return record
+
+
+# --------------------------------------------------------------------------------------------- heavy work
+
+
+class Context:
+    """What runs share, loaded on first use (a fully cached bench loads no model): the base pipeline, the
+    judges, and per pair the exported references."""
+
+    def __init__(self, root: Path, p: Plan, progress: bool) -> None:
+        self.root, self.plan, self.progress = root, p, progress
+        self._pipe: Any = None
+        self._scorer: Any = None
+        self._data: dict[str, dict[str, Any]] = {}
+
+    @property
+    def pipe(self) -> Any:
+        if self._pipe is None:
+            from b4m import threads
+            from b4m.diffusion.pipeline import load_pipeline
+
+            threads.apply()
+            self._pipe = load_pipeline(None)
+        return self._pipe
+
+    @property
+    def scorer(self) -> Any:
+        if self._scorer is None:
+            from b4m.eval.scoring import WorldScorer
+
+            self._scorer = WorldScorer()
+        return self._scorer
+
+    def data(self, pair: str) -> dict[str, Any]:
+        if pair not in self._data:
+            self._data[pair] = export_pair(self.root, pair, self.plan)
+        return self._data[pair]
+
+    def fresh_pipe(self) -> Any:
+        return copy.deepcopy(self.pipe)
+
+
+def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:
+    """The pair's reference folders, exported (or reused) by the demo's exporter under ``root/data``."""
+    from b4m.demo import DemoConfig, _export
+
+    content, _, style = pair.partition(":")
+    demo = DemoConfig(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
+                      n_style=p.sizes["n_style"])  # fmt: skip
+    return _export(demo, root / "data" / slug(pair))
+
+
+def _source(ctx: Context, pair: str, concept: str) -> Path:
+    """The shared plain LoRA of one concept of ``pair`` (trained once per step budget)."""
+    from b4m.methods.common import ADAPTER, fit_method
+
+    data = ctx.data(pair)
+    spec = {"version": BENCH_VERSION, "pair": pair, "concept": concept, "seed": ctx.plan.cfg.seed,
+            "steps": ctx.plan.sizes["steps"], "refs": [ctx.plan.sizes["n_content"], ctx.plan.sizes["n_style"]]}  # fmt: skip
+    folder = ctx.root / "sources" / slug(pair) / f"lora-{concept}_{_hash(spec)}"
+    if _done(folder) is None:
+        fit_method("lora", pipe=ctx.fresh_pipe(), progress=False, out=folder, overwrite=True, concept=concept,
+                   steps=ctx.plan.sizes["steps"], seed=ctx.plan.cfg.seed,
+                   **_images(data, concept))  # fmt: skip
+        _finish(folder, {"spec": spec})
+    return folder / ADAPTER
+
+
+def _images(data: dict[str, Any], *which: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for w in which:
+        out[f"{w}_images"] = data[w]
+        out[f"{w}_prompt"] = data[f"{w}_prompt"]
+    return out
+
+
+def _relative(value: Any, root: Path) -> Any:
+    if isinstance(value, Path | str) and str(value).startswith(str(root)):
+        return str(Path(value).relative_to(root))
+    if isinstance(value, list | tuple):
+        return [_relative(v, root) for v in value]
+    return value
+
+
+def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
+    """B4M (or b4m-official) with the registry's config and stage plan (:func:`b4m.methods.b4m.stage_configs`),
+    its stage 1 shared by every arm with the same stage-1 settings."""
+    from b4m.config import load_config, to_dict
+    from b4m.methods.b4m import stage_configs
+    from b4m.methods.base import get_method, resolve_options
+    from b4m.methods.common import ADAPTER
+    from b4m.train.stage1 import train_stage1
+    from b4m.train.stage2 import train_stage2
+
+    data = ctx.data(run.pair)
+    method = get_method(run.method)
+    options = {
+        **_images(data, "content", "style"),
+        "aux_styles": [str(x) for x in data["aux_styles"]],
+        "aux_contents": [str(x) for x in data["aux_contents"]],
+        "seed": ctx.plan.cfg.seed,
+        "overwrite": True,
+        "out": out,
+        **{k: v for k, v in run.spec["train"].items() if v is not None},
+    }
+    cfg = resolve_options(load_config(method.config, None, options))
+    method.check_needs(cfg)
+    content, style, stage2 = stage_configs(cfg, out)
+    skip = STAGE2_KNOBS | {"out", "overwrite", "checkpoint_every", "reinit_every"}
+    s1_spec = {k: _relative(v, ctx.root) for k, v in to_dict(cfg).items() if k not in skip}
+    shared = ctx.root / "stage1" / slug(run.pair) / f"{run.method}_{_hash([BENCH_VERSION, s1_spec])}"
+    paths = {}
+    for role, s1 in (("content", content), ("style", style)):
+        folder = shared / role
+        if _done(folder) is None:
+            train_stage1(dataclasses.replace(s1, out=folder, overwrite=True), role, pipe=ctx.fresh_pipe(),
+                         progress=False, routing=cfg.routing, aux_lr_scale=cfg.aux_lr_scale)  # fmt: skip
+            _finish(folder, {"spec": s1_spec})
+        paths[role] = folder / ADAPTER
+    stage2 = dataclasses.replace(
+        stage2, content=paths["content"], style=paths["style"], out=out, overwrite=True
+    )
+    return train_stage2(stage2, pipe=ctx.fresh_pipe(), progress=False, reinit_every=cfg.reinit_every)
+
+
+def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
+    """The adapter of ``run`` (``None``: the base model)."""
+    from b4m.methods.common import fit_method
+
+    if run.method == BASE:
+        return None
+    if run.method in B4M_METHODS:
+        return _fit_b4m(ctx, run, out)
+    if run.method == "lora":  # the content source alone (its style twin is the style source)
+        return _source(ctx, run.pair, "content")
+    data = ctx.data(run.pair)
+    options: dict[str, Any] = {**_images(data, "content", "style"), "seed": ctx.plan.cfg.seed}
+    if run.method in SOURCE_METHODS:
+        options["content_lora"] = _source(ctx, run.pair, "content")
+        options["style_lora"] = _source(ctx, run.pair, "style")
+    if "steps" in run.spec["train"] and run.spec["train"]["steps"] is not None:
+        options["steps"] = run.spec["train"]["steps"]
+    fitted = fit_method(run.method, pipe=ctx.fresh_pipe(), progress=False, out=out, overwrite=True, **options)
+    return fitted.path
+
+
+def execute(ctx: Context, run: Run, folder: Path) -> dict[str, Any]:
+    """Fit, generate and score one run; returns its record (per-image scores, timings), written by the caller."""
+    from b4m.data.folders import load_images, read_image_folder
+    from b4m.diffusion.sampling import generation_defaults
+    from b4m.eval.scoring import generate_with
+    from b4m.world.sheet import image_grid
+
+    t0 = time.perf_counter()
+    adapter = fit_run(ctx, run, folder / "fit")
+    fit_s = time.perf_counter() - t0
+    gen = generation_defaults(ctx.pipe, None)
+    sample = run.spec["sample"]
+    seeds, res = sample["seeds"], gen["resolution"]
+    t0 = time.perf_counter()
+    images = generate_with(ctx.pipe, adapter, sample["prompts"], seeds, 0, sample["steps"] or gen["steps"],
+                           gen["guidance"], res)  # fmt: skip
+    sample_s = time.perf_counter() - t0
+    data = ctx.data(run.pair)
+    content_refs = load_images(read_image_folder(data["content"]).paths, res)
+    style_refs = load_images(read_image_folder(data["style"]).paths, res)
+    content, _, style = run.pair.partition(":")
+    per = ctx.scorer.per_image(images, content_refs, style_refs, content, style,
+                               [a for a in sample["attributes"] for _ in range(seeds)],
+                               [q for q in sample["prompts"] for _ in range(seeds)])  # fmt: skip
+    grid = image_grid(list(images), ncols=seeds)
+    grid.save(folder / "samples.png")
+    return {
+        "per_image": {k: [float(x) for x in v] for k, v in per.items()},
+        "fit_s": fit_s,
+        "sample_s": sample_s,
+        "adapter": None if adapter is None else _relative(str(adapter), ctx.root),
+    }
+
+
+# --------------------------------------------------------------------------------------------- results
+
+
+def _row(run: Run, record: dict[str, Any], n_boot: int, root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from b4m.eval.stats import bootstrap
+
+    per = {k: np.asarray(v) for k, v in record["per_image"].items()}
+    point, ci, reps = bootstrap(per, n_boot, seed=int(run.key[:8], 16))
+    metrics = {k: point.get(k) for k in METRICS}
+    row = {
+        "method": run.method,
+        "arm": run.arm,
+        "label": run.label,
+        "pair": run.pair,
+        "track": run.track,
+        **metrics,
+        "leakage": {k[5:]: metrics[k] for k in METRICS if k.startswith("leak_")},
+        "n": len(per["content"]),
+        "ci": {k: ci[k] for k in METRICS if k in ci},
+        "fit_s": record["fit_s"],
+        "sample_s": record["sample_s"],
+        "key": run.key,
+        "samples": str((run.folder(root) / "samples.png").relative_to(root)),
+    }
+    return row, reps
+
+
+def _aggregate(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per track x method x arm: the mean over pairs, with the two-level (pairs, then images) interval."""
+    from b4m.eval.stats import pair_bootstrap
+
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for i, r in enumerate(rows):
+        groups.setdefault((r["track"], r["method"], r["arm"]), []).append(i)
+    out = []
+    for (track, method, arm), idx in groups.items():
+        mean, ci = pair_bootstrap([rows[i] for i in idx], [reps[i] for i in idx],
+                                  seed=int(_hash([track, method, arm])[:8], 16))  # fmt: skip
+        metrics = {k: mean.get(k) for k in METRICS}
+        out.append({
+            "method": method,
+            "arm": arm,
+            "label": rows[idx[0]]["label"],
+            "track": track,
+            "pairs": [rows[i]["pair"] for i in idx],
+            **metrics,
+            "leakage": {k[5:]: metrics[k] for k in METRICS if k.startswith("leak_")},
+            "n": sum(rows[i]["n"] for i in idx),
+            "ci": ci,
+        })  # fmt: skip
+    return out
+
+
+def run_bench(
+    cfg: BenchConfig | None = None, progress: bool = True, argv: list[str] | None = None
+) -> dict[str, Any]:
+    """Run (or resume) the bench; returns the results also written to ``<out>/results.json``."""
+    from tqdm.auto import tqdm
+
+    from b4m.bench.report import write_html, write_markdown
+    from b4m.config import to_dict
+
+    cfg = cfg or BenchConfig()
+    p = plan(cfg)  # every option checked before any model loads
+    root = Path(cfg.out)
+    _claim(root)
+    runs = bench_runs(p)
+    ctx = Context(root, p, progress)
+    records: list[dict[str, Any]] = []
+    bar = tqdm(runs, desc="bench", unit="run", disable=not progress)
+    computed = 0
+    for run in bar:
+        bar.set_postfix_str(f"{run.pair} {run.method} {run.arm}")
+        folder = run.folder(root)
+        record = _done(folder)
+        if record is None:
+            if folder.exists():  # an interrupted run: its partial files are ours and are recomputed
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            record = _finish(folder, {"spec": run.spec, **execute(ctx, run, folder)})
+            computed += 1
+        records.append(record)
+    rows, reps = [], []
+    for run, record in zip(runs, records, strict=True):
+        row, rep = _row(run, record, p.sizes["bootstrap"], root)
+        rows.append(row)
+        reps.append(rep)
+    command = "b4m bench" + ("" if argv is None else " " + " ".join(argv))
+    results = {
+        "title": "b4m bench: content-style customization on the built-in world",
+        "command": command,
+        "config": to_dict(cfg),
+        "sizes": p.sizes,
+        "pairs": [f"{c}:{s}" for c, s in p.pairs],
+        "methods": list(p.methods),
+        "arms": list(p.arms),
+        "prompts": {r.pair: r.spec["sample"]["prompts"] for r in runs},
+        "rows": rows,
+        "aggregated": _aggregate(rows, reps),
+        "computed": computed,
+        "references": _reference_folders(root, p),
+    }
+    atomic_write_text(root / "results.json", json.dumps(results, indent=2) + "\n")
+    atomic_write_text(root / "results.md", write_markdown(results))
+    atomic_write_text(root / "report.html", write_html(results, root))
+    return results
+
+
+def _reference_folders(root: Path, p: Plan) -> dict[str, dict[str, str]]:
+    """Where the references of each pair are (without re-exporting them: a cached bench loads nothing)."""
+    return {f"{c}:{s}": {k: f"data/{slug(f'{c}:{s}')}/{k}" for k in ("content", "style")} for c, s in p.pairs}

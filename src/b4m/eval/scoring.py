@@ -1,0 +1,436 @@
+"""``b4m eval``: score one adapter against content and style reference folders and a prompt file.
+
+What is measured (B4M, Xu et al., ACM TOG 2025, Sec. 5 and Table 1; definitions of :mod:`b4m.eval.metrics`):
+
+- **content / style / prompt alignment**, their mean and harmonic mean; with the built-in world's judges
+  (default) the judges' content and style embeddings stand in for DINOv2 and CLIP, and prompt alignment is the
+  fraction of the prompt's attributes (position, size, background) found in the image. With ``--clip`` and
+  ``--dino`` (a local folder or a hub id, :mod:`b4m.eval.encoders`) they are the paper's: DINOv2 cosine to the
+  content references, CLIP image cosine to the style references, CLIP image-text cosine to the prompt;
+- **accuracies** (world judges only): the content / style judge names the target class, and the identity heads
+  the target personal instance (``teddy#3``);
+- **leakage**, each direction: ``leak_content`` is the cosine of the generated images' content embeddings to the
+  *style* references' content centroid (the style images' subjects showing up), ``leak_content_acc`` the fraction
+  the content judge labels with a content class it finds in the style references (the target's class excluded);
+  ``leak_style`` / ``leak_style_acc`` are the mirror: the content references' style (a photo) showing up.
+  Cosines have a floor above 0 even without leakage: compare them with the base model's.
+
+Every score comes per image, so :mod:`b4m.eval.stats` gives 95 % bootstrap intervals over the images.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from b4m.config import opt
+from b4m.errors import B4MError
+
+__all__ = [
+    "EncoderScorer",
+    "EvalConfig",
+    "WorldScorer",
+    "atomic_write_text",
+    "evaluate",
+    "format_table",
+    "generate_with",
+    "load_scorer",
+    "prompt_attributes",
+    "read_prompts",
+    "reference_concept",
+]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Settings of ``b4m eval``."""
+
+    adapter: Path | None = opt(
+        None, "adapter file (.safetensors), or a generation-time method's file (K-LoRA); none: the base model"
+    )
+    content_images: Path | None = opt(None, "folder of content reference images")
+    style_images: Path | None = opt(None, "folder of style reference images")
+    prompts: Path | None = opt(
+        None,
+        "prompt file: one prompt per line ('#' starts a comment), or .jsonl lines {\"prompt\": ..., "
+        '"attributes": {"position": "left"}}; world prompts name their attributes in words',
+    )
+    content: str | None = opt(
+        None,
+        "target content for the judges' accuracies, e.g. teddy#3 (default: from the references' metadata)",
+    )
+    style: str | None = opt(
+        None, "target style, e.g. papercut#5 (default: from the style references' metadata.jsonl)"
+    )
+    n: int = opt(4, "images per prompt (seeds seed..seed+n-1)")
+    seed: int = opt(0, "seed of the first image of each prompt")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    steps: int | None = opt(None, "sampling steps (built-in model: its recorded default; SD/SDXL: 25)")
+    guidance: float | None = opt(None, "classifier-free guidance (built-in: recorded default; SD/SDXL: 5.0)")
+    resolution: int | None = opt(None, "image size in pixels (built-in: 32; SDXL 1024; SD 512)")
+    content_scale: float = opt(1.0, "strength of the content part B (b4m adapters)")
+    style_scale: float = opt(1.0, "strength of the style part D (b4m adapters)")
+    clip: str | None = opt(
+        None, "CLIP model folder or hub id; with --dino, real encoders replace the world's judges"
+    )
+    dino: str | None = opt(None, "DINOv2 model folder or hub id (with --clip)")
+    judges: Path | None = opt(None, "world judges folder (default: the shipped ones)")
+    device: str = opt("cpu", "device of the generation and of the encoders: cpu, cuda, cuda:1...")
+    bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
+    out: Path = opt(Path("eval.json"), "output JSON file")
+    overwrite: bool = opt(False, "replace --out if it exists")
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# --------------------------------------------------------------------------------------------- prompts
+
+_POSITION = re.compile(r"\b(?:on the (left|right)|in the (center))\b")
+_SIZE = re.compile(r",\s*(small|medium|large)\b")
+_BACKGROUND = re.compile(r"\bon an? (\w+) background\b")
+
+
+def prompt_attributes(prompt: str) -> dict[str, str]:
+    """The world attributes a prompt asks for, read from the wording of :func:`b4m.world.render.caption`:
+    ``"... on the left, small, on a blue background"`` -> ``{"position": "left", "size": "small",
+    "background": "blue"}``."""
+    from b4m.world.concepts import ATTRIBUTES
+
+    found: dict[str, str] = {}
+    if m := _POSITION.search(prompt):
+        found["position"] = m.group(1) or m.group(2)
+    if m := _SIZE.search(prompt):
+        found["size"] = m.group(1)
+    if (m := _BACKGROUND.search(prompt)) and m.group(1) in ATTRIBUTES["background"]:
+        found["background"] = m.group(1)
+    return found
+
+
+def read_prompts(path: Path, option: str = "--prompts") -> tuple[list[str], list[dict[str, str]]]:
+    """Prompts and the attributes each asks for, from a text file (one per line) or a ``.jsonl`` file."""
+    from b4m.world.concepts import ATTRIBUTES
+
+    path = Path(path)
+    if not path.is_file():
+        raise B4MError(f"{option} {path}: no such file; give a text file with one prompt per line")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise B4MError(f"{option} {path}: not UTF-8 text; save it as UTF-8") from None
+    prompts, attributes = [], []
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if path.suffix == ".jsonl":
+            try:
+                record = json.loads(line)
+                prompt, attrs = record["prompt"], dict(record.get("attributes") or {})
+            except (ValueError, KeyError, TypeError):
+                raise B4MError(
+                    f'{option} {path}:{number}: write {{"prompt": "...", "attributes": {{...}}}} on each line'
+                ) from None
+            bad = [f"{k}={v}" for k, v in attrs.items() if v not in ATTRIBUTES.get(k, ())]
+            if bad:
+                raise B4MError(
+                    f"{option} {path}:{number}: unknown attributes {', '.join(bad)} (known: {ATTRIBUTES})"
+                )
+        else:
+            prompt, attrs = line, prompt_attributes(line)
+        prompts.append(str(prompt))
+        attributes.append(attrs)
+    if not prompts:
+        raise B4MError(f"{option} {path}: no prompts in it; write one prompt per line")
+    return prompts, attributes
+
+
+def reference_concept(folder: Path, kind: str) -> str | None:
+    """The concept a world export shows (``"teddy#3"``, ``"mushroom"``), from its ``metadata.jsonl``; ``None``
+    when the folder has no metadata or shows several (a style folder's contents vary: only its style counts)."""
+    from b4m.world.instances import has_instances, personal_codes
+
+    try:
+        records = [
+            json.loads(line) for line in (Path(folder) / "metadata.jsonl").read_text().splitlines() if line
+        ]
+        looks = {(r[kind], r.get(f"{kind}_code")) for r in records}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if len(looks) != 1:
+        return None
+    name, code = looks.pop()
+    if code is None or not has_instances(kind, name):
+        return name
+    personal = personal_codes(kind, name)
+    return f"{name}#{personal.index(code)}" if code in personal else name
+
+
+# --------------------------------------------------------------------------------------------- scorers
+
+
+def _centroid(features: Any) -> Any:
+    from b4m.eval.metrics import _centroid as centroid  # the one definition score_world uses
+
+    return centroid(features)
+
+
+def _cos(features: Any, refs: Any) -> np.ndarray:
+    return (features @ _centroid(refs).T).squeeze(-1).double().cpu().numpy()
+
+
+class WorldScorer:
+    """Per-image scores with the built-in world's judges (:class:`b4m.eval.judges.WorldJudges`)."""
+
+    name = "world judges"
+
+    def __init__(self, judges: Any = None) -> None:
+        from b4m.eval.judges import WorldJudges
+
+        self.judges = judges if judges is not None else WorldJudges.load()
+
+    def per_image(
+        self,
+        images: Any,
+        content_refs: Any,
+        style_refs: Any,
+        content: str | None,
+        style: str | None,
+        attributes: Sequence[dict[str, str]],
+        prompts: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        import torch
+
+        from b4m.world.instances import parse_concept
+
+        j = self.judges
+        with torch.no_grad():
+            cf, sf = j.content_features(images), j.style_features(images)
+            out = {
+                "content": _cos(cf, j.content_features(content_refs)),
+                "style": _cos(sf, j.style_features(style_refs)),
+                "leak_content": _cos(cf, j.content_features(style_refs)),
+                "leak_style": _cos(sf, j.style_features(content_refs)),
+            }
+            pred, pred_s, pred_c = j.predict(images), j.predict(style_refs), j.predict(content_refs)
+        c_ref = parse_concept(content, "content") if content else None
+        s_ref = parse_concept(style, "style") if style else None
+        as_float = lambda xs: np.asarray(xs, dtype=float)  # noqa: E731
+        out["content_acc"] = as_float([c_ref is not None and p == c_ref.name for p in pred["content"]])
+        out["style_acc"] = as_float([s_ref is not None and p == s_ref.name for p in pred["style"]])
+        if c_ref is not None and c_ref.code is not None:
+            out["content_inst"] = as_float([p == (c_ref.name, c_ref.code) for p in pred["content_id"]])
+        if s_ref is not None and s_ref.code is not None:
+            out["style_inst"] = as_float([p == (s_ref.name, s_ref.code) for p in pred["style_id"]])
+        leaked_c = set(pred_s["content"]) - {c_ref.name if c_ref else None}
+        leaked_s = set(pred_c["style"]) - {s_ref.name if s_ref else None}
+        out["leak_content_acc"] = as_float([p in leaked_c for p in pred["content"]])
+        out["leak_style_acc"] = as_float([p in leaked_s for p in pred["style"]])
+        out["prompt_asked"] = as_float([len(a) for a in attributes])
+        out["prompt_hit"] = as_float(
+            [sum(pred[k][i] == v for k, v in a.items()) for i, a in enumerate(attributes)]
+        )
+        return out
+
+
+class EncoderScorer:
+    """Per-image scores with real encoders, the paper's protocol: DINOv2 for content, CLIP for style and prompt."""
+
+    def __init__(self, clip: Any, dino: Any, name: str = "CLIP + DINOv2") -> None:
+        self.clip, self.dino, self.name = clip, dino, name
+
+    def per_image(
+        self,
+        images: Any,
+        content_refs: Any,
+        style_refs: Any,
+        content: str | None,
+        style: str | None,
+        attributes: Sequence[dict[str, str]],
+        prompts: Sequence[str],
+    ) -> dict[str, np.ndarray]:
+        df, cf = self.dino.image_features(images), self.clip.image_features(images)
+        text = self.clip.text_features(list(prompts))
+        return {
+            "content": _cos(df, self.dino.image_features(content_refs)),
+            "style": _cos(cf, self.clip.image_features(style_refs)),
+            "leak_content": _cos(df, self.dino.image_features(style_refs)),
+            "leak_style": _cos(cf, self.clip.image_features(content_refs)),
+            "prompt_hit": (cf * text).sum(-1).double().cpu().numpy(),
+            "prompt_asked": np.ones(len(prompts)),
+        }
+
+
+def load_scorer(
+    clip: str | None = None, dino: str | None = None, judges: Path | None = None, device: str = "cpu"
+) -> Any:
+    """The world's judges, or CLIP + DINOv2 when both are given (:mod:`b4m.eval.encoders`)."""
+    if clip is None and dino is None:
+        from b4m.eval.judges import WorldJudges
+
+        return WorldScorer(WorldJudges.load(judges))
+    from b4m.eval.encoders import load_clip, load_dinov2
+
+    try:
+        return EncoderScorer(
+            load_clip(clip, device), load_dinov2(dino, device), f"CLIP {clip} + DINOv2 {dino}"
+        )
+    except OSError as err:
+        raise B4MError(f"--clip/--dino: cannot load the encoders ({str(err).splitlines()[0]})") from None
+
+
+# --------------------------------------------------------------------------------------------- generation
+
+
+def generate_with(
+    pipe: Any,
+    adapter: Path | None,
+    prompts: Sequence[str],
+    n: int,
+    seed: int,
+    steps: int,
+    guidance: float,
+    resolution: int,
+    content_scale: float = 1.0,
+    style_scale: float = 1.0,
+    progress: bool = False,
+) -> Any:
+    """``(len(prompts) * n, 3, H, W)`` images of a copy of ``pipe`` with ``adapter`` (a LoRA, or a generation-time
+    method's file such as K-LoRA's, installed by its sampling hook); ``pipe`` itself stays untouched."""
+    import copy
+
+    import torch
+
+    from b4m.diffusion.sampling import load_adapter, sample
+    from b4m.methods.base import sampling_hook_for
+
+    work = copy.deepcopy(pipe)
+    if adapter is not None:
+        hook = sampling_hook_for(adapter)
+        if hook is not None:
+            hook(work, adapter)
+        else:
+            load_adapter(work, adapter, content_scale, style_scale)
+    images = sample(work, list(prompts), n=n, seed=seed, steps=steps, guidance=guidance, resolution=resolution,
+                    progress=progress)  # fmt: skip
+    return torch.cat(images)
+
+
+def _check(cfg: EvalConfig) -> tuple[list[str], list[dict[str, str]], str | None, str | None]:
+    from b4m.checks import check_out_folder, finite, integer_at_least
+    from b4m.data.folders import read_image_folder
+    from b4m.world.instances import parse_concept
+
+    problems: list[str] = []
+    if cfg.content_images is None or cfg.style_images is None:
+        problems.append("--content-images and --style-images: give both reference folders")
+    if cfg.prompts is None:
+        problems.append("--prompts: give a prompt file (one prompt per line)")
+    if cfg.adapter is not None and not Path(cfg.adapter).is_file():
+        problems.append(f"--adapter {cfg.adapter}: no such file")
+    if (cfg.clip is None) != (cfg.dino is None):
+        problems.append("--clip and --dino: give both (real encoders) or neither (the world's judges)")
+    integer_at_least(cfg.n, "-n", 1, problems, " images per prompt")
+    integer_at_least(cfg.steps, "--steps", 1, problems)
+    integer_at_least(cfg.bootstrap, "--bootstrap", 100, problems)
+    finite(cfg.guidance, "--guidance", problems)
+    for option, value, kind in (("--content", cfg.content, "content"), ("--style", cfg.style, "style")):
+        if value is not None:
+            try:
+                parse_concept(value, kind)
+            except ValueError as err:
+                problems.append(f"{option}: {err}")
+    if problems:
+        raise B4MError("; ".join(problems))
+    out = Path(cfg.out)
+    if out.is_dir() or out.suffix != ".json":
+        problems.append(f"--out {out}: give the path of a .json file")
+    elif out.exists() and not cfg.overwrite:
+        problems.append(f"--out {out}: exists; choose another file or pass --overwrite")
+    if problems:
+        raise B4MError("; ".join(problems))
+    check_out_folder(out.parent)
+    read_image_folder(cfg.content_images, "--content-images")
+    read_image_folder(cfg.style_images, "--style-images")
+    prompts, attributes = read_prompts(cfg.prompts)
+    content = cfg.content or reference_concept(cfg.content_images, "content")
+    style = cfg.style or reference_concept(cfg.style_images, "style")
+    return prompts, attributes, content, style
+
+
+def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
+    """Generate ``cfg.n`` images per prompt with the adapter, score them, write ``cfg.out`` (JSON); returns it."""
+    from b4m import threads
+    from b4m.adapters.codec import load_lora
+    from b4m.config import to_dict
+    from b4m.data.folders import load_images, read_image_folder
+    from b4m.diffusion.pipeline import load_pipeline
+    from b4m.diffusion.sampling import check_base_model, generation_defaults
+    from b4m.eval.stats import bootstrap
+    from b4m.methods.base import sampling_hook_for
+    from b4m.prompts import check_prompts
+
+    prompts, attributes, content, style = _check(cfg)
+    if cfg.adapter is not None and sampling_hook_for(cfg.adapter) is None:
+        check_base_model(load_lora(cfg.adapter), cfg.base)  # a bad file fails before the model loads
+    threads.apply()
+    scorer = load_scorer(cfg.clip, cfg.dino, cfg.judges, cfg.device)
+    pipe = load_pipeline(cfg.base).to(cfg.device)
+    check_prompts(pipe.tokenizer, prompts, "--prompts")
+    gen = generation_defaults(pipe, cfg.base)
+    res = cfg.resolution or gen["resolution"]
+    images = generate_with(pipe, cfg.adapter, prompts, cfg.n, cfg.seed, cfg.steps or gen["steps"],
+                           gen["guidance"] if cfg.guidance is None else cfg.guidance, res,
+                           cfg.content_scale, cfg.style_scale, progress)  # fmt: skip
+    content_refs = load_images(read_image_folder(cfg.content_images).paths, res)
+    style_refs = load_images(read_image_folder(cfg.style_images).paths, res)
+    per = scorer.per_image(images, content_refs, style_refs, content, style,
+                           [a for a in attributes for _ in range(cfg.n)],
+                           [p for p in prompts for _ in range(cfg.n)])  # fmt: skip
+    scores, ci, _ = bootstrap(per, cfg.bootstrap, cfg.seed)
+    results = {
+        "adapter": None if cfg.adapter is None else str(cfg.adapter),
+        "judges": scorer.name,
+        "content": content,
+        "style": style,
+        "scores": {**scores, "n": int(images.shape[0])},
+        "ci": ci,
+        "prompts": prompts,
+        "attributes": attributes,
+        "config": to_dict(cfg),
+    }
+    atomic_write_text(Path(cfg.out), json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A short table: one line per metric, value and 95 % interval."""
+    lines = [f"{'metric':<18}{'value':>8}   95 % interval"]
+    for key, value in results["scores"].items():
+        if key == "n":
+            continue
+        lo, hi = results["ci"].get(key, (value, value))
+        lines.append(f"{key:<18}{value:8.3f}   [{lo:.3f}, {hi:.3f}]")
+    lines.append(f"{'images':<18}{results['scores']['n']:8d}   judges: {results['judges']}")
+    return "\n".join(lines)
