@@ -118,6 +118,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-share", type=float, default=0.5, help="share of instance-class contents")
     parser.add_argument("--style-share", type=float, default=None, help="share of instance-family styles")
     parser.add_argument("--init-from", type=Path, default=None, help="judges folder to continue from")
+    parser.add_argument(
+        "--no-balance-classes", action="store_true",
+        help="plain class losses (as the judges before v7) instead of inverse sampling-probability weights",
+    )  # fmt: skip
     parser.add_argument("--report", type=Path, default=REPORT)
     args = parser.parse_args(argv)
     command = "python benchmarks/judges.py " + " ".join(sys.argv[1:] if argv is None else argv)
@@ -132,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
         metrics = train_judges(
             args.out, steps=args.steps, seed=args.seed, threads=args.threads, n_eval=args.n_eval, lr=args.lr,
             instance_share=args.instance_share, style_share=args.style_share, init_from=args.init_from,
+            balance_classes=not args.no_balance_classes,
         )  # fmt: skip
     print(json.dumps({k: metrics[k] for k in ("clean", "perturbed", "features")}, indent=1))
     args.report.write_text(report(metrics, command.strip(), args.out), encoding="utf-8")

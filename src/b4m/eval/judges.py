@@ -471,6 +471,7 @@ def train_judges(
     instance_share: float = _INSTANCE_SHARE,
     style_share: float | None = None,
     init_from: str | Path | None = None,
+    balance_classes: bool = True,
 ) -> dict:
     """Train judges on renders of all contents and styles and all their instances (personal ones included:
     judges must score them), evaluate them on never-seen seeds, save them to ``out_dir`` (unless None) and
@@ -482,7 +483,9 @@ def train_judges(
     (label smoothing 0.05), AdamW with a one-cycle schedule. Half of each batch gets colour jitter and
     trains only the content head. ``instance_share`` / ``style_share``: see :func:`_uniform_scene`.
     ``init_from``: a judges folder to start from (a second phase, e.g. to rebalance the heads), instead of
-    random weights.
+    random weights. ``balance_classes``: weight the class heads' cross-entropy by ``(1/K) / p(class)``, the
+    inverse of each class's sampling probability under the shares, so that the trait heads get the instance
+    classes' many samples while the class heads still learn a uniform prior over all K classes.
     """
     b4m_threads.apply(threads)
     torch.manual_seed(seed)
@@ -514,6 +517,17 @@ def train_judges(
     color = torch.arange(batch_size) >= half
     content_has = torch.tensor([float(has_instances("content", c)) for c in CONTENTS])
     style_has = torch.tensor([float(has_instances("style", s)) for s in STYLES])
+
+    def class_weights(has: torch.Tensor, share: float) -> torch.Tensor:
+        """(1/K) / p(class) for the sampling of :func:`_uniform_scene` (ones if not balancing)."""
+        k = len(has)
+        p = (1 - share) / k + share * has / has.sum().clamp(min=1)
+        return (1.0 / k) / p if balance_classes else torch.ones(k)
+
+    class_w = {
+        "content": class_weights(content_has, instance_share),
+        "style": class_weights(style_has, instance_share if style_share is None else style_share),
+    }
     log = []
     judges.train()
     for step in range(steps):
@@ -532,12 +546,14 @@ def train_judges(
         # trait heads learn only from classes that have instances (the others have one look)
         has = {"content": content_has[labels["content"]], "style": style_has[labels["style"]]}
         # colour jitter keeps shapes: the content judges (class and traits) train on the whole batch
-        losses = {"content": F.cross_entropy(logits["content"], labels["content"], label_smoothing=0.05)}
+        losses = {}
         for name, lg in logits.items():
-            if name == "content":
-                continue
-            rows = slice(None) if name.startswith("content_") else slice(0, half)
-            if name.startswith(("content_", "style_")):
+            rows = slice(None) if name.startswith("content") else slice(0, half)
+            if name in class_w:
+                w = class_w[name][labels[name][rows]]
+                ce = F.cross_entropy(lg[rows], labels[name][rows], label_smoothing=0.05, reduction="none")
+                losses[name] = (ce * w).sum() / w.sum()
+            elif name.startswith(("content_", "style_")):
                 mask = has[name.partition("_")[0]][rows]
                 ce = F.cross_entropy(lg[rows], labels[name][rows], label_smoothing=0.05, reduction="none")
                 losses[name] = (ce * mask).sum() / mask.sum().clamp(min=1)
@@ -568,6 +584,7 @@ def train_judges(
         "instance_share": instance_share,
         "style_share": instance_share if style_share is None else style_share,
         "init_from": str(init_from) if init_from else None,
+        "balance_classes": balance_classes,
         "earlier_training": judges.metrics.get("training") if init_from else None,
         "unique_training_images": next_seed - seed * 100_000_000,
         "train_seconds": round(train_s, 1),

@@ -282,9 +282,7 @@ def render_pool(
     return images, captions
 
 
-def _init_from(
-    components: dict[str, Any], path: str | Path, lift_words: Sequence[str] | None = None
-) -> None:
+def _init_from(components: dict[str, Any], path: str | Path, lift_words: Sequence[str] | None = None) -> None:
     """Load an earlier base pipeline's weights into freshly built ``components`` (see ``init_from``);
     ``lift_words``: the caption words whose weak embeddings to scale up (see ``lift_weak_words``)."""
     old = load_base_pipeline(path)
