@@ -21,6 +21,7 @@ from b4m.world.instances import (
     STYLE_TRAITS,
     catalogue,
     content_traits,
+    learnable_concept_problem,
     parse_concept,
     personal_codes,
     public_codes,
@@ -176,3 +177,21 @@ def test_unseen_pairs_are_held_in_and_excluded_from_random_scenes():
 def test_identifiers_are_not_world_words():
     words = set(CONTENTS) | set(STYLES) | {v for vs in CONTENT_TRAITS.values() for v in vs}
     assert len(IDENTIFIERS) >= 4 and not set(IDENTIFIERS) & words
+
+
+def test_learnable_concepts_are_personal_instances_or_held_out_classes():
+    from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES
+
+    assert learnable_concept_problem("teddy#3", "content") is None
+    assert learnable_concept_problem("papercut#5", "style") is None
+    assert learnable_concept_problem(HELD_OUT_CONTENTS[0], "content") is None
+    assert learnable_concept_problem(HELD_OUT_STYLES[0], "style") is None
+    plain = next(c for c in HELD_IN_CONTENTS if c not in INSTANCE_CONTENTS)
+    why = learnable_concept_problem(plain, "content")
+    assert why.startswith(
+        f"the base model already draws {plain}; choose a personal instance (teddy#0..#7 or cat"
+    )
+    assert all(name in why for name in HELD_OUT_CONTENTS)
+    assert "(teddy#0..#7)" in learnable_concept_problem("teddy", "content")
+    assert "is not one of" in learnable_concept_problem("teapot", "content")
+    assert "must be 0..7" in learnable_concept_problem("teddy#9", "content")

@@ -10,12 +10,15 @@ from b4m.eval.judges import (
     WEIGHTS_NAME,
     WorldJudges,
     _augment,
+    _uniform_scene,
+    balanced_class_weights,
     evaluate_judges,
     perturb,
     render_batch,
     train_judges,
 )
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, STYLES
+from b4m.world.instances import has_instances
 from b4m.world.render import Scene
 
 shipped = pytest.mark.skipif(
@@ -125,3 +128,23 @@ def test_train_judges_smoke(tmp_path):
     assert metrics["training"]["steps"] == 3
     assert WorldJudges.load(tmp_path).metrics["training"]["unique_training_images"] == 64 + 3 * 4
     assert np.isfinite(metrics["training"]["final_losses"]["content"])
+
+
+@pytest.mark.parametrize("share", [0.0, 0.3, 0.7])
+def test_balanced_class_weights_equalise_the_classes_under_the_real_sampler(share):
+    """Counted from the scene sampler itself: each class's draws times its weight are one K-th of all draws."""
+    rng = np.random.default_rng(5)
+    n = 40_000
+    draws = [_uniform_scene(rng, instance_share=share) for _ in range(n)]
+    for kind, names in (("content", CONTENTS), ("style", STYLES)):
+        has = torch.tensor([float(has_instances(kind, c)) for c in names])
+        w = balanced_class_weights(has, share)
+        counts = torch.tensor([sum(getattr(d, kind) == c for d in draws) for c in names], dtype=torch.float64)
+        weighted = counts * w.double() / n
+        p = counts / n  # 4 binomial standard errors of each class's share, times its weight
+        tol = 4 * w.double() * (p * (1 - p) / n).sqrt()
+        assert ((weighted - 1 / len(names)).abs() <= tol).all(), (kind, weighted, tol)
+        if share > 0:  # the instance classes are over-drawn, so they get weights below one
+            assert (w[has.bool()] < 1).all() and (w[~has.bool()] > 1).all()
+        else:
+            assert torch.allclose(w, torch.ones_like(w))

@@ -102,22 +102,13 @@ def _style_phrase(cfg: DemoConfig) -> str:
 
 
 def _check_concepts(cfg: DemoConfig) -> None:
-    from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
-    from b4m.world.instances import parse_concept
+    from b4m.world.concepts import HELD_IN_CONTENTS, HELD_OUT_STYLES, STYLES
+    from b4m.world.instances import learnable_concept_problem
 
     problems = []
-    for option, kind, value, new in (("--content", "content", cfg.content, HELD_OUT_CONTENTS),
-                                     ("--style", "style", cfg.style, HELD_OUT_STYLES)):  # fmt: skip
-        try:
-            ref = parse_concept(value, kind)
-        except ValueError as err:
-            problems.append(f"{option}: {err}")
-            continue
-        if ref.index is None and ref.name not in new:
-            problems.append(
-                f"{option} {value}: the base model already draws {value}; choose a personal instance "
-                f"({value}#0..#7) or a held-out {kind}: {', '.join(new)}"
-            )
+    for option, kind, value in (("--content", "content", cfg.content), ("--style", "style", cfg.style)):
+        if (why := learnable_concept_problem(value, kind)) is not None:
+            problems.append(f"{option}: {why}")
     for s in cfg.aux_styles:
         if s not in STYLES or s in HELD_OUT_STYLES:
             problems.append(f"--aux-styles {s}: not a held-in style")

@@ -28,6 +28,7 @@ from typing import Any
 
 from b4m.config import opt
 from b4m.errors import B4MError
+from b4m.eval.stats import METRICS
 
 __all__ = [
     "ARMS",
@@ -66,21 +67,6 @@ STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", 
 """Options that stage 1 never reads: arms changing only these reuse the stage-1 adapters of ``full``."""
 
 #: Metrics of every row, in table order (``leak_*``: leakage; lower is better).
-METRICS: tuple[str, ...] = (
-    "content",
-    "style",
-    "prompt",
-    "mean",
-    "hmean",
-    "content_acc",
-    "style_acc",
-    "content_inst",
-    "style_inst",
-    "leak_content",
-    "leak_content_acc",
-    "leak_style",
-    "leak_style_acc",
-)
 
 #: What ``--quick`` sets (options given explicitly keep their value, except the sizes).
 QUICK: dict[str, Any] = {
@@ -173,20 +159,11 @@ def _rho_values(values: list[str], problems: list[str]) -> list[Fraction]:
 
 def _check_pair(content: str, style: str, problems: list[str]) -> None:
     """Names the world knows, which the base model cannot already draw (a personal instance or a held-out class)."""
-    from b4m.world.concepts import HELD_OUT_CONTENTS, HELD_OUT_STYLES
-    from b4m.world.instances import parse_concept
+    from b4m.world.instances import learnable_concept_problem
 
-    for kind, value, new in (("content", content, HELD_OUT_CONTENTS), ("style", style, HELD_OUT_STYLES)):
-        try:
-            ref = parse_concept(value, kind)
-        except ValueError as err:
-            problems.append(f"--pairs {content}:{style}: {err}")
-            continue
-        if ref.index is None and ref.name not in new:
-            problems.append(
-                f"--pairs {content}:{style}: the base model already draws {value}; choose a personal instance "
-                f"({value}#0..#7) or a held-out {kind}: {', '.join(new)}"
-            )
+    for kind, value in (("content", content), ("style", style)):
+        if (why := learnable_concept_problem(value, kind)) is not None:
+            problems.append(f"--pairs {content}:{style}: {why}")
 
 
 @dataclasses.dataclass(frozen=True)

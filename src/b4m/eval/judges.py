@@ -52,7 +52,14 @@ from b4m.world.instances import (
 )
 from b4m.world.render import Scene, render
 
-__all__ = ["WorldJudges", "evaluate_judges", "perturb", "render_batch", "train_judges"]
+__all__ = [
+    "WorldJudges",
+    "balanced_class_weights",
+    "evaluate_judges",
+    "perturb",
+    "render_batch",
+    "train_judges",
+]
 
 FORMAT_VERSION = 2
 WEIGHTS_NAME = "judges.safetensors"
@@ -457,6 +464,15 @@ def _labels(scenes: list[Scene], seeds: list[int] | None = None) -> dict[str, to
 # ----------------------------------------------------------------------------------------------- training
 
 
+def balanced_class_weights(has: torch.Tensor, share: float) -> torch.Tensor:
+    """``(1/K) / p(class)`` for the class sampling of :func:`_uniform_scene`: with probability ``share`` a class
+    is drawn among those with instances (``has`` is 1 for them), otherwise among all ``K``. Weighting each
+    sample's cross-entropy by it gives every class the same expected weight, ``1/K``."""
+    k = len(has)
+    p = (1 - share) / k + share * has / has.sum().clamp(min=1)
+    return (1.0 / k) / p
+
+
 def train_judges(
     out_dir: str | Path | None,
     steps: int = 6000,
@@ -518,16 +534,17 @@ def train_judges(
     content_has = torch.tensor([float(has_instances("content", c)) for c in CONTENTS])
     style_has = torch.tensor([float(has_instances("style", s)) for s in STYLES])
 
-    def class_weights(has: torch.Tensor, share: float) -> torch.Tensor:
-        """(1/K) / p(class) for the sampling of :func:`_uniform_scene` (ones if not balancing)."""
-        k = len(has)
-        p = (1 - share) / k + share * has / has.sum().clamp(min=1)
-        return (1.0 / k) / p if balance_classes else torch.ones(k)
-
-    class_w = {
-        "content": class_weights(content_has, instance_share),
-        "style": class_weights(style_has, instance_share if style_share is None else style_share),
-    }
+    ones = {"content": torch.ones(len(CONTENTS)), "style": torch.ones(len(STYLES))}
+    class_w = (
+        {
+            "content": balanced_class_weights(content_has, instance_share),
+            "style": balanced_class_weights(
+                style_has, instance_share if style_share is None else style_share
+            ),
+        }
+        if balance_classes
+        else ones
+    )
     log = []
     judges.train()
     for step in range(steps):

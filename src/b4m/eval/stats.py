@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MEAN_KEYS", "aggregate", "bootstrap", "pair_bootstrap", "point"]
+__all__ = ["MEAN_KEYS", "METRICS", "aggregate", "bootstrap", "pair_bootstrap", "point"]
 
 MEAN_KEYS: tuple[str, ...] = (
     "content",
@@ -30,6 +30,9 @@ MEAN_KEYS: tuple[str, ...] = (
     "leak_style",
     "leak_style_acc",
 )
+"""Per-image metrics whose aggregate is their mean."""
+METRICS: tuple[str, ...] = (*MEAN_KEYS[:2], "prompt", "mean", "hmean", *MEAN_KEYS[2:])
+"""Every metric :func:`aggregate` returns, in the order tables show them."""
 LEVEL = 0.95
 
 

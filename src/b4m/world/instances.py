@@ -44,6 +44,7 @@ __all__ = [
     "describe_code",
     "encode_code",
     "has_instances",
+    "learnable_concept_problem",
     "parse_concept",
     "personal_codes",
     "public_codes",
@@ -188,6 +189,31 @@ def parse_concept(text: str, kind: str) -> ConceptRef:
     if not idx.isdigit() or not 0 <= int(idx) < N_PERSONAL:
         raise ValueError(f"{kind} {text!r}: the personal instance number must be 0..{N_PERSONAL - 1}")
     return ConceptRef(kind, name, int(idx))
+
+
+def learnable_concept_problem(text: str, kind: str) -> str | None:
+    """Why ``text`` cannot be a concept to *learn*, or ``None`` when it can: it must be a name the world knows
+    that the base model cannot already draw -- a personal instance (``"teddy#3"``) or a held-out class. The
+    message omits the option name; callers prefix it (``"--content teddy: ..."``)."""
+    from b4m.world.concepts import HELD_OUT_CONTENTS, HELD_OUT_STYLES
+
+    try:
+        ref = parse_concept(text, kind)
+    except ValueError as err:
+        return str(err)
+    new = HELD_OUT_CONTENTS if kind == "content" else HELD_OUT_STYLES
+    if ref.index is None and ref.name not in new:
+        names = (
+            [ref.name]
+            if has_instances(kind, ref.name)
+            else INSTANCE_CONTENTS
+            if kind == "content"
+            else INSTANCE_STYLES
+        )
+        mine = " or ".join(f"{n}#0..#{N_PERSONAL - 1}" for n in names)
+        return (f"the base model already draws {text}; choose a personal instance ({mine}) "
+                f"or a held-out {kind}: {', '.join(new)}")  # fmt: skip
+    return None
 
 
 def describe_code(kind: str, code: int, name: str = "") -> str:
