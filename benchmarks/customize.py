@@ -22,14 +22,16 @@ from b4m.eval.customize import CustomizeCheck, check_customizability  # noqa: E4
 
 def markdown(r: dict) -> str:
     lines = [
-        "| learned | asked with | adapter | instance acc. | content class acc. | style class acc. |",
-        "|---|---|---|---|---|---|",
+        "| learned | asked with | adapter | instance acc. | content class acc. | style class acc. | judges saw |",
+        "|---|---|---|---|---|---|---|",
     ]
     for x in r["runs"]:
         inst = x.get("content_inst", x.get("style_inst"))
         lines.append(
             f"| {x['learned']} | {x['other']} | {'yes' if x['adapter'] else 'no (base)'} | {inst:.2f} | "
-            f"{x['content_acc']:.2f} | {x['style_acc']:.2f} |"
+            f"{x['content_acc']:.2f} | {x['style_acc']:.2f} | "
+            + "; ".join(f"{k} x{v}" for k, v in x.get("content_seen", x.get("style_seen", {})).items())
+            + " |"
         )
     c, s = r["content"], r["style"]
     lines += [
@@ -51,12 +53,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--styles", nargs="+", default=list(CustomizeCheck.styles))
     parser.add_argument("--steps", type=int, default=CustomizeCheck.steps)
     parser.add_argument("--lr", type=float, default=CustomizeCheck.lr)
+    parser.add_argument("--rank", type=int, default=CustomizeCheck.rank)
     parser.add_argument("-n", type=int, default=CustomizeCheck.n, help="images per prompt")
     parser.add_argument("--work", type=Path, help="keep the reference folders and adapters here")
     parser.add_argument("--json", type=Path, help="write the full result here")
     args = parser.parse_args(argv)
     cfg = CustomizeCheck(base=args.base, contents=tuple(args.contents), styles=tuple(args.styles),
-                         steps=args.steps, lr=args.lr, n=args.n)  # fmt: skip
+                         steps=args.steps, lr=args.lr, rank=args.rank, n=args.n)  # fmt: skip
     t = time.perf_counter()
     r = check_customizability(cfg, work=args.work)
     r["wall_s"] = round(time.perf_counter() - t, 1)

@@ -13,6 +13,7 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
 from b4m.world import base_model as bm
+from b4m.world.concepts import CONTENTS, STYLES
 from b4m.world.tokenizer import build_tokenizer, save_tokenizer
 
 WORDS = ["a", "cat", "car", "cart", "in", "style", "stripes", "photo", "of", "on", "the", "left", "at"]
@@ -284,6 +285,10 @@ def test_customizability_check_runs_and_reports_both_mirrors(tmp_path):
     assert len(r["runs"]) == 4 and {x["kind"] for x in r["runs"]} == {"content", "style"}
     for part in ("content", "style"):
         assert 0.0 <= r[part]["instance_acc"] <= 1.0 and isinstance(r["passed"][part], bool)
+    for x in r["runs"]:  # what the judges saw: at most 3 identities, counts of the 2 images
+        seen = x["content_seen" if x["kind"] == "content" else "style_seen"]
+        assert 1 <= len(seen) <= 2 and sum(seen.values()) == 2, seen
+        assert all(k.partition(": ")[0] in CONTENTS + STYLES for k in seen), seen
     assert (tmp_path / "lora-teddy#3" / "adapter.safetensors").is_file()
 
 

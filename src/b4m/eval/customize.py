@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,7 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
     from b4m.eval.judges import WorldJudges
     from b4m.world.concepts import HELD_IN_CONTENTS
     from b4m.world.export import export_concept
-    from b4m.world.instances import parse_concept
+    from b4m.world.instances import describe_code, parse_concept
     from b4m.world.render import Scene, caption
 
     tmp = tempfile.TemporaryDirectory() if work is None else None
@@ -92,10 +93,14 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
             "content_acc": sum(p == c.name for p in pred["content"]) / n,
             "style_acc": sum(p == s.name for p in pred["style"]) / n,
         }
-        if c.code is not None:
-            row["content_inst"] = sum(p == (c.name, c.code) for p in pred["content_id"]) / n
-        if s.code is not None:
-            row["style_inst"] = sum(p == (s.name, s.code) for p in pred["style_id"]) / n
+        # What the judges saw instead, most frequent first ("teddy: short, plinth" x5): where a miss comes from.
+        for ref, key in ((c, "content"), (s, "style")):
+            if ref.code is not None:
+                row[f"{key}_inst"] = sum(p == (ref.name, ref.code) for p in pred[f"{key}_id"]) / n
+                seen = Counter(
+                    f"{name}: {describe_code(key, code, name)}" for name, code in pred[f"{key}_id"]
+                )
+                row[f"{key}_seen"] = dict(seen.most_common(3))
         return row
 
     runs: list[dict[str, Any]] = []
