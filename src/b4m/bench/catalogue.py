@@ -66,8 +66,6 @@ DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", "delta", "delta_rel"})
 """Options that stage 1 never reads: arms changing only these reuse the stage-1 adapters of ``full``."""
 
-#: Metrics of every row, in table order (``leak_*``: leakage; lower is better).
-
 #: What ``--quick`` sets (options given explicitly keep their value, except the sizes).
 QUICK: dict[str, Any] = {
     "methods": ["b4m", "lora", "direct-merge", "ziplora"],

@@ -32,7 +32,7 @@ MEAN_KEYS: tuple[str, ...] = (
 )
 """Per-image metrics whose aggregate is their mean."""
 METRICS: tuple[str, ...] = (*MEAN_KEYS[:2], "prompt", "mean", "hmean", *MEAN_KEYS[2:])
-"""Every metric :func:`aggregate` returns, in the order tables show them."""
+"""Every metric :func:`aggregate` returns, in the order tables show them (``leak_*``: leakage; lower is better)."""
 LEVEL = 0.95
 
 
