@@ -275,12 +275,13 @@ def test_shipped_base_model_meets_the_quality_bar():
     assert r["personal_style_rate"] <= 2 * r["chance_style_instance"], r
 
 
-def test_customizability_check_runs_and_reports_both_mirrors(tmp_path):
+@pytest.mark.parametrize("method", ["stage1", "lora"])
+def test_customizability_check_runs_and_reports_both_mirrors(tmp_path, method):
     """A few-step run of the check on the shipped base: structure and the judges' numbers, not quality."""
     from b4m.eval.customize import CustomizeCheck, check_customizability
 
     cfg = CustomizeCheck(contents=("teddy#3",), content_styles=("flat",), styles=("papercut#5",),
-                         style_contents=("bird",), n_refs=2, n=2, steps=2)  # fmt: skip
+                         style_contents=("bird",), n_refs=2, n=2, steps=2, method=method)  # fmt: skip
     r = check_customizability(cfg, work=tmp_path)
     assert len(r["runs"]) == 4 and {x["kind"] for x in r["runs"]} == {"content", "style"}
     for part in ("content", "style"):

@@ -45,6 +45,9 @@ class CustomizeCheck:
     n_refs: int = 4
     n: int = 8
     """Images per prompt."""
+    method: str = "stage1"
+    """``"stage1"``: B4M's stage-1 adapter without MCP (only ``B`` or ``D`` learns); ``"lora"``: the registry's
+    plain one-concept LoRA (``U`` and ``V`` learn)."""
     steps: int = 800
     lr: float = 2e-3
     rank: int = 16
@@ -55,6 +58,14 @@ class CustomizeCheck:
 
 
 def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out: Path, word: str) -> Path:
+    if cfg.method == "lora":
+        from b4m.methods import run_method
+
+        return run_method("lora", base=cfg.base, out=out, concept=role, **{f"{role}_images": images,
+                          f"{role}_prompt": prompt}, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank, seed=cfg.seed,
+                          overwrite=True, progress=False)  # fmt: skip
+    if cfg.method != "stage1":
+        raise ValueError(f"CustomizeCheck.method: {cfg.method!r} is not 'stage1' or 'lora'")
     from b4m.config import Stage1Config
     from b4m.train.stage1 import train_stage1
 
