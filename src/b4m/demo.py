@@ -31,7 +31,14 @@ from b4m.errors import B4MError
 if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
     import torch
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = [
+    "PROMPT_ATTRIBUTES",
+    "DemoConfig",
+    "content_phrase",
+    "export_world_data",
+    "run_demo",
+    "style_phrase",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,24 +87,27 @@ class DemoConfig:
     )
 
 
-_PROMPT_ATTRIBUTES: list[dict[str, str]] = [
+PROMPT_ATTRIBUTES: list[dict[str, str]] = [
     {},
     {"position": "left"},
     {"size": "small"},
     {"background": "blue"},
     {"position": "right", "background": "yellow"},
 ]
+"""The scene attributes of the demo's (and the bench's) evaluation prompts, one prompt each."""
 
 
 def _class(name: str) -> str:
     return name.partition("#")[0]
 
 
-def _content_phrase(cfg: DemoConfig) -> str:
+def content_phrase(cfg: DemoConfig) -> str:
+    """The content's words in a prompt, identifier first: ``"snq teddy"``."""
     return f"{cfg.content_word} {_class(cfg.content)}".strip()
 
 
-def _style_phrase(cfg: DemoConfig) -> str:
+def style_phrase(cfg: DemoConfig) -> str:
+    """The style's words in a prompt: ``"wzk papercut"``."""
     return f"{cfg.style_word} {_class(cfg.style)}".strip()
 
 
@@ -132,7 +142,9 @@ def _check_concepts(cfg: DemoConfig) -> None:
         raise B4MError("; ".join(problems))
 
 
-def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
+def export_world_data(cfg: DemoConfig, data: Path) -> dict[str, Any]:
+    """Export the demo's reference and auxiliary folders from the world into ``data`` (re-exported only when
+    their settings changed); returns the folders and prompts the methods are given."""
     from b4m.world.concepts import HELD_IN_CONTENTS
     from b4m.world.export import export_concept
 
@@ -145,14 +157,14 @@ def _export(cfg: DemoConfig, data: Path) -> dict[str, Any]:
             stamp.write_text(want)
         return folder
 
-    content_word = _content_phrase(cfg)
+    content_word = content_phrase(cfg)
     return {
         "content": once(data / "content", content=cfg.content, n=cfg.n_content, content_word=content_word),
         "style": once(
             data / "style",
             style=cfg.style,
             n=cfg.n_style,
-            style_word=_style_phrase(cfg),
+            style_word=style_phrase(cfg),
             # the style references must not show the content being learned (content leakage)
             contents=[c for c in HELD_IN_CONTENTS if c != _class(cfg.content)],
         ),
@@ -304,7 +316,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     stamp = _claim(out, cfg.overwrite)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = _export(cfg, out / "data")
+    data = export_world_data(cfg, out / "data")
     timings["export references"] = time.perf_counter() - t0
 
     shared = {
@@ -322,7 +334,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             prompt=data["content_prompt"],
             aux=[str(p) for p in data["aux_styles"]],
             out=out / "content",
-            trigger_words=[_content_phrase(cfg)],
+            trigger_words=[content_phrase(cfg)],
             **shared,
         ),
         "style": Stage1Config(
@@ -330,7 +342,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
             prompt=None,
             aux=[str(p) for p in data["aux_contents"]],
             out=out / "style",
-            trigger_words=[_style_phrase(cfg)],
+            trigger_words=[style_phrase(cfg)],
             **shared,
         ),
     }
@@ -363,9 +375,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
 
     t = time.perf_counter()
     prompts, wanted = [], []
-    for attrs in _PROMPT_ATTRIBUTES:
+    for attrs in PROMPT_ATTRIBUTES:
         scene = Scene.of(cfg.content, cfg.style, **attrs)
-        prompts.append(caption(scene, content_word=_content_phrase(cfg), style_word=_style_phrase(cfg)))
+        prompts.append(caption(scene, content_word=content_phrase(cfg), style_word=style_phrase(cfg)))
         wanted.append(attrs)
     pipe = load_pipeline(None)
     gen = generation_defaults(pipe, None)
@@ -402,8 +414,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "style references": _save_grid([style_refs], out / "ref_style.png"),
     }
     results = {
-        "title": f"b4m demo: '{_content_phrase(cfg)}' ({cfg.content}) in "
-        f"'{_style_phrase(cfg)}' style ({cfg.style})",
+        "title": f"b4m demo: '{content_phrase(cfg)}' ({cfg.content}) in "
+        f"'{style_phrase(cfg)}' style ({cfg.style})",
         "summary": _summary(cfg, scores),
         "prompts": prompts,
         "scores": scores,

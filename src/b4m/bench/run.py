@@ -98,13 +98,13 @@ class Run:
 
 def _prompt_set(content: str, style: str) -> tuple[list[str], list[dict[str, str]]]:
     """The demo's prompt set for a pair (its trigger words and attribute requests)."""
-    from b4m.demo import _PROMPT_ATTRIBUTES, DemoConfig, _content_phrase, _style_phrase
+    from b4m.demo import PROMPT_ATTRIBUTES, DemoConfig, content_phrase, style_phrase
     from b4m.world.render import Scene, caption
 
     demo = DemoConfig(content=content, style=style)
-    prompts = [caption(Scene.of(content, style, **a), content_word=_content_phrase(demo),
-                       style_word=_style_phrase(demo)) for a in _PROMPT_ATTRIBUTES]  # fmt: skip
-    return prompts, [dict(a) for a in _PROMPT_ATTRIBUTES]
+    prompts = [caption(Scene.of(content, style, **a), content_word=content_phrase(demo),
+                       style_word=style_phrase(demo)) for a in PROMPT_ATTRIBUTES]  # fmt: skip
+    return prompts, [dict(a) for a in PROMPT_ATTRIBUTES]
 
 
 def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
@@ -222,12 +222,12 @@ class Context:
 
 def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:
     """The pair's reference folders, exported (or reused) by the demo's exporter under ``root/data``."""
-    from b4m.demo import DemoConfig, _export
+    from b4m.demo import DemoConfig, export_world_data
 
     content, _, style = pair.partition(":")
     demo = DemoConfig(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
                       n_style=p.sizes["n_style"])  # fmt: skip
-    return _export(demo, root / "data" / slug(pair))
+    return export_world_data(demo, root / "data" / slug(pair))
 
 
 def _source(ctx: Context, pair: str, concept: str) -> Path:
