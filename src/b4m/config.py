@@ -210,10 +210,16 @@ BASE_INFO_FILE = "b4m_base.json"
 """The file that marks a folder as a b4m world base model (the shipped one, or one rebuilt from it)."""
 
 
+def preset_key(base: str | None) -> str:
+    """``"builtin"`` for the built-in model and for any b4m world base folder (a rebuilt or candidate base is a
+    32 px model too), ``"sd"`` else."""
+    builtin = base in (None, "builtin") or (Path(str(base)) / BASE_INFO_FILE).is_file()
+    return "builtin" if builtin else "sd"
+
+
 def preset_for(base: str | None) -> dict[str, Any]:
     """The built-in preset for the built-in model and for any b4m world base folder; the SD preset else."""
-    builtin = base in (None, "builtin") or (Path(str(base)) / BASE_INFO_FILE).is_file()
-    return PRESETS["builtin" if builtin else "sd"]
+    return PRESETS[preset_key(base)]
 
 
 def resolve_preset(config: T) -> T:

@@ -164,3 +164,21 @@ def test_generation_time_method_writes_its_sources_and_its_hook_reproduces_the_s
     for n in names:
         assert chosen_over_t[999][n] <= chosen_over_t[500][n] <= chosen_over_t[1][n]
     assert sum(chosen_over_t[999].values()) < sum(chosen_over_t[1].values())
+
+
+def test_a_world_base_folder_gets_the_builtin_presets(tmp_path):
+    """A rebuilt or candidate world base (a folder with b4m_base.json) is a 32 px model: it must not get the
+    512 px SD presets (which made a plain LoRA step on it 200x slower)."""
+    from b4m.config import BASE_INFO_FILE, PRESETS
+    from b4m.methods.base import resolve_options
+    from b4m.methods.catalogue import LoRAOptions
+
+    folder = tmp_path / "base"
+    folder.mkdir()
+    assert resolve_options(LoRAOptions(base=str(folder))).resolution == PRESETS["sd"]["resolution"]
+    (folder / BASE_INFO_FILE).write_text("{}")
+    for base in (str(folder), "builtin"):
+        cfg = resolve_options(LoRAOptions(base=base))
+        assert (cfg.resolution, cfg.steps, cfg.rank) == tuple(
+            PRESETS["builtin"][k] for k in ("resolution", "steps", "rank")
+        )

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from b4m.config import opt
+from b4m.config import opt, preset_key
 from b4m.errors import B4MError
 
 __all__ = [
@@ -104,8 +104,7 @@ class MethodOptions:
 
 def resolve_options(cfg: Any) -> Any:
     """Fill the ``None`` fields of ``cfg`` from its class's ``PRESETS`` for the base model (``builtin``/``sd``)."""
-    key = "builtin" if getattr(cfg, "base", None) in (None, "builtin") else "sd"
-    preset = type(cfg).PRESETS.get(key, {})
+    preset = type(cfg).PRESETS.get(preset_key(getattr(cfg, "base", None)), {})
     names = {f.name for f in dataclasses.fields(cfg)}
     fill = {k: v for k, v in preset.items() if k in names and getattr(cfg, k) is None}
     return dataclasses.replace(cfg, **fill)
