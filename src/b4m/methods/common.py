@@ -1,5 +1,6 @@
 """Machinery every method shares, written once: output folders, pipeline set-up, cached image sets, source LoRAs,
-the training step loop (accelerator, tqdm, JSONL log, main-process save) and the atomic save of one plain LoRA.
+the trained baselines' use of the one step loop (:func:`b4m.train.loop.run_steps`) and the atomic save of one
+plain LoRA.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from b4m import threads
 from b4m.adapters.codec import load_lora, save_kohya
@@ -23,7 +23,15 @@ from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
 from b4m.train.checkpoint import claim_output
-from b4m.train.loop import CachedSet, TrainLog, cache_set, make_accelerator, trigger_words_of
+from b4m.train.loop import (
+    CachedSet,
+    StepFn,
+    TrainLog,
+    cache_set,
+    make_accelerator,
+    run_steps,
+    trigger_words_of,
+)
 
 __all__ = [
     "ADAPTER",
@@ -129,7 +137,7 @@ def align_sources(content: Factors, style: Factors) -> tuple[list[str], Factors,
 def train_steps(
     session: Session,
     params: list[torch.nn.Parameter],
-    step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    step_fn: StepFn,
     steps: int,
     lr: float,
     desc: str,
@@ -137,26 +145,21 @@ def train_steps(
     weight_decay: float = 0.0,
     after_step: Callable[[int], None] | None = None,
 ) -> None:
-    """The one step loop of the trained baselines: AdamW on ``params``, ``loss = step_fn(step)``, tqdm, a JSONL
-    record every 10 steps (``.item()`` syncs the device, so not every step)."""
+    """The trained baselines' training: AdamW on ``params``, then :func:`~b4m.train.loop.run_steps` on
+    ``step_fn`` with the session's accelerator, UNet and log."""
     acc = session.accelerator
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    optimizer = acc.prepare(optimizer)
-    bar = tqdm(range(steps), desc=desc, disable=not progress or not acc.is_main_process)
-    session.unet.train()
-    for step in bar:
-        with acc.autocast():
-            loss, record = step_fn(step)
-        acc.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_step is not None:
-            after_step(step)
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": loss.item(), **record}
-            bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            session.log.write(**entry)
-    session.unet.eval()
+    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    run_steps(
+        step_fn,
+        steps=steps,
+        accelerator=acc,
+        model=session.unet,
+        optimizer=optimizer,
+        log=session.log,
+        name=desc,
+        progress=progress,
+        after_step=after_step,
+    )
 
 
 def save_adapter(
