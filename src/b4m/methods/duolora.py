@@ -178,7 +178,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                     rows.append(predict(session.unet, scheduler, x0, c, e, ti))
         return torch.cat(rows)
 
-    def step(_: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         latents, cond, noise, t = sample_batch(sets, [1, 1], gen, scheduler)
         with torch.no_grad():
             with delta_mode("content"):
@@ -192,9 +192,9 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         rank = sum(d.rank_loss(cfg.lambda_hinge) for d in deltas.values())
         loss = merge + cfg.lambda_cycle * cycle + cfg.lambda_prior * rank
         return loss, {
-            "merge": float(merge.detach()),
-            "cycle": float(cycle.detach()),
-            "rank": float(rank.detach()),
+            "merge": merge.detach(),
+            "cycle": cycle.detach(),
+            "rank": rank.detach(),
         }
 
     params = [p for d in deltas.values() for p in (d.m_c, d.m_s)]

@@ -36,12 +36,12 @@ def plain_deltas(unet: torch.nn.Module, targets: list[str], rank: int, seed: int
 
 def denoising_step(
     session: Session, sets: list[CachedSet], gen: torch.Generator
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One sample of each set, one noise and one timestep; ``L = mean_i L_i`` (Eq. 1; Eq. 2 for two sets)."""
     scheduler = training_scheduler(session.pipe)
     latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler)
     losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t)
-    return losses.mean(), {f"loss_{i}": float(x) for i, x in enumerate(losses.detach())}
+    return losses.mean(), {f"loss_{i}": x for i, x in enumerate(losses.detach())}
 
 
 def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:

@@ -90,7 +90,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
     history: list[float] = []
 
-    def step(_: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = sample_batch(sets, [1, 1], gen, scheduler)
         target = teacher_targets(session, scheduler, batch)
         pred = predict(session.unet, scheduler, *batch)
@@ -98,9 +98,9 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         overlap = sum((d.m_c * d.m_s).sum().abs() for d in deltas.values())
         loss = mse.sum() + cfg.lambda_merge * overlap
         return loss, {
-            "loss_content": float(mse[0].detach()),
-            "loss_style": float(mse[1].detach()),
-            "overlap": float(overlap.detach()),
+            "loss_content": mse[0].detach(),
+            "loss_style": mse[1].detach(),
+            "overlap": overlap.detach(),
         }
 
     def track(_: int) -> None:
