@@ -6,7 +6,8 @@ plain LoRA.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,24 @@ import torch
 from b4m import threads
 from b4m.adapters.codec import load_lora, save_kohya
 from b4m.adapters.compose import Factors, pad_ranks
-from b4m.checks import check_out_folder
+from b4m.checks import check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
-from b4m.train.checkpoint import claim_output
+from b4m.train.checkpoint import (
+    claim_output,
+    clean_stale,
+    latest_checkpoint,
+    read_checkpoint_info,
+    recorded_threads,
+)
+from b4m.train.identity import check_same_run, data_fingerprint, run_settings
 from b4m.train.loop import (
     CachedSet,
+    Checkpoints,
     StepFn,
     TrainLog,
     cache_set,
@@ -35,9 +44,14 @@ from b4m.train.loop import (
 
 __all__ = [
     "ADAPTER",
+    "CHECKPOINTS",
+    "MERGE_INPUTS",
+    "Run",
     "Session",
     "claim_out",
+    "claim_run",
     "fit_method",
+    "named_params",
     "read_source",
     "run_method",
     "save_adapter",
@@ -45,6 +59,9 @@ __all__ = [
 ]
 
 ADAPTER = "adapter.safetensors"
+CHECKPOINTS = "checkpoints"
+MERGE_INPUTS = ("content_lora", "style_lora", "content_images", "style_images")
+"""What the trained merging methods (ZipLoRA, DuoLoRA) learn from: a run's identity covers all four."""
 
 
 def claim_out(cfg: Any, method_id: str) -> Path:
@@ -57,6 +74,63 @@ def claim_out(cfg: Any, method_id: str) -> Path:
     return out
 
 
+@dataclass
+class Run:
+    """A trained method's run in ``out``: the checkpoint it continues from (``resume``, ``None`` for a fresh
+    start) and, once :meth:`identify` has run, what makes it this run (checkpoints record both)."""
+
+    out: Path
+    method_id: str
+    resume: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.out / CHECKPOINTS
+
+    def identify(self, cfg: Any, inputs: Sequence[str]) -> None:
+        """Record the run's settings and the fingerprint of ``inputs`` (names of :data:`~b4m.methods.base.NEEDS`:
+        image folders with their prompts, source LoRA files); refuse a checkpoint of another run, naming what
+        differs."""
+        self.settings = run_settings(to_dict(cfg) | {"method": self.method_id})
+        self.data = data_fingerprint(_input_sets(cfg, inputs))
+        if self.resume is not None:
+            self.info = read_checkpoint_info(self.resume)
+            check_same_run(self.info, self.settings, self.data, self.resume, asked=f"--out {self.out}")
+
+
+def _input_sets(cfg: Any, inputs: Sequence[str]) -> list[tuple[list[Path], list[str]]]:
+    """What :func:`~b4m.train.identity.data_fingerprint` hashes: each image folder's files with their prompts,
+    each source LoRA file under its option's name."""
+    sets = []
+    for name in inputs:
+        option = "--" + name.replace("_", "-")
+        if name.endswith("_lora"):
+            sets.append(([Path(getattr(cfg, name))], [option]))
+            continue
+        images = read_image_folder(getattr(cfg, name), option)
+        prompt = getattr(cfg, name.removesuffix("_images") + "_prompt")
+        sets.append((list(images.paths), images.prompts(prompt, option)))
+    return sets
+
+
+def claim_run(cfg: Any, method_id: str) -> Run:
+    """:func:`claim_out` for a method that trains: an unfinished run in the output folder (checkpoints, no
+    adapter) is continued rather than refused, unless ``--overwrite`` starts it over. Whether it is this
+    command's run is checked by :meth:`Run.identify`, once the inputs are known to be readable."""
+    problems: list[str] = []
+    integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    raise_problems(problems)
+    out = Path(cfg.out or Path("runs") / method_id)
+    check_out_folder(out)
+    resume = None if cfg.overwrite or (out / ADAPTER).is_file() else latest_checkpoint(out / CHECKPOINTS)
+    if resume is None:
+        claim_output(out, resume=False, overwrite=cfg.overwrite)
+    return Run(out, method_id, resume)
+
+
 def check_folders(cfg: Any, which: Iterable[str]) -> None:
     """Fail in a second on a missing or empty image folder, before the (slow) model load."""
     for name in which:
@@ -66,19 +140,47 @@ def check_folders(cfg: Any, which: Iterable[str]) -> None:
 
 
 class Session:
-    """One method run: the accelerator, the frozen pipeline on its device, and the output folder's log."""
+    """One trained method's run: the accelerator, the frozen pipeline on its device, and the output folder's
+    log and checkpoints (``inputs``: what :meth:`Run.identify` fingerprints, checked before the model loads)."""
 
-    def __init__(self, cfg: Any, out: Path, pipe: Any = None) -> None:
+    def __init__(self, cfg: Any, run: Run, pipe: Any = None, inputs: Sequence[str] = ()) -> None:
+        run.identify(cfg, inputs)
         self.cfg = cfg
-        self.out = out
-        threads.apply()
+        self.run = run
+        self.out = run.out
+        self.threads = threads.apply(recorded=recorded_threads(run.folder) if run.resume else None)
         self.accelerator = make_accelerator("no")
         self.pipe = pipe if pipe is not None else load_pipeline(cfg.base)
         freeze(self.pipe)
         self.pipe.to(self.accelerator.device)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_log.jsonl").unlink(missing_ok=True)
-        self.log = TrainLog(out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale(run.folder)  # what a killed checkpoint write left behind
+        if run.resume is None:  # claim_run allowed it: --overwrite, or no checkpoint there
+            shutil.rmtree(run.folder, ignore_errors=True)
+            (self.out / "train_log.jsonl").unlink(missing_ok=True)
+        self.log = TrainLog(self.out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
+
+    def checkpoints(
+        self,
+        params: dict[str, torch.Tensor],
+        gen: torch.Generator,
+        extra: Mapping[str, Any] | None = None,
+        resume: bool = True,
+        offset: int = 0,
+    ) -> Checkpoints:
+        """Checkpoints of ``params`` and ``gen`` every ``--checkpoint-every`` steps, recording the run's identity
+        and ``extra`` (values are read when each checkpoint is written); ``resume``: continue from the run's
+        checkpoint, if it has one."""
+        identity = {"threads": self.threads, "settings": self.run.settings, "data": self.run.data}
+        return Checkpoints(
+            self.run.folder,
+            params,
+            gen,
+            self.cfg.checkpoint_every,
+            identity | dict(extra or {}),
+            resume=self.run.resume if resume else None,
+            offset=offset,
+        )
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -144,9 +246,11 @@ def train_steps(
     progress: bool,
     weight_decay: float = 0.0,
     after_step: Callable[[int], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
     """The trained baselines' training: AdamW on ``params``, then :func:`~b4m.train.loop.run_steps` on
-    ``step_fn`` with the session's accelerator, UNet and log."""
+    ``step_fn`` with the session's accelerator, UNet and log (and ``checkpoints``, from
+    :meth:`Session.checkpoints`)."""
     acc = session.accelerator
     optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
     run_steps(
@@ -159,7 +263,18 @@ def train_steps(
         name=desc,
         progress=progress,
         after_step=after_step,
+        checkpoints=checkpoints,
     )
+
+
+def named_params(
+    deltas: Mapping[str, torch.nn.Module], names: Sequence[str] | None = None
+) -> dict[str, torch.nn.Parameter]:
+    """The parameters of every layer's delta as ``<layer>.<name>`` (``names``, else all of each delta's), in
+    the order the optimizer gets them."""
+    if names is None:
+        return {f"{n}.{k}": p for n, d in deltas.items() for k, p in d.named_parameters()}
+    return {f"{n}.{k}": getattr(d, k) for n, d in deltas.items() for k in names}
 
 
 def save_adapter(

@@ -183,7 +183,10 @@ class Optimizer(Protocol):
 class Checkpoints:
     """A run's resumable state for :func:`run_steps`: the trained tensors by name and the sampling generator,
     saved into ``folder`` every ``every`` steps (0: never) with ``extra`` (the run's identity) in its JSON;
-    ``resume`` is the checkpoint to continue from (checked to be this run's by the caller)."""
+    ``resume`` is the checkpoint to continue from (checked to be this run's by the caller).
+
+    ``offset``: the steps of the run's earlier loops (a run of several loops, QR-LoRA's content then style,
+    names its checkpoints by the run's step count, so the newest checkpoint is always the last one written)."""
 
     folder: Path
     params: dict[str, torch.Tensor]
@@ -191,6 +194,7 @@ class Checkpoints:
     every: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
     resume: Path | None = None
+    offset: int = 0
 
 
 def run_steps(
@@ -208,7 +212,8 @@ def run_steps(
     checkpoints: Checkpoints | None = None,
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
-    ``checkpoints.resume`` (parameters, optimizer and generator restored from it first).
+    ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
+    first).
 
     Each step, in this order: ``step_fn`` under the accelerator's autocast; stop with a
     :class:`~b4m.errors.B4MError` naming ``name`` if the loss is not finite (before it reaches the weights);
@@ -221,9 +226,8 @@ def run_steps(
     """
     start = 0
     if checkpoints is not None and checkpoints.resume is not None:
-        start = load_checkpoint(checkpoints.resume, checkpoints.params, optimizer, checkpoints.generator)[
-            "step"
-        ]
+        info = load_checkpoint(checkpoints.resume, checkpoints.params, optimizer, checkpoints.generator)
+        start = info["step"] - checkpoints.offset
     folder = None if checkpoints is None else checkpoints.folder
     bar = tqdm(
         range(start, steps),
@@ -251,7 +255,7 @@ def run_steps(
             check_finite_params(checkpoints.params, done, name, folder)
             save_checkpoint(
                 checkpoints.folder,
-                done,
+                checkpoints.offset + done,
                 checkpoints.params,
                 optimizer,
                 checkpoints.generator,
