@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 
 import b4m.adapters.codec as codec
+import b4m.train.loop as loop_mod
 import b4m.train.stage1 as stage1_mod
 import b4m.train.stage2 as stage2_mod
 from b4m.adapters import load_lora
@@ -203,13 +204,13 @@ def _s2(pair, out, **kw):
 
 def test_stage2_killed_then_resumed_is_bit_identical(tiny_sd, pair, tmp_path, monkeypatch):
     full = train_stage2(_s2(pair, tmp_path / "a"), pipe=tiny_sd(), progress=False)
-    real_save = stage2_mod.save_checkpoint
+    real_save = loop_mod.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # killed right after the checkpoint at step 2
 
-    monkeypatch.setattr(stage2_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         train_stage2(_s2(pair, tmp_path / "b"), pipe=tiny_sd(), progress=False)
     monkeypatch.undo()

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-import b4m.train.stage1 as stage1_mod
+import b4m.train.loop as loop_mod
 from b4m.adapters import PLPSpec, inject_plp, load_lora, mcp_routing
 from b4m.config import Stage1Config, Stage2Config
 from b4m.diffusion.pipeline import encode_images, encode_prompts, per_sample_loss, training_scheduler
@@ -137,17 +137,17 @@ def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypa
         pipe=tiny_sd(),
         progress=False,
     )
-    real_save = stage1_mod.save_checkpoint
+    real_save = loop_mod.save_checkpoint
 
     def save_then_die(*args, **kwargs):
         real_save(*args, **kwargs)
         raise KeyboardInterrupt  # killed right after the checkpoint at step 3
 
-    monkeypatch.setattr(stage1_mod, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", save_then_die)
     cfg = _s1(data, tmp_path, "content", steps=6, checkpoint_every=3, out=tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
         train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
-    monkeypatch.setattr(stage1_mod, "save_checkpoint", real_save)
+    monkeypatch.setattr(loop_mod, "save_checkpoint", real_save)
     from dataclasses import replace
 
     from b4m.train.checkpoint import recorded_threads

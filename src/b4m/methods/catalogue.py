@@ -27,6 +27,7 @@ __all__ = [
     "LoRAOptions",
     "NPLoRAOptions",
     "QRLoRAOptions",
+    "TrainedOptions",
     "ZipLoRAOptions",
 ]
 
@@ -34,6 +35,16 @@ __all__ = [
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     key: {k: B4M_PRESETS[key][k] for k in ("steps", "lr", "rank", "resolution")} for key in ("sd", "builtin")
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedOptions(MethodOptions):
+    """Options of every trained baseline (``lora``, ``joint``, ``ziplora``, ``qrlora``, ``duolora``): they
+    checkpoint like B4M's stages, and the same command run again on an unfinished run resumes it."""
+
+    checkpoint_every: int = opt(
+        100, "save a resumable checkpoint every N steps in <out>/checkpoints (0: never)"
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +112,7 @@ class B4MOfficialOptions(B4MOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class LoRAOptions(MethodOptions):
+class LoRAOptions(TrainedOptions):
     """``b4m run lora``: one LoRA on the content images (``--concept content``) or the style images."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
@@ -111,7 +122,7 @@ class LoRAOptions(MethodOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class JointOptions(MethodOptions):
+class JointOptions(TrainedOptions):
     """``b4m run joint``: one LoRA on content + style images (JTtrain)."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
@@ -128,7 +139,7 @@ class DirectMergeOptions(MethodOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class ZipLoRAOptions(MethodOptions):
+class ZipLoRAOptions(TrainedOptions):
     """``b4m run ziplora``: learn column-wise merger coefficients for a content and a style LoRA."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {
@@ -150,7 +161,7 @@ class NPLoRAOptions(MethodOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class QRLoRAOptions(MethodOptions):
+class QRLoRAOptions(TrainedOptions):
     """``b4m run qrlora``: a content and a style QR-LoRA on the base's shared basis, merged by adding dR."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = TRAIN_PRESETS
@@ -170,7 +181,7 @@ class KLoRAOptions(MethodOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class DuoLoRAOptions(MethodOptions):
+class DuoLoRAOptions(TrainedOptions):
     """``b4m run duolora``: learn rank masks for a content and a style LoRA with layer priors and cycle loss."""
 
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {

@@ -1,35 +1,57 @@
 """Machinery every method shares, written once: output folders, pipeline set-up, cached image sets, source LoRAs,
-the training step loop (accelerator, tqdm, JSONL log, main-process save) and the atomic save of one plain LoRA.
+the trained baselines' use of the one step loop (:func:`b4m.train.loop.run_steps`) and the atomic save of one
+plain LoRA.
 """
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from b4m import threads
 from b4m.adapters.codec import load_lora, save_kohya
 from b4m.adapters.compose import Factors, pad_ranks
-from b4m.checks import check_out_folder
+from b4m.checks import check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
-from b4m.train.checkpoint import claim_output
-from b4m.train.loop import CachedSet, TrainLog, cache_set, make_accelerator, trigger_words_of
+from b4m.train.checkpoint import (
+    claim_output,
+    clean_stale,
+    latest_checkpoint,
+    read_checkpoint_info,
+    recorded_threads,
+)
+from b4m.train.identity import check_same_run, data_fingerprint, run_settings
+from b4m.train.loop import (
+    CachedSet,
+    Checkpoints,
+    StepFn,
+    TrainLog,
+    cache_set,
+    make_accelerator,
+    run_steps,
+    trigger_words_of,
+)
 
 __all__ = [
     "ADAPTER",
+    "CHECKPOINTS",
+    "MERGE_INPUTS",
+    "Run",
     "Session",
     "claim_out",
+    "claim_run",
     "fit_method",
+    "named_params",
     "read_source",
     "run_method",
     "save_adapter",
@@ -37,6 +59,9 @@ __all__ = [
 ]
 
 ADAPTER = "adapter.safetensors"
+CHECKPOINTS = "checkpoints"
+MERGE_INPUTS = ("content_lora", "style_lora", "content_images", "style_images")
+"""What the trained merging methods (ZipLoRA, DuoLoRA) learn from: a run's identity covers all four."""
 
 
 def claim_out(cfg: Any, method_id: str) -> Path:
@@ -49,6 +74,63 @@ def claim_out(cfg: Any, method_id: str) -> Path:
     return out
 
 
+@dataclass
+class Run:
+    """A trained method's run in ``out``: the checkpoint it continues from (``resume``, ``None`` for a fresh
+    start) and, once :meth:`identify` has run, what makes it this run (checkpoints record both)."""
+
+    out: Path
+    method_id: str
+    resume: Path | None = None
+    settings: dict[str, Any] = field(default_factory=dict)
+    data: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        return self.out / CHECKPOINTS
+
+    def identify(self, cfg: Any, inputs: Sequence[str]) -> None:
+        """Record the run's settings and the fingerprint of ``inputs`` (names of :data:`~b4m.methods.base.NEEDS`:
+        image folders with their prompts, source LoRA files); refuse a checkpoint of another run, naming what
+        differs."""
+        self.settings = run_settings(to_dict(cfg) | {"method": self.method_id})
+        self.data = data_fingerprint(_input_sets(cfg, inputs))
+        if self.resume is not None:
+            self.info = read_checkpoint_info(self.resume)
+            check_same_run(self.info, self.settings, self.data, self.resume, asked=f"--out {self.out}")
+
+
+def _input_sets(cfg: Any, inputs: Sequence[str]) -> list[tuple[list[Path], list[str]]]:
+    """What :func:`~b4m.train.identity.data_fingerprint` hashes: each image folder's files with their prompts,
+    each source LoRA file under its option's name."""
+    sets = []
+    for name in inputs:
+        option = "--" + name.replace("_", "-")
+        if name.endswith("_lora"):
+            sets.append(([Path(getattr(cfg, name))], [option]))
+            continue
+        images = read_image_folder(getattr(cfg, name), option)
+        prompt = getattr(cfg, name.removesuffix("_images") + "_prompt")
+        sets.append((list(images.paths), images.prompts(prompt, option)))
+    return sets
+
+
+def claim_run(cfg: Any, method_id: str) -> Run:
+    """:func:`claim_out` for a method that trains: an unfinished run in the output folder (checkpoints, no
+    adapter) is continued rather than refused, unless ``--overwrite`` starts it over. Whether it is this
+    command's run is checked by :meth:`Run.identify`, once the inputs are known to be readable."""
+    problems: list[str] = []
+    integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    raise_problems(problems)
+    out = Path(cfg.out or Path("runs") / method_id)
+    check_out_folder(out)
+    resume = None if cfg.overwrite or (out / ADAPTER).is_file() else latest_checkpoint(out / CHECKPOINTS)
+    if resume is None:
+        claim_output(out, resume=False, overwrite=cfg.overwrite)
+    return Run(out, method_id, resume)
+
+
 def check_folders(cfg: Any, which: Iterable[str]) -> None:
     """Fail in a second on a missing or empty image folder, before the (slow) model load."""
     for name in which:
@@ -58,19 +140,47 @@ def check_folders(cfg: Any, which: Iterable[str]) -> None:
 
 
 class Session:
-    """One method run: the accelerator, the frozen pipeline on its device, and the output folder's log."""
+    """One trained method's run: the accelerator, the frozen pipeline on its device, and the output folder's
+    log and checkpoints (``inputs``: what :meth:`Run.identify` fingerprints, checked before the model loads)."""
 
-    def __init__(self, cfg: Any, out: Path, pipe: Any = None) -> None:
+    def __init__(self, cfg: Any, run: Run, pipe: Any = None, inputs: Sequence[str] = ()) -> None:
+        run.identify(cfg, inputs)
         self.cfg = cfg
-        self.out = out
-        threads.apply()
+        self.run = run
+        self.out = run.out
+        self.threads = threads.apply(recorded=recorded_threads(run.folder) if run.resume else None)
         self.accelerator = make_accelerator("no")
         self.pipe = pipe if pipe is not None else load_pipeline(cfg.base)
         freeze(self.pipe)
         self.pipe.to(self.accelerator.device)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "train_log.jsonl").unlink(missing_ok=True)
-        self.log = TrainLog(out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
+        self.out.mkdir(parents=True, exist_ok=True)
+        clean_stale(run.folder)  # what a killed checkpoint write left behind
+        if run.resume is None:  # claim_run allowed it: --overwrite, or no checkpoint there
+            shutil.rmtree(run.folder, ignore_errors=True)
+            (self.out / "train_log.jsonl").unlink(missing_ok=True)
+        self.log = TrainLog(self.out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
+
+    def checkpoints(
+        self,
+        params: dict[str, torch.Tensor],
+        gen: torch.Generator,
+        extra: Mapping[str, Any] | None = None,
+        resume: bool = True,
+        offset: int = 0,
+    ) -> Checkpoints:
+        """Checkpoints of ``params`` and ``gen`` every ``--checkpoint-every`` steps, recording the run's identity
+        and ``extra`` (values are read when each checkpoint is written); ``resume``: continue from the run's
+        checkpoint, if it has one."""
+        identity = {"threads": self.threads, "settings": self.run.settings, "data": self.run.data}
+        return Checkpoints(
+            self.run.folder,
+            params,
+            gen,
+            self.cfg.checkpoint_every,
+            identity | dict(extra or {}),
+            resume=self.run.resume if resume else None,
+            offset=offset,
+        )
 
     @property
     def unet(self) -> torch.nn.Module:
@@ -129,34 +239,42 @@ def align_sources(content: Factors, style: Factors) -> tuple[list[str], Factors,
 def train_steps(
     session: Session,
     params: list[torch.nn.Parameter],
-    step_fn: Callable[[int], tuple[torch.Tensor, dict[str, float]]],
+    step_fn: StepFn,
     steps: int,
     lr: float,
     desc: str,
     progress: bool,
     weight_decay: float = 0.0,
     after_step: Callable[[int], None] | None = None,
+    checkpoints: Checkpoints | None = None,
 ) -> None:
-    """The one step loop of the trained baselines: AdamW on ``params``, ``loss = step_fn(step)``, tqdm, a JSONL
-    record every 10 steps (``.item()`` syncs the device, so not every step)."""
+    """The trained baselines' training: AdamW on ``params``, then :func:`~b4m.train.loop.run_steps` on
+    ``step_fn`` with the session's accelerator, UNet and log (and ``checkpoints``, from
+    :meth:`Session.checkpoints`)."""
     acc = session.accelerator
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    optimizer = acc.prepare(optimizer)
-    bar = tqdm(range(steps), desc=desc, disable=not progress or not acc.is_main_process)
-    session.unet.train()
-    for step in bar:
-        with acc.autocast():
-            loss, record = step_fn(step)
-        acc.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if after_step is not None:
-            after_step(step)
-        if (step + 1) % 10 == 0 or step + 1 == steps:
-            entry = {"step": step + 1, "loss": loss.item(), **record}
-            bar.set_postfix(loss=f"{entry['loss']:.4f}")
-            session.log.write(**entry)
-    session.unet.eval()
+    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    run_steps(
+        step_fn,
+        steps=steps,
+        accelerator=acc,
+        model=session.unet,
+        optimizer=optimizer,
+        log=session.log,
+        name=desc,
+        progress=progress,
+        after_step=after_step,
+        checkpoints=checkpoints,
+    )
+
+
+def named_params(
+    deltas: Mapping[str, torch.nn.Module], names: Sequence[str] | None = None
+) -> dict[str, torch.nn.Parameter]:
+    """The parameters of every layer's delta as ``<layer>.<name>`` (``names``, else all of each delta's), in
+    the order the optimizer gets them."""
+    if names is None:
+        return {f"{n}.{k}": p for n, d in deltas.items() for k, p in d.named_parameters()}
+    return {f"{n}.{k}": getattr(d, k) for n, d in deltas.items() for k in names}
 
 
 def save_adapter(

@@ -44,10 +44,12 @@ from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, DuoLoRAOptions
 from b4m.methods.common import (
+    MERGE_INPUTS,
     Session,
     align_sources,
     check_folders,
-    claim_out,
+    claim_run,
+    named_params,
     predict,
     read_source,
     save_adapter,
@@ -142,10 +144,10 @@ def predicted_x0(scheduler: Any, noisy: torch.Tensor, pred: torch.Tensor, t: tor
 def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
     if cfg.steps > 100:
         raise B4MError(f"--steps {cfg.steps}: DuoLoRA merges in at most 100 steps")
-    out = claim_out(cfg, "duolora")
+    run = claim_run(cfg, "duolora")
     check_same_base(cfg)
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, out, pipe)
+    session = Session(cfg, run, pipe, inputs=MERGE_INPUTS)
     content = read_source(cfg.content_lora, "--content-lora", session.unet)
     style = read_source(cfg.style_lora, "--style-lora", session.unet)
     names, content, style = align_sources(content, style)
@@ -178,7 +180,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                     rows.append(predict(session.unet, scheduler, x0, c, e, ti))
         return torch.cat(rows)
 
-    def step(_: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         latents, cond, noise, t = sample_batch(sets, [1, 1], gen, scheduler)
         with torch.no_grad():
             with delta_mode("content"):
@@ -192,13 +194,22 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         rank = sum(d.rank_loss(cfg.lambda_hinge) for d in deltas.values())
         loss = merge + cfg.lambda_cycle * cycle + cfg.lambda_prior * rank
         return loss, {
-            "merge": float(merge.detach()),
-            "cycle": float(cycle.detach()),
-            "rank": float(rank.detach()),
+            "merge": merge.detach(),
+            "cycle": cycle.detach(),
+            "rank": rank.detach(),
         }
 
-    params = [p for d in deltas.values() for p in (d.m_c, d.m_s)]
-    train_steps(session, params, step, cfg.steps, cfg.lr, "duolora (rank masks)", progress)
+    params = named_params(deltas, ("m_c", "m_s"))
+    train_steps(
+        session,
+        list(params.values()),
+        step,
+        cfg.steps,
+        cfg.lr,
+        "duolora (rank masks)",
+        progress,
+        checkpoints=session.checkpoints(params, gen),
+    )
     exported, worst = {}, 0.0
     for n, d in deltas.items():
         exported[n], err = d.export(cfg.prune_tol)

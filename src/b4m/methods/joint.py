@@ -12,7 +12,7 @@ import torch
 from b4m.adapters.deltas import attach, factors_of
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, JointOptions
-from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, claim_run, named_params, save_adapter, train_steps
 from b4m.methods.lora import denoising_step, plain_deltas
 from b4m.paths import portable
 
@@ -20,22 +20,24 @@ __all__ = ["JointOptions", "fit_joint"]
 
 
 def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "joint")
+    run = claim_run(cfg, "joint")
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, out, pipe)
+    session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
     sets = [session.images("content"), session.images("style")]
     deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
     attach(session.unet, deltas)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
+    params = named_params(deltas)
     train_steps(
         session,
-        [p for d in deltas.values() for p in d.parameters()],
+        list(params.values()),
         lambda step: denoising_step(session, sets, gen),
         cfg.steps,
         cfg.lr,
         "joint (content + style)",
         progress,
         weight_decay=cfg.weight_decay,
+        checkpoints=session.checkpoints(params, gen),
     )
     factors = factors_of(deltas)
     path = save_adapter(

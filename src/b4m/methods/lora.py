@@ -17,7 +17,7 @@ from b4m.diffusion.pipeline import per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, LoRAOptions
-from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, claim_run, named_params, save_adapter, train_steps
 from b4m.paths import portable
 from b4m.train.loop import CachedSet, sample_batch
 
@@ -36,34 +36,35 @@ def plain_deltas(unet: torch.nn.Module, targets: list[str], rank: int, seed: int
 
 def denoising_step(
     session: Session, sets: list[CachedSet], gen: torch.Generator
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One sample of each set, one noise and one timestep; ``L = mean_i L_i`` (Eq. 1; Eq. 2 for two sets)."""
     scheduler = training_scheduler(session.pipe)
     latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler)
     losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t)
-    return losses.mean(), {f"loss_{i}": float(x) for i, x in enumerate(losses.detach())}
+    return losses.mean(), {f"loss_{i}": x for i, x in enumerate(losses.detach())}
 
 
 def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "lora")
+    run = claim_run(cfg, "lora")
     if getattr(cfg, f"{cfg.concept}_images") is None:
         raise B4MError(f"lora --concept {cfg.concept}: give --{cfg.concept}-images")
     check_folders(cfg, [cfg.concept])
-    session = Session(cfg, out, pipe)
+    session = Session(cfg, run, pipe, inputs=[f"{cfg.concept}_images"])
     images = session.images(cfg.concept)
     deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
     attach(session.unet, deltas)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
-    params = [p for d in deltas.values() for p in d.parameters()]
+    params = named_params(deltas)
     train_steps(
         session,
-        params,
+        list(params.values()),
         lambda step: denoising_step(session, [images], gen),
         cfg.steps,
         cfg.lr,
         f"lora ({cfg.concept})",
         progress,
         weight_decay=cfg.weight_decay,
+        checkpoints=session.checkpoints(params, gen),
     )
     factors = factors_of(deltas)
     path = save_adapter(

@@ -26,8 +26,9 @@ import torch
 from b4m.adapters.deltas import Delta, attach, factors_of, target_linears
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, QRLoRAOptions
-from b4m.methods.common import Session, check_folders, claim_out, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, claim_run, save_adapter, train_steps
 from b4m.methods.lora import denoising_step
+from b4m.train.checkpoint import read_checkpoint_params
 
 __all__ = ["QRDelta", "QRLoRAOptions", "fit_qrlora", "qr_basis"]
 
@@ -61,9 +62,9 @@ class QRDelta(Delta):
 
 
 def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "qrlora")
+    run = claim_run(cfg, "qrlora")
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, out, pipe)
+    session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
     layers = target_linears(session.unet, cfg.targets)
     deltas: dict[str, QRDelta] = {}
     for name, layer in sorted(layers.items()):
@@ -72,20 +73,30 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         deltas[name] = QRDelta(q, (cfg.alpha if cfg.alpha is not None else r) / r)
     attach(session.unet, deltas)
     trained: dict[str, dict[str, torch.Tensor]] = {}
+    resumed_at = run.info.get("step", 0)  # counted over both loops: content steps, then style steps
     for i, concept in enumerate(("content", "style")):
         images = session.images(concept)
         for name, d in deltas.items():
             d.reset(layers[name].in_features)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 4 + i)
-        train_steps(
-            session,
-            [d.d_r for d in deltas.values()],
-            lambda step, images=images, gen=gen: denoising_step(session, [images], gen),
-            cfg.steps,
-            cfg.lr,
-            f"qrlora ({concept})",
-            progress,
-        )
+        offset = i * cfg.steps
+        params = {f"{concept}.{n}": d.d_r for n, d in deltas.items()}
+        if resumed_at > offset + cfg.steps:  # the checkpoint is of the style loop: this one had finished
+            _restore(params, read_checkpoint_params(run.resume, list(params)))
+        else:
+            earlier = {f"{c}.{n}": t for c, done in trained.items() for n, t in done.items()}
+            train_steps(
+                session,
+                list(params.values()),
+                lambda step, images=images, gen=gen: denoising_step(session, [images], gen),
+                cfg.steps,
+                cfg.lr,
+                f"qrlora ({concept})",
+                progress,
+                checkpoints=session.checkpoints(
+                    params | earlier, gen, resume=resumed_at > offset, offset=offset
+                ),
+            )
         trained[concept] = {n: d.d_r.detach().cpu().clone() for n, d in deltas.items()}
         save_adapter(
             session.out / concept,
@@ -115,6 +126,12 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
     return Fitted(
         path, merged_delta=merged, info={"d_r": trained, "q": {n: d.q.cpu() for n, d in deltas.items()}}
     )
+
+
+def _restore(params: dict[str, torch.nn.Parameter], saved: dict[str, torch.Tensor]) -> None:
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(saved[name])
 
 
 def _all_words(session: Session) -> list[str]:

@@ -27,10 +27,12 @@ from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, ZipLoRAOptions
 from b4m.methods.common import (
+    MERGE_INPUTS,
     Session,
     align_sources,
     check_folders,
-    claim_out,
+    claim_run,
+    named_params,
     predict,
     read_source,
     save_adapter,
@@ -76,10 +78,10 @@ def teacher_targets(session: Session, scheduler: Any, batch: tuple) -> torch.Ten
 def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
     if cfg.steps > 100:
         raise B4MError(f"--steps {cfg.steps}: ZipLoRA merges in at most 100 steps")
-    out = claim_out(cfg, "ziplora")
+    run = claim_run(cfg, "ziplora")
     check_same_base(cfg)
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, out, pipe)
+    session = Session(cfg, run, pipe, inputs=MERGE_INPUTS)
     content = read_source(cfg.content_lora, "--content-lora", session.unet)
     style = read_source(cfg.style_lora, "--style-lora", session.unet)
     names, content, style = align_sources(content, style)
@@ -88,9 +90,9 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     sets = [session.images("content"), session.images("style")]
     scheduler = training_scheduler(session.pipe)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
-    history: list[float] = []
+    history: list[float] = list(session.run.info.get("max_move_per_step", []))  # the steps before a resume
 
-    def step(_: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = sample_batch(sets, [1, 1], gen, scheduler)
         target = teacher_targets(session, scheduler, batch)
         pred = predict(session.unet, scheduler, *batch)
@@ -98,9 +100,9 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         overlap = sum((d.m_c * d.m_s).sum().abs() for d in deltas.values())
         loss = mse.sum() + cfg.lambda_merge * overlap
         return loss, {
-            "loss_content": float(mse[0].detach()),
-            "loss_style": float(mse[1].detach()),
-            "overlap": float(overlap.detach()),
+            "loss_content": mse[0].detach(),
+            "loss_style": mse[1].detach(),
+            "overlap": overlap.detach(),
         }
 
     def track(_: int) -> None:
@@ -108,9 +110,17 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
             max(float(torch.cat([d.m_c, d.m_s]).detach().sub(1).abs().max()) for d in deltas.values())
         )
 
-    params = [p for d in deltas.values() for p in (d.m_c, d.m_s)]
+    params = named_params(deltas, ("m_c", "m_s"))
     train_steps(
-        session, params, step, cfg.steps, cfg.lr, "ziplora (merger coefficients)", progress, after_step=track
+        session,
+        list(params.values()),
+        step,
+        cfg.steps,
+        cfg.lr,
+        "ziplora (merger coefficients)",
+        progress,
+        after_step=track,
+        checkpoints=session.checkpoints(params, gen, extra={"max_move_per_step": history}),
     )
     factors = factors_of(deltas)
     coefficients = {

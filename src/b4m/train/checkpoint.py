@@ -27,6 +27,7 @@ __all__ = [
     "latest_checkpoint",
     "load_checkpoint",
     "read_checkpoint_info",
+    "read_checkpoint_params",
     "recorded_threads",
     "save_checkpoint",
 ]
@@ -145,24 +146,40 @@ def recorded_threads(folder: str | Path) -> int | None:
     return int(value) if isinstance(value, int) and value > 0 else None
 
 
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as err:  # a truncated tensor section reads as several error types
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise B4MError(f"{path}: damaged checkpoint ({first}); {_START_OVER}") from None
+
+
+def read_checkpoint_params(path: str | Path, names: list[str]) -> dict[str, torch.Tensor]:
+    """Parameters ``names`` saved in checkpoint ``path`` (what an earlier loop of the run finished with)."""
+    path = Path(path)
+    tensors = _read_tensors(path)
+    _check_has(path, tensors, names)
+    return {k: tensors[f"param.{k}"] for k in names}
+
+
+def _check_has(path: Path, tensors: dict[str, torch.Tensor], names: list[str]) -> None:
+    missing = [k for k in names if f"param.{k}" not in tensors]
+    if missing:
+        raise B4MError(
+            f"{path}: checkpoint does not match this run ({len(missing)} parameters missing); "
+            "rerun with the options it was made with, or pass --overwrite to start over"
+        )
+
+
 def load_checkpoint(
     path: str | Path, params: dict[str, torch.Tensor], optimizer: Any, generator: torch.Generator
 ) -> dict[str, Any]:
     """Restore parameters (in place), optimizer and RNG from ``path``; returns the JSON info (with ``step``)."""
     path = Path(path)
     info = read_checkpoint_info(path)
-    try:
-        with safe_open(str(path / "state.safetensors"), framework="pt") as f:
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as err:  # a truncated tensor section reads as several error types
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise B4MError(f"{path}: damaged checkpoint ({first}); {_START_OVER}") from None
-    missing = [k for k in params if f"param.{k}" not in tensors]
-    if missing:
-        raise B4MError(
-            f"{path}: checkpoint does not match this run ({len(missing)} parameters missing); "
-            "rerun with the options it was made with, or pass --overwrite to start over"
-        )
+    tensors = _read_tensors(path)
+    _check_has(path, tensors, list(params))
     bad = [k for k, p in params.items() if tensors[f"param.{k}"].shape != p.shape]
     if bad:
         raise B4MError(

@@ -2,7 +2,8 @@
 
 Checkpoints record both; ``--resume`` compares them with the run being started and refuses another run's
 checkpoint, naming what differs (another ``--lr``, ``--steps``, ``--rank``, other images or captions).
-Folder paths are not part of it (the same images moved elsewhere are the same data); their bytes are.
+Folder and file paths are not part of it (the same images or LoRAs moved elsewhere are the same data);
+their bytes are.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ _NOT_IDENTITY = frozenset(
         "style",
         "content_images",
         "style_images",
+        "content_lora",
+        "style_lora",
         "gradient_checkpointing",
     }
 )
@@ -54,8 +57,11 @@ def _flag(key: str) -> str:
     return "-n" if key == "n" else "--" + key.replace("_", "-")
 
 
-def check_same_run(info: Mapping[str, Any], settings: Mapping[str, Any], data: str, ckpt: Path) -> None:
-    """Refuse to resume checkpoint ``ckpt`` (its JSON ``info``) for a run with other settings or data."""
+def check_same_run(
+    info: Mapping[str, Any], settings: Mapping[str, Any], data: str, ckpt: Path, asked: str = "--resume"
+) -> None:
+    """Refuse to resume checkpoint ``ckpt`` (its JSON ``info``) for a run with other settings or data; the
+    message starts with ``asked``, what made the run resume (``--resume``, or the output folder)."""
     recorded = info.get("settings")
     diffs = []
     if isinstance(recorded, dict):
@@ -66,6 +72,6 @@ def check_same_run(info: Mapping[str, Any], settings: Mapping[str, Any], data: s
         diffs.append("the images or captions (their bytes or prompts changed)")
     if diffs:
         raise B4MError(
-            f"--resume: {ckpt} belongs to another run; differs: {', '.join(diffs)}; rerun with the options "
+            f"{asked}: {ckpt} belongs to another run; differs: {', '.join(diffs)}; rerun with the options "
             "and data it was made with, or pass --overwrite to start over"
         )

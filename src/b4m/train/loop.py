@@ -1,4 +1,6 @@
-"""Pieces shared by the training stages: device set-up, cached training sets, batch sampling, logging."""
+"""Machinery shared by every trained adapter (B4M's two stages and the trained baselines): device set-up, cached
+training sets, batch sampling, logging, and the one step loop (:func:`run_steps`).
+"""
 
 from __future__ import annotations
 
@@ -6,26 +8,32 @@ import contextlib
 import json
 import math
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from accelerate import Accelerator
+from tqdm.auto import tqdm
 
 from b4m.data.folders import load_images, read_image_folder
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.errors import B4MError
 from b4m.prompts import check_prompts
+from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
     "RESUME_HINT",
     "CachedSet",
+    "Checkpoints",
+    "StepFn",
     "TrainLog",
     "cache_set",
     "check_finite_loss",
     "check_finite_params",
     "make_accelerator",
+    "run_steps",
     "sample_batch",
     "trigger_words_of",
 ]
@@ -99,16 +107,14 @@ def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:
     return words
 
 
-def _last_checkpoint_note(ckpt_dir: Path) -> str:
-    from b4m.train.checkpoint import latest_checkpoint
-
-    ckpt = latest_checkpoint(ckpt_dir)
+def _last_checkpoint_note(ckpt_dir: Path | None) -> str:
+    ckpt = None if ckpt_dir is None else latest_checkpoint(ckpt_dir)
     if ckpt is None:
         return "no checkpoint was written yet and nothing was saved"
     return f"kept the last good checkpoint {ckpt} (the adapter was not saved)"
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path) -> None:
+def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None) -> None:
     """Stop the run at a NaN/infinite loss, saying so, before it can reach the weights or a checkpoint."""
     if not bool(torch.isfinite(loss.detach()).all()):
         raise B4MError(
@@ -117,7 +123,9 @@ def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path)
         )
 
 
-def check_finite_params(params: dict[str, torch.Tensor], step: int, stage: str, ckpt_dir: Path) -> None:
+def check_finite_params(
+    params: Mapping[str, torch.Tensor], step: int, stage: str, ckpt_dir: Path | None
+) -> None:
     """Stop before a checkpoint or the adapter would hold NaN/infinite weights."""
     for name, p in params.items():
         if not bool(torch.isfinite(p.detach()).all()):
@@ -151,3 +159,118 @@ class TrainLog:
 
 def maybe(condition: bool, ctx: Any) -> Any:
     return ctx if condition else contextlib.nullcontext()
+
+
+Record = Mapping[str, torch.Tensor | float]
+StepFn = Callable[[int], tuple[torch.Tensor, Record]]
+"""One training step's loss: ``step_fn(step) -> (loss, record)``, ``step`` counted from 0. ``record`` holds the
+extra values to log (tensors are read with ``.item()`` only on the steps that log, so return them detached)."""
+
+
+class Optimizer(Protocol):
+    """What the loop asks of an optimizer (torch's, accelerate's wrapper, stage 2's preconditioned one)."""
+
+    def step(self) -> Any: ...
+
+    def zero_grad(self, set_to_none: bool = True) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+@dataclass
+class Checkpoints:
+    """A run's resumable state for :func:`run_steps`: the trained tensors by name and the sampling generator,
+    saved into ``folder`` every ``every`` steps (0: never) with ``extra`` (the run's identity) in its JSON;
+    ``resume`` is the checkpoint to continue from (checked to be this run's by the caller).
+
+    ``offset``: the steps of the run's earlier loops (a run of several loops, QR-LoRA's content then style,
+    names its checkpoints by the run's step count, so the newest checkpoint is always the last one written)."""
+
+    folder: Path
+    params: dict[str, torch.Tensor]
+    generator: torch.Generator
+    every: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+    resume: Path | None = None
+    offset: int = 0
+
+
+def run_steps(
+    step_fn: StepFn,
+    *,
+    steps: int,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    optimizer: Optimizer,
+    log: TrainLog,
+    name: str,
+    desc: str | None = None,
+    progress: bool = True,
+    after_step: Callable[[int], None] | None = None,
+    checkpoints: Checkpoints | None = None,
+) -> None:
+    """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
+    ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
+    first).
+
+    Each step, in this order: ``step_fn`` under the accelerator's autocast; stop with a
+    :class:`~b4m.errors.B4MError` naming ``name`` if the loss is not finite (before it reaches the weights);
+    ``accelerator.backward``; ``optimizer.step()``; ``zero_grad(set_to_none=True)``; ``after_step(step)``; a
+    ``{"step", "loss", **record}`` line in ``log`` every 10th and at the last step; then, on the main process
+    only and never at the last step, a checkpoint every ``checkpoints.every`` steps, after checking that every
+    parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
+    the loop and in eval mode after; the progress bar (``desc``, default ``name``) shows on the main process
+    when ``progress``. The caller builds the optimizer, owns the log file and saves the final adapter.
+    """
+    start = 0
+    if checkpoints is not None and checkpoints.resume is not None:
+        info = load_checkpoint(checkpoints.resume, checkpoints.params, optimizer, checkpoints.generator)
+        start = info["step"] - checkpoints.offset
+    folder = None if checkpoints is None else checkpoints.folder
+    bar = tqdm(
+        range(start, steps),
+        desc=desc or name,
+        disable=not progress or not accelerator.is_main_process,
+        initial=start,
+        total=steps,
+    )
+    model.train()
+    for step in bar:
+        with accelerator.autocast():
+            loss, record = step_fn(step)
+        done = step + 1
+        check_finite_loss(loss, done, name, folder)
+        accelerator.backward(loss)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if after_step is not None:
+            after_step(step)
+        if done % 10 == 0 or done == steps:  # .item() syncs the device: not every step
+            entry = {"step": done, "loss": loss.item(), **{k: _scalar(v) for k, v in record.items()}}
+            bar.set_postfix(loss=f"{entry['loss']:.4f}")
+            log.write(**entry)
+        if checkpoints is not None and _checkpoint_due(checkpoints.every, done, steps, accelerator):
+            check_finite_params(checkpoints.params, done, name, folder)
+            save_checkpoint(
+                checkpoints.folder,
+                checkpoints.offset + done,
+                checkpoints.params,
+                optimizer,
+                checkpoints.generator,
+                checkpoints.extra,
+            )
+    model.eval()
+    if checkpoints is not None:
+        check_finite_params(checkpoints.params, steps, name, folder)
+
+
+def _scalar(value: torch.Tensor | float) -> float:
+    return value.item() if isinstance(value, torch.Tensor) else value
+
+
+def _checkpoint_due(every: int, done: int, steps: int, accelerator: Accelerator) -> bool:
+    """A checkpoint after step ``done``? The last step saves the adapter instead; other processes hold the
+    same state under DDP, so only the main one writes."""
+    return bool(every) and done % every == 0 and done < steps and accelerator.is_main_process

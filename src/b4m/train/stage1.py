@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from b4m import threads
 from b4m.adapters.codec import clean_temp_files
@@ -38,20 +37,20 @@ from b4m.train.checkpoint import (
     claim_output,
     clean_stale,
     latest_checkpoint,
-    load_checkpoint,
     read_checkpoint_info,
     recorded_threads,
-    save_checkpoint,
 )
 from b4m.train.identity import check_same_run, data_fingerprint, run_settings
 from b4m.train.loop import (
     RESUME_HINT,
+    CachedSet,
+    Checkpoints,
+    StepFn,
     TrainLog,
     cache_set,
-    check_finite_loss,
-    check_finite_params,
     make_accelerator,
     maybe,
+    run_steps,
     sample_batch,
     trigger_words_of,
 )
@@ -95,6 +94,29 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     for images, _ in sets:
         check_images(images)
     return sets
+
+
+def _step_fn(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    sets: list[CachedSet],
+    gen: torch.Generator,
+    mcp: bool,
+    strict: bool,
+    target_part: str,
+) -> StepFn:
+    """Eq. 12 on one sample of every set (target first), batched into one forward: the paper (batch 1) and the
+    official scripts."""
+
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        latents, cond, noise, timesteps = sample_batch(sets, [1] * len(sets), gen, scheduler)
+        with maybe(strict, mcp_routing(1, target_part)):
+            losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
+        loss_target = losses[:1].mean()
+        loss = (loss_target + losses[1:].mean()) if mcp else loss_target
+        return loss, {"loss_target": loss_target.detach()}
+
+    return step
 
 
 def train_stage1(
@@ -169,50 +191,25 @@ def train_stage1(
     out.mkdir(parents=True, exist_ok=True)
     clean_stale(ckpt_dir)  # what a killed run's checkpoint or final write left behind
     clean_temp_files(out)
-    start = 0
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
-    elif not cfg.resume:
+    if ckpt is None and not cfg.resume:
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # claim_output allowed it: --overwrite, or nothing there
         (out / "train_log.jsonl").unlink(missing_ok=True)
     log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
     extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
 
-    sets = [target, *aux]
-    counts = [1] + [1] * len(aux)  # batch 1 per set, as the paper (batch 1) and official scripts
-    bar = tqdm(
-        range(start, cfg.steps),
-        desc=f"stage 1 ({role})",
-        disable=not progress or not accelerator.is_main_process,
-        initial=start,
-        total=cfg.steps,
+    strict = cfg.mcp and routing == "strict"
+    step_fn = _step_fn(unet, scheduler, [target, *aux], gen, cfg.mcp, strict, target_part)
+    run_steps(
+        step_fn,
+        steps=cfg.steps,
+        accelerator=accelerator,
+        model=unet,
+        optimizer=optimizer,
+        log=log,
+        name=f"stage 1 ({role})",
+        progress=progress,
+        checkpoints=Checkpoints(ckpt_dir, named, gen, cfg.checkpoint_every, extra, resume=ckpt),
     )
-    unet.train()
-    for step in bar:
-        latents, cond, noise, timesteps = sample_batch(sets, counts, gen, scheduler)
-        with accelerator.autocast(), maybe(cfg.mcp and routing == "strict", mcp_routing(1, target_part)):
-            losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
-        loss_target = losses[:1].mean()
-        loss = (loss_target + losses[1:].mean()) if cfg.mcp else loss_target  # Eq. 12
-        check_finite_loss(loss, step + 1, f"stage 1 ({role})", ckpt_dir)
-        accelerator.backward(loss)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % 10 == 0 or step + 1 == cfg.steps:  # .item() syncs the device: not every step
-            record = {"step": step + 1, "loss": loss.item(), "loss_target": loss_target.item()}
-            bar.set_postfix(loss=f"{record['loss']:.4f}")
-            log.write(**record)
-        last = step + 1 == cfg.steps
-        if (
-            cfg.checkpoint_every
-            and (step + 1) % cfg.checkpoint_every == 0
-            and not last
-            and accelerator.is_main_process
-        ):
-            check_finite_params(named, step + 1, f"stage 1 ({role})", ckpt_dir)
-            save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra=extra)
-    unet.eval()
-    check_finite_params(named, cfg.steps, f"stage 1 ({role})", ckpt_dir)
 
     path = out / "adapter.safetensors"
     if accelerator.is_main_process:

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from b4m import threads
 from b4m.adapters.codec import LoraFile, clean_temp_files
@@ -31,19 +30,19 @@ from b4m.train.checkpoint import (
     claim_output,
     clean_stale,
     latest_checkpoint,
-    load_checkpoint,
     read_checkpoint_info,
     recorded_threads,
-    save_checkpoint,
 )
 from b4m.train.identity import check_same_run, data_fingerprint, run_settings
 from b4m.train.loop import (
     RESUME_HINT,
+    CachedSet,
+    Checkpoints,
+    StepFn,
     TrainLog,
     cache_set,
-    check_finite_loss,
-    check_finite_params,
     make_accelerator,
+    run_steps,
     sample_batch,
 )
 from b4m.train.riemannian import make_stage2_optimizer
@@ -194,46 +193,20 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
             for layer in adapter.module_names
             for part, p in (("B", adapter.up(layer).learnable), ("D", adapter.down(layer).learnable))
         }
-        start = 0
-        if ckpt is not None:
-            start = load_checkpoint(ckpt, named, optimizer, gen)["step"]
         log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
         extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
-        bar = tqdm(
-            range(start, cfg.stage2_steps),
+        run_steps(
+            _step_fn(unet, scheduler, sets, gen),
+            steps=cfg.stage2_steps,
+            accelerator=accelerator,
+            model=unet,
+            optimizer=optimizer,
+            log=log,
+            name="stage 2",
             desc="stage 2 (fuse + RP)",
-            disable=not progress or not accelerator.is_main_process,
-            initial=start,
-            total=cfg.stage2_steps,
+            progress=progress,
+            checkpoints=Checkpoints(ckpt_dir, named, gen, cfg.checkpoint_every, extra, resume=ckpt),
         )
-        unet.train()
-        for step in bar:
-            latents, cond, noise, timesteps = sample_batch(sets, [1, 1], gen, scheduler)
-            with accelerator.autocast():
-                losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
-            loss = losses.sum()  # L_content + L_style
-            check_finite_loss(loss, step + 1, "stage 2", ckpt_dir)
-            accelerator.backward(loss)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if (step + 1) % 10 == 0 or step + 1 == cfg.stage2_steps:
-                log.write(
-                    step=step + 1,
-                    loss=loss.item(),
-                    loss_content=losses[0].item(),
-                    loss_style=losses[1].item(),
-                )
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            if (
-                cfg.checkpoint_every
-                and (step + 1) % cfg.checkpoint_every == 0
-                and step + 1 < cfg.stage2_steps
-                and accelerator.is_main_process
-            ):
-                check_finite_params(named, step + 1, "stage 2", ckpt_dir)
-                save_checkpoint(ckpt_dir, step + 1, named, optimizer, gen, extra=extra)
-        unet.eval()
-        check_finite_params(named, cfg.stage2_steps, "stage 2", ckpt_dir)
 
     path = out / "adapter.safetensors"
     if accelerator.is_main_process:
@@ -252,6 +225,17 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
         )
     accelerator.wait_for_everyone()
     return path
+
+
+def _step_fn(unet: torch.nn.Module, scheduler: Any, sets: list[CachedSet], gen: torch.Generator) -> StepFn:
+    """``L_content + L_style`` on one content and one style sample, in one batched forward."""
+
+    def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        latents, cond, noise, timesteps = sample_batch(sets, [1, 1], gen, scheduler)
+        losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
+        return losses.sum(), {"loss_content": losses[0].detach(), "loss_style": losses[1].detach()}
+
+    return step
 
 
 def _factors_digest(lora: LoraFile) -> str:
