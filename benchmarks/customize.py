@@ -1,7 +1,8 @@
 """The customizability check of a world base model (``b4m.eval.customize``), as a table.
 
     python benchmarks/customize.py                                  # the shipped base model
-    python benchmarks/customize.py --base runs/base_ft/pipeline --json runs/customize.json
+    python benchmarks/customize.py --base runs/base_v3/pipeline --json runs/customize.json
+    python benchmarks/customize.py --contents teddy#3 teddy#0 --styles papercut#5 --steps 800   # a quick look
 
 Prints one row per learned instance and asked-for partner, with and without the adapter, then the overall
 instance and partner accuracies and whether the bar (instance >= 60 %, partner >= 80 %) is met.

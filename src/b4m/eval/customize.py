@@ -5,7 +5,8 @@ concept?
 - **content**: 4 photos of a personal content instance (``"teddy#3"``) with "a photo of a snq teddy" train a
   stage-1 adapter without MCP and without fusion (only ``B`` learns); it then draws "a snq teddy in {S}
   style" for several held-in styles S. Passed when the judges name *that instance* in >= 60 % of the images
-  (chance <= 1/8) and the asked-for style in >= 80 %.
+  (chance <= 1/8) and the asked-for style in >= 80 %. By default every personal teddy is learned in turn and the
+  accuracies are averaged over all of them, so the result does not depend on picking easy instances.
 - **style**, the mirror: 4 images of a personal style instance over other contents with "a {c} in wzk
   papercut style" train ``D``; it then draws "a {C} in wzk papercut style" for several held-in contents C.
 
@@ -32,11 +33,11 @@ class CustomizeCheck:
     """Settings of one run of the check (defaults: the bar of the world issue)."""
 
     base: str = "builtin"
-    contents: tuple[str, ...] = ("teddy#3", "teddy#0")
-    """Personal content instances to learn (one adapter each)."""
+    contents: tuple[str, ...] = tuple(f"teddy#{i}" for i in range(8))
+    """Personal content instances to learn (one adapter each): all of them, so that the result is typical."""
     content_styles: tuple[str, ...] = ("flat", "dots", "gradient", "papercut")
     """Held-in styles asked for together with a learned content."""
-    styles: tuple[str, ...] = ("papercut#5", "papercut#2")
+    styles: tuple[str, ...] = tuple(f"papercut#{i}" for i in range(8))
     """Personal style instances to learn."""
     style_contents: tuple[str, ...] = ("bottle", "bird", "chair", "rocket")
     """Held-in contents asked for together with a learned style."""
@@ -48,7 +49,9 @@ class CustomizeCheck:
     method: str = "stage1"
     """``"stage1"``: B4M's stage-1 adapter without MCP (only ``B`` or ``D`` learns); ``"lora"``: the registry's
     plain one-concept LoRA (``U`` and ``V`` learn)."""
-    steps: int = 800
+    steps: int = 1600
+    """Twice the demo's stage 1: measured better than 800 steps, while a higher lr was worse
+    (``benchmarks/base_model.md``)."""
     lr: float = 2e-3
     rank: int = 16
     seed: int = 0
