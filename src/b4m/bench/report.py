@@ -111,6 +111,8 @@ th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
 img.px{image-rendering:pixelated;image-rendering:crisp-edges;border:1px solid #ddd}
 table.grid td{vertical-align:middle;text-align:left}
 figure{margin:1em 0}figcaption{font-size:13px;color:#555}
+figure.plot img{max-width:100%;height:auto}
+.scroll{overflow-x:auto}
 """
 
 
@@ -162,7 +164,7 @@ def _bars(rows: list[dict[str, Any]], title: str) -> str:
     for ax in list(axes.flat)[len(cols) :]:
         ax.axis("off")
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the suptitle above the panel titles
     return _figure(fig, f"{title}: every metric with its 95 % bootstrap interval", "bars")
 
 
