@@ -13,27 +13,10 @@ from b4m.errors import B4MError
 from b4m.methods import fit_method
 
 QUICK = {"lr": 1e-2, "rank": 4, "resolution": 32, "base": "tiny", "steps": 6, "checkpoint_every": 2}
-INPUTS = {
-    "lora": ("content_images", "content_prompt"),
-    "joint": ("content_images", "content_prompt", "style_images", "style_prompt"),
-    "qrlora": ("content_images", "content_prompt", "style_images", "style_prompt"),
-    "ziplora": (
-        "content_images",
-        "content_prompt",
-        "style_images",
-        "style_prompt",
-        "content_lora",
-        "style_lora",
-    ),
-    "duolora": (
-        "content_images",
-        "content_prompt",
-        "style_images",
-        "style_prompt",
-        "content_lora",
-        "style_lora",
-    ),
-}
+_LORA = ("content_images", "content_prompt")
+_JOINT = (*_LORA, "style_images", "style_prompt")
+_MERGE = (*_JOINT, "content_lora", "style_lora")
+INPUTS = {"lora": _LORA, "joint": _JOINT, "qrlora": _JOINT, "ziplora": _MERGE, "duolora": _MERGE}
 
 
 def _fit(method, data, tiny_sdxl, out, **kw):

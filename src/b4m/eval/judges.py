@@ -534,17 +534,12 @@ def train_judges(
     content_has = torch.tensor([float(has_instances("content", c)) for c in CONTENTS])
     style_has = torch.tensor([float(has_instances("style", s)) for s in STYLES])
 
-    ones = {"content": torch.ones(len(CONTENTS)), "style": torch.ones(len(STYLES))}
-    class_w = (
-        {
-            "content": balanced_class_weights(content_has, instance_share),
-            "style": balanced_class_weights(
-                style_has, instance_share if style_share is None else style_share
-            ),
-        }
-        if balance_classes
-        else ones
-    )
+    shares = {"content": instance_share, "style": instance_share if style_share is None else style_share}
+    has_of = {"content": content_has, "style": style_has}
+    class_w = {
+        k: balanced_class_weights(has_of[k], shares[k]) if balance_classes else torch.ones(len(has_of[k]))
+        for k in shares
+    }
     log = []
     judges.train()
     for step in range(steps):
@@ -599,7 +594,7 @@ def train_judges(
         "pool_size": pool_size,
         "refresh_per_step": refresh,
         "instance_share": instance_share,
-        "style_share": instance_share if style_share is None else style_share,
+        "style_share": shares["style"],
         "init_from": str(init_from) if init_from else None,
         "balance_classes": balance_classes,
         "earlier_training": judges.metrics.get("training") if init_from else None,

@@ -68,9 +68,15 @@ def claim_out(cfg: Any, method_id: str) -> Path:
     """The output folder, checked as the stages check theirs (:func:`~b4m.checks.check_out_folder`,
     :func:`~b4m.train.checkpoint.claim_output`): never a file or an unwritable place, and a finished adapter
     is replaced only with ``--overwrite``."""
+    out = _out_folder(cfg, method_id)
+    claim_output(out, resume=False, overwrite=cfg.overwrite)
+    return out
+
+
+def _out_folder(cfg: Any, method_id: str) -> Path:
+    """``--out`` (default ``runs/<method>``), checked to be a folder b4m may write."""
     out = Path(cfg.out or Path("runs") / method_id)
     check_out_folder(out)
-    claim_output(out, resume=False, overwrite=cfg.overwrite)
     return out
 
 
@@ -123,8 +129,7 @@ def claim_run(cfg: Any, method_id: str) -> Run:
     problems: list[str] = []
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     raise_problems(problems)
-    out = Path(cfg.out or Path("runs") / method_id)
-    check_out_folder(out)
+    out = _out_folder(cfg, method_id)
     resume = None if cfg.overwrite or (out / ADAPTER).is_file() else latest_checkpoint(out / CHECKPOINTS)
     if resume is None:
         claim_output(out, resume=False, overwrite=cfg.overwrite)
