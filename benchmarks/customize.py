@@ -50,8 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--base", default="builtin", help="'builtin' or a world base pipeline folder")
-    parser.add_argument("--contents", nargs="+", default=list(CustomizeCheck.contents))
-    parser.add_argument("--styles", nargs="+", default=list(CustomizeCheck.styles))
+    parser.add_argument("--contents", nargs="*", default=list(CustomizeCheck.contents), help="(none: style half only)")
+    parser.add_argument("--styles", nargs="*", default=list(CustomizeCheck.styles), help="(none: content half only)")
     parser.add_argument("--steps", type=int, default=CustomizeCheck.steps)
     parser.add_argument("--lr", type=float, default=CustomizeCheck.lr)
     parser.add_argument("--rank", type=int, default=CustomizeCheck.rank)
@@ -61,12 +61,14 @@ def main(argv: list[str] | None = None) -> None:
         default=CustomizeCheck.method,
         help="stage1: B4M stage 1 without MCP; lora: a plain LoRA (b4m run lora)",
     )
+    parser.add_argument("--targets", nargs="+", help="module-name suffixes to adapt (default: the stage's)")
     parser.add_argument("-n", type=int, default=CustomizeCheck.n, help="images per prompt")
     parser.add_argument("--work", type=Path, help="keep the reference folders and adapters here")
     parser.add_argument("--json", type=Path, help="write the full result here")
     args = parser.parse_args(argv)
     cfg = CustomizeCheck(base=args.base, contents=tuple(args.contents), styles=tuple(args.styles),
-                         steps=args.steps, lr=args.lr, rank=args.rank, method=args.method, n=args.n)  # fmt: skip
+                         steps=args.steps, lr=args.lr, rank=args.rank, method=args.method, n=args.n,
+                         targets=None if args.targets is None else tuple(args.targets))  # fmt: skip
     t = time.perf_counter()
     r = check_customizability(cfg, work=args.work)
     r["wall_s"] = round(time.perf_counter() - t, 1)

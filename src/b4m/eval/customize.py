@@ -54,6 +54,8 @@ class CustomizeCheck:
     (``benchmarks/base_model.md``)."""
     lr: float = 2e-3
     rank: int = 16
+    targets: tuple[str, ...] | None = None
+    """Module-name suffixes to adapt (``None``: the stage's default, the attention projections)."""
     seed: int = 0
     bar_instance: float = 0.6
     bar_other: float = 0.8
@@ -75,6 +77,7 @@ def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out
     s1 = Stage1Config(
         images=images, prompt=prompt, base=cfg.base, out=out, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank,
         mcp=False, seed=cfg.seed, overwrite=True, trigger_words=[word], checkpoint_every=0,
+        **({} if cfg.targets is None else {"targets": list(cfg.targets)}),
     )  # fmt: skip
     return train_stage1(s1, role, progress=False)
 
