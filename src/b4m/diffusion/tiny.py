@@ -198,9 +198,7 @@ def tiny_sd_pipeline(tokenizer_dir: str | Path, seed: int = 0) -> StableDiffusio
     )
 
 
-def write_t5_tokenizer(
-    folder: str | Path, words: Iterable[str] = (), max_length: int = 16
-) -> T5Tokenizer:
+def write_t5_tokenizer(folder: str | Path, words: Iterable[str] = (), max_length: int = 16) -> T5Tokenizer:
     """Write a T5 (SentencePiece-Unigram) tokenizer offline and load it back from ``folder``.
 
     Special tokens ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the word marker ``▁``, each of ``words`` as one piece
@@ -228,13 +226,17 @@ TINY_FLUX_TRANSFORMER_CONFIG: dict = {
 }
 
 
-def tiny_flux_pipeline(tokenizer_dir: str | Path, seed: int = 0, guidance_embeds: bool = True) -> FluxPipeline:
+def tiny_flux_pipeline(
+    tokenizer_dir: str | Path, seed: int = 0, guidance_embeds: bool = True
+) -> FluxPipeline:
     """A complete tiny ``FluxPipeline`` (2 double + 2 single blocks, CLIP + T5, a 16-channel-packing VAE, the
     FLUX.1-dev flow-matching scheduler), random weights; 32 px images are 16x16 latents, 64 image tokens."""
     from b4m.diffusion.flux import FLUX_DEV_SCHEDULER_CONFIG
 
     torch.manual_seed(seed)
-    transformer = FluxTransformer2DModel(**(TINY_FLUX_TRANSFORMER_CONFIG | {"guidance_embeds": guidance_embeds}))
+    transformer = FluxTransformer2DModel(
+        **(TINY_FLUX_TRANSFORMER_CONFIG | {"guidance_embeds": guidance_embeds})
+    )
     vae = AutoencoderKL(
         block_out_channels=(8, 16),
         in_channels=3,
