@@ -337,3 +337,260 @@ def test_kohya_single_block_linear1_at_flux_dev_size_splits_back_in_diffusers():
         b = converted[f"transformer.transformer_blocks.3.attn.{p}.lora_B.weight"]
         assert (b @ a).abs().max() == 0
     assert (converted["transformer.single_transformer_blocks.7.proj_mlp.lora_B.weight"]).abs().max() == 0
+
+
+@pytest.fixture
+def flux_sources(tiny_flux, data, tmp_path):
+    """Two plain FLUX LoRAs from `lora` (content and style), two steps each."""
+    from b4m.methods.common import fit_method
+
+    common = dict(base="tiny-flux", steps=2, lr=1e-2, rank=2, resolution=32, seed=0)
+    c = fit_method(
+        "lora",
+        pipe=tiny_flux(),
+        progress=False,
+        content_images=data["content"],
+        content_prompt="a photo of snq teddy",
+        out=tmp_path / "lc",
+        **common,
+    ).path
+    s = fit_method(
+        "lora",
+        pipe=tiny_flux(),
+        progress=False,
+        concept="style",
+        style_images=data["style"],
+        style_prompt="a paper in w@z style",
+        out=tmp_path / "ls",
+        **common,
+    ).path
+    return c, s
+
+
+def _loads_in_stock_pipeline(tiny_flux, path, fitted=None):
+    """The file loads with FluxPipeline.load_lora_weights and changes the transformer's output."""
+    pipe = tiny_flux()
+    inputs = _inputs(pipe, seed=2)
+    with torch.no_grad():
+        before = pipe.transformer(**inputs)[0]
+        pipe.load_lora_weights(str(path))
+        after = pipe.transformer(**inputs)[0]
+    assert (after - before).abs().max() > 1e-5
+
+
+@pytest.mark.parametrize("method", ["direct-merge", "nplora", "ziplora", "klora"])
+def test_merging_methods_run_on_flux(method, tiny_flux, flux_sources, data, tmp_path):
+    from b4m.methods.common import fit_method
+
+    c, s = flux_sources
+    assert load_lora(c).meta["base_family"] == "flux"
+    opts = dict(base="tiny-flux", content_lora=c, style_lora=s, out=tmp_path / method)
+    if method == "ziplora":
+        opts |= dict(
+            steps=2,
+            content_images=data["content"],
+            style_images=data["style"],
+            resolution=32,
+            content_prompt="a photo of snq teddy",
+            style_prompt="a paper in w@z style",
+        )
+    fitted = fit_method(method, pipe=tiny_flux(), progress=False, **opts)
+    if method == "klora":  # a generation-time method: its hook picks one source per step on the transformer
+        from b4m.diffusion.sampling import sample
+
+        pipe = tiny_flux()
+        deltas = fitted.hook(pipe, fitted.path)
+        sample(pipe, ["a snq teddy"], n=1, steps=2, guidance=3.5, resolution=32, progress=False)
+        clock = next(iter(deltas.values())).clock
+        assert clock.T == 1 and 0.0 < clock.t < 1.0  # FluxPipeline passes timestep / 1000
+        return
+    lora = load_lora(fitted.path)
+    assert lora.meta["base_family"] == "flux" and lora.spelling == "peft"
+    if fitted.merged_delta is not None:
+        for m, dw in fitted.merged_delta().items():
+            u, v = lora.factors[m]
+            assert torch.allclose(u @ v, dw.float(), atol=1e-5)
+    _loads_in_stock_pipeline(tiny_flux, fitted.path)
+
+
+@pytest.mark.parametrize("method", ["joint", "qrlora"])
+def test_trained_methods_run_on_flux(method, tiny_flux, data, tmp_path):
+    from b4m.methods.common import fit_method
+
+    fitted = fit_method(
+        method,
+        pipe=tiny_flux(),
+        progress=False,
+        base="tiny-flux",
+        steps=2,
+        lr=1e-2,
+        rank=2,
+        resolution=32,
+        content_images=data["content"],
+        style_images=data["style"],
+        content_prompt="a photo of snq teddy",
+        style_prompt="a paper in w@z style",
+        out=tmp_path / method,
+    )
+    lora = load_lora(fitted.path)
+    assert any(m.startswith("single_transformer_blocks.") for m in lora.factors)
+    _loads_in_stock_pipeline(tiny_flux, fitted.path)
+
+
+def test_duolora_refuses_flux_in_one_line(tiny_flux, flux_sources, data, tmp_path):
+    from b4m.methods.common import fit_method
+
+    c, s = flux_sources
+    with pytest.raises(B4MError, match=r"^duolora: --base tiny-flux is a FLUX model; DuoLoRA's layer priors"):
+        fit_method(
+            "duolora",
+            pipe=tiny_flux(),
+            progress=False,
+            base="tiny-flux",
+            content_lora=c,
+            style_lora=s,
+            content_images=data["content"],
+            style_images=data["style"],
+            out=tmp_path / "duo",
+        )
+
+
+def test_cli_trains_fuses_and_generates_on_a_flux_folder(tiny_flux, data, tmp_path, capsys):
+    """`b4m train content/style`, `fuse`, `generate`, `info`, `export` with --base <FLUX folder>; the fused file
+    (and its kohya export) load in a plain FluxPipeline read from the same folder."""
+    from b4m.cli import main
+
+    base = tmp_path / "flux-base"
+    tiny_flux().save_pretrained(base)
+    common = [
+        "--base",
+        str(base),
+        "--steps",
+        "2",
+        "--lr",
+        "1e-2",
+        "--rank",
+        "4",
+        "--resolution",
+        "32",
+        "--checkpoint-every",
+        "0",
+    ]
+    assert (
+        main(
+            [
+                "train",
+                "content",
+                "--images",
+                str(data["content"]),
+                "--prompt",
+                "a photo of snq teddy",
+                "--aux-styles",
+                *map(str, data["aux_styles"]),
+                "--out",
+                str(tmp_path / "c"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "train",
+                "style",
+                "--images",
+                str(data["style"]),
+                "--prompt",
+                "a paper in w@z style",
+                "--aux-contents",
+                *map(str, data["aux_contents"]),
+                "--out",
+                str(tmp_path / "s"),
+                *common,
+            ]
+        )
+        == 0
+    )
+    fused = tmp_path / "f" / "adapter.safetensors"
+    assert (
+        main(
+            [
+                "fuse",
+                "--content",
+                str(tmp_path / "c" / "adapter.safetensors"),
+                "--style",
+                str(tmp_path / "s" / "adapter.safetensors"),
+                "--base",
+                str(base),
+                "--out",
+                str(tmp_path / "f"),
+                "--stage2-steps",
+                "1",
+                "--stage2-lr",
+                "1e-2",
+                "--resolution",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "generate",
+                "--adapter",
+                str(fused),
+                "--prompt",
+                "a snq teddy in w@z style",
+                "-n",
+                "2",
+                "--base",
+                str(base),
+                "--out",
+                str(tmp_path / "img"),
+                "--steps",
+                "2",
+                "--resolution",
+                "32",
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "img").glob("*.png"))) == 3  # two images and grid.png
+    capsys.readouterr()
+    assert main(["info", str(fused)]) == 0
+    assert "base family: flux" in capsys.readouterr().out
+    kohya = tmp_path / "fused_kohya.safetensors"
+    assert main(["export", str(fused), "--out", str(kohya)]) == 0
+    # Plain diffusers: the folder, then the fused file; the same transformer output from the kohya export.
+    plain = FluxPipeline.from_pretrained(str(base))
+    inputs = _inputs(plain, seed=3)
+    with torch.no_grad():
+        before = plain.transformer(**inputs)[0]
+        plain.load_lora_weights(str(fused))
+        after = plain.transformer(**inputs)[0]
+    assert (after - before).abs().max() > 1e-5
+    back = load_lora(kohya)  # the kohya file holds the same dW (single blocks' linear1 fused)
+    for m, (u, v) in load_lora(fused).factors.items():
+        assert torch.allclose(back.factors[m][0] @ back.factors[m][1], u @ v, atol=1e-6)
+    # A malformed block range: one line, exit code 2.
+    assert (
+        main(
+            [
+                "train",
+                "content",
+                "--images",
+                str(data["content"]),
+                "--blocks",
+                "transformer_blocks.x-",
+                "--no-mcp",
+                "--out",
+                str(tmp_path / "bad"),
+                *common,
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("b4m: error: --blocks transformer_blocks.x-: give a block path") and "\n" not in err

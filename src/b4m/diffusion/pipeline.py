@@ -29,6 +29,7 @@ __all__ = [
     "base_model_name",
     "default_targets",
     "denoiser",
+    "family_of_base",
     "encode_images",
     "encode_prompts",
     "freeze",
@@ -94,6 +95,28 @@ def base_family(pipe: DiffusionPipeline, base: str | Path | None = None) -> str:
     if flux.is_flux(pipe):
         return "flux"
     return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd"
+
+
+def family_of_base(base: str | Path | None) -> str | None:
+    """The family of ``--base`` before it loads: ``builtin``, ``flux`` for a folder whose ``model_index.json``
+    names a Flux pipeline or a hub id naming FLUX, ``sdxl``/``sd`` likewise; ``None`` when it cannot tell."""
+    import json
+
+    if base is None or str(base) == BUILTIN:
+        return BUILTIN
+    index = Path(str(base)) / "model_index.json"
+    name = str(base)
+    if index.is_file():
+        try:
+            name = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+        except (OSError, ValueError):
+            return None
+    lowered = name.lower()
+    if "flux" in lowered:
+        return "flux"
+    if "xl" in lowered:
+        return "sdxl"
+    return "sd" if "stable" in lowered or index.is_file() else None
 
 
 def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
