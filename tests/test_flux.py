@@ -574,6 +574,13 @@ def test_cli_trains_fuses_and_generates_on_a_flux_folder(tiny_flux, data, tmp_pa
     back = load_lora(kohya)  # the kohya file holds the same dW (single blocks' linear1 fused)
     for m, (u, v) in load_lora(fused).factors.items():
         assert torch.allclose(back.factors[m][0] @ back.factors[m][1], u @ v, atol=1e-6)
+    # And back to diffusers spelling (transformer.* keys): the same transformer as the original fused file.
+    again = tmp_path / "fused_again.safetensors"
+    assert main(["convert", str(kohya), str(again), "--to", "diffusers"]) == 0
+    plain2 = FluxPipeline.from_pretrained(str(base))
+    plain2.load_lora_weights(str(again))
+    with torch.no_grad():
+        assert torch.allclose(plain2.transformer(**inputs)[0], after, atol=1e-5, rtol=0)
     # A malformed block range: one line, exit code 2.
     assert (
         main(
