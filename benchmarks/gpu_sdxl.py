@@ -1,4 +1,5 @@
-"""Speed and memory of B4M training at real size: the SDXL UNet (public config, random weights).
+"""Speed and memory of B4M training at real size: the SDXL UNet or FLUX.1-dev's transformer (public configs,
+random weights).
 
 Measures, in one run and side by side, for each resolution:
 
@@ -15,8 +16,15 @@ default processor), and cached latents/text embeddings (the encoders are frozen;
 Reported: seconds per step, samples/s, peak memory, model FLOPs per step (``torch.utils.flop_counter``, ~1-4 %
 low since it skips elementwise ops) and MFU against the GPU's dense bf16 peak.
 
+``--model flux``: FLUX.1-dev's transformer (19 double + 38 single blocks, 11.9 B parameters), flow-matching
+inputs (packed latents, 512 T5 tokens, pooled CLIP, guidance 3.5), b4m's eight FLUX attention targets (266
+layers) in every arm; at bf16 it needs ``--gradient-checkpointing`` to fit 4 samples at 1024 px.
+
 GPU:  python benchmarks/gpu_sdxl.py --device cuda --resolutions 512 1024 --out benchmarks/gpu_sdxl.md
+FLUX: python benchmarks/gpu_sdxl.py --model flux --device cuda --gradient-checkpointing --resolutions 512 1024 \
+          --out benchmarks/gpu_flux.md
 CPU:  python benchmarks/gpu_sdxl.py --device cpu --tiny --resolutions 32 --iters 2 --out /tmp/gpu_sdxl_cpu.md
+      python benchmarks/gpu_sdxl.py --model flux --device cpu --tiny --resolutions 32 --iters 2 --out /tmp/f.md
 """
 
 from __future__ import annotations
@@ -62,6 +70,57 @@ class Result:
         )
 
 
+def targets(model: torch.nn.Module) -> list[str]:
+    """The adapted layer kinds: SDXL's four attention projections, FLUX's eight."""
+    from b4m.diffusion.flux import FLUX_TARGETS
+
+    return list(FLUX_TARGETS if hasattr(model, "single_transformer_blocks") else DEFAULT_TARGETS)
+
+
+def rank_for(model: torch.nn.Module) -> int:
+    """64 (every real-size arm), or the narrowest targeted layer's width where smaller (the tiny FLUX)."""
+    names = targets(model)
+    widths = [
+        min(m.in_features, m.out_features)
+        for k, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and any(k == t or k.endswith("." + t) for t in names)
+    ]
+    return min([64, *widths])
+
+
+def build_flux(tiny: bool, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    from b4m.diffusion.flux import flux_transformer
+    from b4m.diffusion.tiny import TINY_FLUX_TRANSFORMER_CONFIG
+
+    model = flux_transformer(device, dtype, TINY_FLUX_TRANSFORMER_CONFIG if tiny else None)
+    model.requires_grad_(False)
+    return model.to(device, dtype)
+
+
+def flux_inputs(model: torch.nn.Module, batch: int, resolution: int, device: str, dtype: torch.dtype) -> dict:
+    """Packed latents ((res / 16)^2 tokens of 64 channels at real size), 512 T5 tokens, pooled CLIP, guidance."""
+    from diffusers import FluxPipeline
+
+    cfg = model.config
+    side = resolution // 16 if resolution >= 256 else resolution // 4  # latent side / 2 (2x2 packing)
+    tokens = 512 if resolution >= 256 else 16
+    g = torch.Generator().manual_seed(0)
+    return {
+        "hidden_states": torch.randn(batch, side * side, cfg.in_channels, generator=g).to(device, dtype),
+        "encoder_hidden_states": torch.randn(batch, tokens, cfg.joint_attention_dim, generator=g).to(
+            device, dtype
+        ),
+        "pooled_projections": torch.randn(batch, cfg.pooled_projection_dim, generator=g).to(device, dtype),
+        "timestep": torch.full((batch,), 0.5, device=device, dtype=dtype),
+        "guidance": torch.full((batch,), 3.5, device=device, dtype=dtype),
+        "target": torch.randn(batch, side * side, cfg.in_channels, generator=g).to(device, dtype),
+        "shared": {
+            "img_ids": FluxPipeline._prepare_latent_image_ids(batch, side, side, device, dtype),
+            "txt_ids": torch.zeros(tokens, 3, device=device, dtype=dtype),
+        },
+    }
+
+
 def build_unet(tiny: bool, device: str, dtype: torch.dtype) -> torch.nn.Module:
     if tiny:
         from b4m.diffusion.tiny import tiny_sdxl_unet
@@ -97,12 +156,16 @@ def inputs(unet: torch.nn.Module, batch: int, resolution: int, device: str, dtyp
 
 def _slice(batch: dict, i: int, j: int) -> dict:
     return {
-        k: ({kk: vv[i:j] for kk, vv in v.items()} if isinstance(v, dict) else v[i:j])
+        k: v if k == "shared" else ({kk: vv[i:j] for kk, vv in v.items()} if isinstance(v, dict) else v[i:j])
         for k, v in batch.items()
     }
 
 
 def _loss(unet: torch.nn.Module, b: dict) -> torch.Tensor:
+    if "hidden_states" in b:  # FLUX: velocity of the packed latents
+        inputs = {k: v for k, v in b.items() if k not in ("target", "shared")} | b["shared"]
+        pred = unet(**inputs, return_dict=False)[0]
+        return F.mse_loss(pred.float(), b["target"].float(), reduction="none").mean(dim=(1, 2))
     pred = unet(
         b["sample"],
         b["timestep"],
@@ -114,7 +177,7 @@ def _loss(unet: torch.nn.Module, b: dict) -> torch.Tensor:
 
 def reference_step_fn(unet, batch, autocast) -> Callable[[], None]:
     """peft LoRA, DreamBooth style: one sample per forward/backward, gradients accumulated, one step."""
-    unet.add_adapter(lora_config(64, list(DEFAULT_TARGETS)), adapter_name="ref")
+    unet.add_adapter(lora_config(rank_for(unet), targets(unet)), adapter_name="ref")
     params = [p for n, p in unet.named_parameters() if "lora_" in n]
     for p in params:
         p.data = p.data.float()
@@ -133,7 +196,7 @@ def reference_step_fn(unet, batch, autocast) -> Callable[[], None]:
 
 
 def b4m_stage1_step_fn(unet, batch, autocast) -> Callable[[], None]:
-    adapter = inject_plp(unet, PLPSpec(rank=64))
+    adapter = inject_plp(unet, PLPSpec(rank=rank_for(unet)), targets(unet))
     params = adapter.parameters("BD")
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-2)
 
@@ -148,7 +211,7 @@ def b4m_stage1_step_fn(unet, batch, autocast) -> Callable[[], None]:
 
 
 def b4m_stage2_step_fn(unet, batch, autocast) -> Callable[[], None]:
-    adapter = inject_plp(unet, PLPSpec(rank=64))
+    adapter = inject_plp(unet, PLPSpec(rank=rank_for(unet)), targets(unet))
     with torch.no_grad():
         for p in adapter.parameters("BD"):
             p.normal_(std=1e-3)  # a fused adapter has non-zero B and D
@@ -172,10 +235,11 @@ def b4m_stage2_step_fn(unet, batch, autocast) -> Callable[[], None]:
 def measure(name, make_step, args, resolution, samples, precision) -> Result:
     device = args.device
     dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32
-    unet = build_unet(args.tiny, device, dtype)
-    if args.gradient_checkpointing and name.startswith("b4m"):
+    flux = args.model == "flux"
+    unet = (build_flux if flux else build_unet)(args.tiny, device, dtype)
+    if args.gradient_checkpointing and (name.startswith("b4m") or flux):  # FLUX needs it in every arm
         unet.enable_gradient_checkpointing()
-    batch = inputs(unet, N_SAMPLES, resolution, device, dtype)
+    batch = (flux_inputs if flux else inputs)(unet, N_SAMPLES, resolution, device, dtype)
 
     def autocast():
         if precision == "bf16" and device == "cuda":
@@ -215,7 +279,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument(
-        "--tiny", action="store_true", help="a tiny SDXL-layout UNet (CPU test of this script)"
+        "--model", choices=["sdxl", "flux"], default="sdxl", help="SDXL's UNet or FLUX.1-dev's transformer"
+    )
+    parser.add_argument(
+        "--tiny",
+        action="store_true",
+        help="a tiny SDXL-layout UNet / FLUX transformer (CPU test of this script)",
     )
     parser.add_argument("--resolutions", type=int, nargs="+", default=[512, 1024])
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
@@ -262,8 +331,17 @@ def main(argv: list[str] | None = None) -> Path:
     import diffusers
     import peft
 
+    flux = args.model == "flux"
+    if flux:
+        model_text = (
+            "tiny FLUX transformer" if args.tiny else "FLUX.1-dev transformer (public config, random weights)"
+        )
+        kinds = 8
+    else:
+        model_text = "tiny SDXL-layout UNet" if args.tiny else "SDXL UNet (public config, random weights)"
+        kinds = len(DEFAULT_TARGETS)
     lines = [
-        "# B4M training speed and memory: SDXL UNet",
+        f"# B4M training speed and memory: {'FLUX.1-dev transformer' if flux else 'SDXL UNet'}",
         "",
         f"Command: `python {' '.join(sys.argv if argv is None else ['benchmarks/gpu_sdxl.py', *argv])}`",
         "",
@@ -271,8 +349,8 @@ def main(argv: list[str] | None = None) -> Path:
         f"precision: b4m {args.precision} (bf16 = autocast over bf16 base weights, fp32 adapter weights), "
         f"reference {ref_precision}; "
         f"gradient checkpointing: {args.gradient_checkpointing}; compile: {args.compile}; "
-        f"{'tiny SDXL-layout UNet' if args.tiny else 'SDXL UNet (public config, random weights)'}; "
-        f"rank 64 on all {len(DEFAULT_TARGETS)} attention projection kinds; warmup {args.warmup}, {args.iters} timed steps.",
+        f"{model_text}; "
+        f"rank {'at most ' if args.tiny else ''}64 on all {kinds} attention projection kinds; warmup {args.warmup}, {args.iters} timed steps.",
         "",
         *(
             ["**CPU reduced-size run**: it checks the script; it is not the GPU measurement.", ""]

@@ -21,6 +21,16 @@ def tiny_sdxl(tmp_path):
 
 
 @pytest.fixture
+def tiny_flux(tmp_path):
+    from b4m.diffusion.tiny import tiny_flux_pipeline
+
+    def make(seed=0, **kw):
+        return tiny_flux_pipeline(tmp_path / f"tok_flux{seed}", seed=seed, **kw)
+
+    return make
+
+
+@pytest.fixture
 def tiny_sd(tmp_path):
     from b4m.diffusion.tiny import tiny_sd_pipeline
 

@@ -17,10 +17,13 @@ def _load(name):
     return module
 
 
-def test_gpu_sdxl_benchmark_cpu_variant(tmp_path):
+@pytest.mark.parametrize("model", ["sdxl", "flux"])
+def test_gpu_sdxl_benchmark_cpu_variant(tmp_path, model):
     bench = _load("gpu_sdxl")
     out = bench.main(
         [
+            "--model",
+            model,
             "--device",
             "cpu",
             "--tiny",
@@ -45,3 +48,19 @@ def test_gpu_sdxl_benchmark_cpu_variant(tmp_path):
     ref, s1 = (float(r.strip("|").split("|")[5]) for r in rows[:2])
     assert s1 == pytest.approx(ref, rel=0.1)
     assert "b4m stage 1 is" in text and "stage 2 (100 steps) takes" in text
+
+
+def test_flux_benchmark_builds_flux_dev_on_the_meta_device():
+    """The real-size arm's model: FLUX.1-dev's transformer, 266 b4m attention targets (19 x 8 + 38 x 3)."""
+    import torch
+
+    bench = _load("gpu_sdxl")
+    from b4m.diffusion.flux import flux_transformer
+
+    model = flux_transformer("meta")
+    names = bench.targets(model)
+    n = sum(
+        isinstance(m, torch.nn.Linear) and any(k == t or k.endswith("." + t) for t in names)
+        for k, m in model.named_modules()
+    )
+    assert len(names) == 8 and n == 266

@@ -73,13 +73,17 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def resolution_multiple(base: str | Path | None) -> int:
-    """What image sizes must be a multiple of: the VAE's downsampling times the UNet's (read from a local
-    pipeline folder's configs without loading it; 64 where they cannot be read, which suits SD and SDXL)."""
+    """What image sizes must be a multiple of: the VAE's downsampling times the UNet's (FLUX: times its 2x2
+    packing; read from a local pipeline folder's configs without loading it; 64 where they cannot be read,
+    which suits SD, SDXL and FLUX)."""
     if base is None or str(base) == "builtin":
         folder = Path(__file__).resolve().parent / "assets" / "base"
     else:
         folder = Path(str(base))
     vae = _read_json(folder / "vae" / "config.json").get("block_out_channels")
+    transformer = _read_json(folder / "transformer" / "config.json")
+    if isinstance(vae, list) and vae and "patch_size" in transformer:  # FLUX: VAE, then 2x2 packing
+        return 2 ** (len(vae) - 1) * 2 * int(transformer["patch_size"])
     unet = _read_json(folder / "unet" / "config.json").get("down_block_types")
     if not isinstance(vae, list) or not isinstance(unet, list) or not vae or not unet:
         return 64
@@ -88,6 +92,8 @@ def resolution_multiple(base: str | Path | None) -> int:
 
 def pipeline_multiple(pipe: Any) -> int:
     """:func:`resolution_multiple` of a loaded pipeline."""
+    if getattr(pipe, "transformer", None) is not None:
+        return int(pipe.vae_scale_factor) * 2 * int(pipe.transformer.config.patch_size)
     return int(pipe.vae_scale_factor) * 2 ** (len(pipe.unet.config.down_block_types) - 1)
 
 
@@ -101,8 +107,8 @@ def check_resolution(
     k = pipeline_multiple(pipe) if hasattr(pipe, "vae_scale_factor") else resolution_multiple(base)
     if resolution < k or resolution % k:
         problems.append(
-            f"{option} {resolution}: give a positive multiple of {k} (this base model's VAE and UNet "
-            f"downsample by {k}), e.g. {max(k, round(resolution / k) * k)}"
+            f"{option} {resolution}: give a positive multiple of {k} (this base model's VAE and "
+            f"denoiser downsample by {k}), e.g. {max(k, round(resolution / k) * k)}"
         )
 
 

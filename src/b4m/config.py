@@ -243,7 +243,13 @@ class AdapterOptions:
     )
     basis_seed: int = opt(0, "seed of the frozen orthogonal basis; content and style adapters must share it")
     targets: list[str] = opt(
-        ["to_q", "to_k", "to_v", "to_out.0"], "module-name suffixes to adapt (peft rules)"
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        "module-name suffixes to adapt (peft rules); on FLUX the default adds add_q/k/v_proj and to_add_out",
+    )
+    blocks: list[str] = opt(
+        [],
+        "adapt only these blocks, e.g. transformer_blocks.0-9 single_transformer_blocks.20-37 (FLUX) or "
+        "up_blocks.0.attentions.1 (SDXL); default: all",
     )
 
 
@@ -259,7 +265,7 @@ class Stage1Config(AdapterOptions):
         [], "auxiliary folders: other styles (content stage) or other contents (style stage)"
     )
     aux_prompts: list[str] = opt([], "one prompt per auxiliary folder (default: each image's .txt caption)")
-    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path | None = opt(None, "output folder (default: runs/<role>)")
     steps: int | None = opt(None, f"training steps ({_preset_help('steps')})")
     lr: float | None = opt(None, f"AdamW learning rate ({_preset_help('lr')})")
@@ -299,7 +305,7 @@ class Stage2Config:
     )
     style_images: Path | None = opt(None, "style images (default: those recorded in the style adapter)")
     style_prompt: str | None = opt(None, "style prompt (default: the one recorded in the style adapter)")
-    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path | None = opt(None, "output folder (default: runs/fused)")
     stage2_steps: int | None = opt(None, f"fine-tuning steps ({_preset_help('stage2_steps')}; 0: fuse only)")
     stage2_lr: float | None = opt(None, f"learning rate ({_preset_help('stage2_lr')})")
@@ -332,7 +338,7 @@ class GenerateConfig:
     content_scale: float = opt(1.0, "strength of the content part B (b4m adapters)")
     style_scale: float = opt(1.0, "strength of the style part D (b4m adapters)")
     n: int = opt(4, "images per prompt")
-    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path = opt(Path("out"), "output folder for the PNGs and grid.png")
     seed: int = opt(0, "seed of the first image of each prompt (image j uses seed + j)")
     steps: int | None = opt(None, "sampling steps (built-in model: its recorded default; SD/SDXL: 25)")

@@ -9,7 +9,9 @@ A b4m file is an ordinary rank-r LoRA in peft spelling (``unet.<module>.lora_A.w
 
 :func:`load_lora` reads that, the older diffusers spelling (``lora.down``/``lora.up``), the diffusers-0.22
 attention-processor spelling of the official B4M checkpoints (``attn1.processor.to_q_lora.up.weight``) and
-kohya files (``lora_unet_<path>.lora_down/.lora_up/.alpha``, diffusers block names); the scale
+kohya files (``lora_unet_<path>.lora_down/.lora_up/.alpha``, diffusers block names; on FLUX, Black Forest Labs'
+names with fused projections, :mod:`b4m.adapters.flux_keys`); FLUX files in diffusers spelling carry the prefix
+``transformer.`` instead of ``unet.``. The scale
 ``alpha / rank`` is folded into ``U``, so every :class:`LoraFile` is a scale-1 LoRA. Weights that are not
 finite are refused on load, naming the file and the first bad tensor.
 """
@@ -29,12 +31,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from b4m.adapters import flux_keys
 from b4m.errors import B4MError, disk_full
 
 __all__ = [
     "FORMAT_VERSION",
     "LoraFile",
     "atomic_save_safetensors",
+    "file_family",
     "kohya_base_version",
     "clean_temp_files",
     "file_mode",
@@ -238,10 +242,12 @@ def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
     tensors, header = _open(path)
     meta = _header_json(header, "b4m", path)
     known = {m.replace(".", "_"): m for m in meta.get("target_modules", []) if isinstance(m, str)}
+    prefixes = tuple(dict.fromkeys((prefix, "transformer")))
     parts: dict[str, dict[str, torch.Tensor]] = {}
     unknown = []
     kohya = False
     spellings = set()
+    tensors, flux_kohya = _split_flux_kohya(tensors)
     for key, tensor in tensors.items():
         split = _split_key(key)
         if split is None:
@@ -265,8 +271,8 @@ def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
             module = _kohya_module(module[len(_KOHYA_UNET) :], known)
         elif module.startswith("lora_te"):
             continue  # text-encoder layers of a kohya file: b4m adapts the UNet only
-        while module.startswith(prefix + "."):
-            module = module[len(prefix) + 1 :]
+        while module.startswith(tuple(p + "." for p in prefixes)):
+            module = module.split(".", 1)[1]
         parts.setdefault(module, {})[kind] = tensor
     if unknown or not parts:
         raise B4MError(
@@ -282,7 +288,8 @@ def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
     rank = ranks.pop()
     alpha = None
     if _META_KEY in header:
-        alpha = _header_json(header, _META_KEY, path).get(f"{prefix}.lora_alpha")
+        config = _header_json(header, _META_KEY, path)
+        alpha = next((config[f"{p}.lora_alpha"] for p in prefixes if f"{p}.lora_alpha" in config), None)
     factors = {}
     for module, p in parts.items():
         a = float(p["alpha"]) if "alpha" in p else alpha
@@ -292,8 +299,39 @@ def load_lora(path: str | Path, prefix: str = "unet") -> LoraFile:
     if kohya:
         alphas = {float(p["alpha"]) for p in parts.values() if "alpha" in p}
         alpha = alphas.pop() if len(alphas) == 1 else None
+    if flux_kohya:  # alpha folded in on the split: scale 1
+        kohya, alpha = True, alpha if alpha is not None else float(rank)
     spelling = "kohya" if kohya else next(iter(sorted(spellings - {"kohya"})), "peft")
     return LoraFile(factors=factors, meta=meta, lora_alpha=alpha, path=path, spelling=spelling)
+
+
+def _split_flux_kohya(tensors: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], bool]:
+    """Kohya FLUX keys (``lora_unet_double_blocks_0_img_attn_qkv``...) rewritten in peft spelling, one pair per
+    diffusers layer (``transformer.transformer_blocks.0.attn.to_q.lora_A.weight``..., alpha folded into up),
+    fused layers split (:func:`~b4m.adapters.flux_keys.from_bfl`); every other key as it is. Also says whether
+    there were any."""
+    out: dict[str, torch.Tensor] = {}
+    consumed: set[str] = set()
+    for key, tensor in tensors.items():
+        if not key.startswith(_KOHYA_UNET) or not key.endswith(".lora_down.weight"):
+            continue
+        stem = key[: -len(".lora_down.weight")]
+        up = tensors.get(f"{stem}.lora_up.weight")
+        if up is None:
+            continue
+        alpha = tensors.get(f"{stem}.alpha")
+        down = tensor.float()
+        scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
+        split = flux_keys.from_bfl(stem[len(_KOHYA_UNET) :], up.float() * scale, down)
+        if split is None:
+            continue
+        for module, (u, v) in split.items():
+            out[f"transformer.{module}.lora_A.weight"] = v
+            out[f"transformer.{module}.lora_B.weight"] = u
+        consumed |= {key, f"{stem}.lora_up.weight", f"{stem}.alpha"}
+    if not consumed:
+        return tensors, False
+    return {k: v for k, v in tensors.items() if k not in consumed} | out, True
 
 
 def _header_json(header: dict[str, str], key: str, path: Path) -> dict[str, Any]:
@@ -310,10 +348,27 @@ def _header_json(header: dict[str, str], key: str, path: Path) -> dict[str, Any]
 _CROSS_WIDTH = {2048: "sdxl_base_v1-0", 768: "sd_v1", 1024: "sd_v2"}
 
 
+def file_family(lora: LoraFile) -> str | None:
+    """The base family a LoRA file is for: what b4m recorded (``base_family``), else read from its layers
+    (``flux``, ``sdxl``, ``sd``); ``builtin`` for the built-in model; ``None`` when it cannot tell."""
+    recorded = lora.meta.get("base_family")
+    if isinstance(recorded, str):
+        return recorded
+    if str(lora.meta.get("base_model") or "") == "builtin":
+        return "builtin"
+    version = kohya_base_version(lora)
+    if version is None:
+        return None
+    return {"flux1": "flux", "sdxl_base_v1-0": "sdxl"}.get(version, "sd")
+
+
 def kohya_base_version(lora: LoraFile) -> str | None:
     """``ss_base_model_version`` from what the file knows: the cross-attention width of its ``attn2.to_k``
     layers (SDXL 2048, SD 1.x 768, SD 2.x 1024), else the recorded base model's name, else the UNet's layout
-    (SDXL's first down block has no attention, SD's has); ``None`` for b4m's built-in model."""
+    (SDXL's first down block has no attention, SD's has); ``flux1`` for FLUX transformer layers (what kohya's
+    sd-scripts and Forge write); ``None`` for b4m's built-in model."""
+    if flux_keys.is_flux_layout(lora.factors):
+        return "flux1"
     widths = {v.shape[1] for m, (_, v) in lora.factors.items() if m.endswith("attn2.to_k")}
     for width in widths:
         if width in _CROSS_WIDTH:
@@ -341,7 +396,8 @@ def save_kohya(
     dtype: torch.dtype = torch.float32,
     hint: str = "rerun",
 ) -> Path:
-    """Save as kohya/ComfyUI/A1111 keys: ``lora_unet_<module path, '.' -> '_'>.lora_down/.lora_up/.alpha``.
+    """Save as kohya/ComfyUI/A1111 keys: ``lora_unet_<module path, '.' -> '_'>.lora_down/.lora_up/.alpha``; FLUX
+    layers in Black Forest Labs' names with fused projections (:mod:`b4m.adapters.flux_keys`).
 
     ``alpha = r`` (scale 1), float32 by default (lossless: :func:`load_lora` reads back the same factors).
     ``ss_base_model_version`` must start with ``sdxl_`` for A1111 to list an SDXL LoRA; ``None`` takes it from
@@ -355,11 +411,14 @@ def save_kohya(
         base_model_version = kohya_base_version(LoraFile(dict(factors), dict(meta or {})))
     tensors: dict[str, torch.Tensor] = {}
     rank = next(iter(factors.values()))[0].shape[1]
-    for module, (u, v) in factors.items():
-        key = "lora_unet_" + module.replace(".", "_")
+    if flux_keys.is_flux_layout(factors):  # BFL names, fused qkv / linear1 (flux_keys)
+        keyed = {_KOHYA_UNET + k: pair for k, pair in flux_keys.to_bfl(factors).items()}
+    else:
+        keyed = {_KOHYA_UNET + module.replace(".", "_"): pair for module, pair in factors.items()}
+    for key, (u, v) in keyed.items():
         tensors[f"{key}.lora_down.weight"] = v.to(dtype)
         tensors[f"{key}.lora_up.weight"] = u.to(dtype)
-        tensors[f"{key}.alpha"] = torch.tensor(float(rank), dtype=dtype)
+        tensors[f"{key}.alpha"] = torch.tensor(float(v.shape[0]), dtype=dtype)  # its own rank: scale 1
     header = {
         "ss_network_module": "networks.lora",
         "ss_network_dim": str(rank),

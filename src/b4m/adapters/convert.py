@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from b4m.adapters.codec import load_lora, save_kohya, save_lora
+from b4m.adapters.flux_keys import is_flux_layout
 from b4m.checks import check_out_file
 from b4m.errors import B4MError
 
@@ -40,4 +41,5 @@ def convert(
         raise B4MError(f"{option} {out}: is the input file; choose another path")
     if to == "kohya":
         return save_kohya(out, lora.factors, base_model_version=version, meta=lora.meta)
-    return save_lora(out, lora.factors, meta=lora.meta)
+    prefix = "transformer" if is_flux_layout(lora.factors) else "unet"  # FluxPipeline reads transformer.*
+    return save_lora(out, lora.factors, meta=lora.meta, prefix=prefix)

@@ -130,9 +130,14 @@ def _matches(name: str, targets: Sequence[str] | str) -> bool:
     return any(name == t or name.endswith("." + t) for t in targets)
 
 
-def target_linears(model: nn.Module, targets: Sequence[str] | str) -> dict[str, nn.Linear]:
+def target_linears(
+    model: nn.Module, targets: Sequence[str] | str, blocks: Sequence[str] = ()
+) -> dict[str, nn.Linear]:
     """The ``nn.Linear`` layers of ``model`` that ``targets`` selects, by peft's rule (module-name suffixes, or
-    one regex over full names). Raises :class:`B4MError` when nothing matches."""
+    one regex over full names), inside ``blocks`` (:func:`~b4m.adapters.blocks.in_blocks`; empty: anywhere).
+    Raises :class:`B4MError` when nothing matches."""
+    from b4m.adapters.blocks import in_blocks
+
     found = {
         name: module
         for name, module in model.named_modules()
@@ -140,7 +145,7 @@ def target_linears(model: nn.Module, targets: Sequence[str] | str) -> dict[str, 
     }
     if not found:
         raise B4MError(f"no linear layer of the model matches target modules {targets!r}")
-    return found
+    return {name: found[name] for name in in_blocks(found, blocks)}
 
 
 def attach(model: nn.Module, deltas: Mapping[str, Delta]) -> dict[str, DeltaLinear]:

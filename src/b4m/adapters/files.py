@@ -8,12 +8,20 @@ from typing import Any
 
 from torch import nn
 
-from b4m.adapters.codec import LoraFile, load_lora, save_kohya
+from b4m.adapters.codec import LoraFile, load_lora, save_kohya, save_lora
 from b4m.adapters.inject import PLPAdapter, inject_plp
 from b4m.adapters.plp import PLPSpec, basis_id, split_dims
 from b4m.errors import B4MError
 
-__all__ = ["check_fusable", "load_plp", "plp_meta", "read_plp_file", "save_plp", "spec_from_meta"]
+__all__ = [
+    "check_fusable",
+    "load_plp",
+    "plp_meta",
+    "read_plp_file",
+    "save_file_for",
+    "save_plp",
+    "spec_from_meta",
+]
 
 
 def plp_meta(adapter: PLPAdapter, **extra: Any) -> dict[str, Any]:
@@ -32,12 +40,25 @@ def plp_meta(adapter: PLPAdapter, **extra: Any) -> dict[str, Any]:
 
 def save_plp(adapter: PLPAdapter, path: str | Path, *, hint: str = "rerun", **extra: Any) -> Path:
     """Write ``adapter`` as an ordinary rank-r LoRA (full ``U``, ``V``, float32, scale 1) plus its PLP metadata,
-    in kohya spelling: the one file diffusers (``load_lora_weights``), ComfyUI and A1111 all load.
+    in kohya spelling: the one file diffusers (``load_lora_weights``), ComfyUI and A1111 all load. A FLUX adapter
+    (``base_family="flux"``) is written in diffusers spelling (``transformer.<module>.lora_A.weight``), which
+    ``FluxPipeline.load_lora_weights`` and ComfyUI read at any model size (``b4m export`` writes its kohya
+    spelling).
 
     ``extra`` goes into the header as is, e.g. ``role="content"``, ``trigger_words=["snq"]``, ``base_model=...``;
     ``hint`` is what a full disk's message tells the user to rerun.
     """
-    return save_kohya(path, adapter.factors(), meta=plp_meta(adapter, **extra), hint=hint)
+    return save_file_for(extra.get("base_family"), path, adapter.factors(), plp_meta(adapter, **extra), hint)
+
+
+def save_file_for(
+    family: str | None, path: str | Path, factors: Any, meta: dict[str, Any], hint: str = "rerun"
+) -> Path:
+    """An adapter file in the spelling b4m writes for the base family: diffusers (prefix ``transformer``) on
+    FLUX, kohya on the UNets."""
+    if family == "flux":
+        return save_lora(path, factors, meta=meta, prefix="transformer", hint=hint)
+    return save_kohya(path, factors, meta=meta, hint=hint)
 
 
 def spec_from_meta(meta: dict[str, Any], path: Path | str) -> PLPSpec:

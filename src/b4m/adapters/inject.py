@@ -155,13 +155,19 @@ def inject_plp(
     target_modules: Sequence[str] | str = DEFAULT_TARGETS,
     name: str = "b4m",
     only: Iterable[str] | None = None,
+    blocks: Sequence[str] = (),
 ) -> PLPAdapter:
     """Inject a PLP adapter named ``name`` into every linear layer of ``model`` that ``target_modules`` matches.
 
     ``target_modules`` follows peft: a list of module-name suffixes, or one regex matched against the full name.
-    ``only`` restricts injection to exactly these module names (used when loading a file). Returns a
-    :class:`PLPAdapter`; ``B`` and ``D`` start at zero, so the adapted model equals the base model.
+    ``blocks`` keeps the matches inside those blocks only (:mod:`b4m.adapters.blocks`). ``only`` restricts
+    injection to exactly these module names (used when loading a file). Returns a :class:`PLPAdapter`; ``B`` and
+    ``D`` start at zero, so the adapted model equals the base model.
     """
+    if only is None and blocks:
+        from b4m.adapters.deltas import target_linears
+
+        only = list(target_linears(model, target_modules, blocks))
     targets: Sequence[str] | str = sorted(only) if only is not None else target_modules
     _check_rank_fits(model, spec.rank, targets)
     config = lora_config(spec.rank, targets)

@@ -1,8 +1,10 @@
 """The diffusers side of training: load a base pipeline, encode prompts and images, noise, predict.
 
-This is the only layer (with ``sampling.py`` and ``tiny.py``) that imports diffusers. It handles SD 1.x/2.x
-(``StableDiffusionPipeline``) and SDXL (``StableDiffusionXLPipeline``, with its pooled text embedding and
-size/crop time ids), and the built-in base model, which is an ordinary ``StableDiffusionPipeline``.
+This is the only layer (with ``sampling.py``, ``flux.py`` and ``tiny.py``) that imports diffusers. It handles SD
+1.x/2.x (``StableDiffusionPipeline``), SDXL (``StableDiffusionXLPipeline``, with its pooled text embedding and
+size/crop time ids), FLUX (``FluxPipeline``: a transformer trained by flow matching, see ``flux.py``) and the
+built-in base model, which is an ordinary ``StableDiffusionPipeline``. The functions below take the pipeline (or
+the denoiser and the training scheduler) and branch by base family, so the trainers run unchanged on all of them.
 """
 
 from __future__ import annotations
@@ -15,19 +17,26 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
+from b4m.diffusion import flux
 from b4m.diffusion.builtin_base import load_base_pipeline
 from b4m.errors import B4MError
 
 __all__ = [
     "BUILTIN",
+    "FAMILIES",
     "Conditioning",
+    "base_family",
     "base_model_name",
+    "default_targets",
+    "denoiser",
+    "family_of_base",
     "encode_images",
     "encode_prompts",
     "freeze",
     "from_pretrained",
     "load_pipeline",
     "per_sample_loss",
+    "predict",
     "training_scheduler",
 ]
 
@@ -76,9 +85,61 @@ def base_model_name(base: str | Path | None) -> str:
     return BUILTIN if base is None or str(base) == BUILTIN else str(base)
 
 
+FAMILIES = ("builtin", "sd", "sdxl", "flux")
+
+
+def base_family(pipe: DiffusionPipeline, base: str | Path | None = None) -> str:
+    """``"builtin"`` (the built-in model, ``base`` None/"builtin"), ``"flux"``, ``"sdxl"`` or ``"sd"``."""
+    if base is None or str(base) == BUILTIN:
+        return BUILTIN
+    if flux.is_flux(pipe):
+        return "flux"
+    return "sdxl" if isinstance(pipe, StableDiffusionXLPipeline) else "sd"
+
+
+def family_of_base(base: str | Path | None) -> str | None:
+    """The family of ``--base`` before it loads: ``builtin``, ``flux`` for a folder whose ``model_index.json``
+    names a Flux pipeline or a hub id naming FLUX, ``sdxl``/``sd`` likewise; ``None`` when it cannot tell."""
+    import json
+
+    if base is None or str(base) == BUILTIN:
+        return BUILTIN
+    index = Path(str(base)) / "model_index.json"
+    name = str(base)
+    if index.is_file():
+        try:
+            name = str(json.loads(index.read_text(encoding="utf-8")).get("_class_name", ""))
+        except (OSError, ValueError):
+            return None
+    lowered = name.lower()
+    if "flux" in lowered:
+        return "flux"
+    if "xl" in lowered:
+        return "sdxl"
+    return "sd" if "stable" in lowered or index.is_file() else None
+
+
+def denoiser(pipe: DiffusionPipeline) -> torch.nn.Module:
+    """The network b4m adapts: the UNet, or FLUX's transformer."""
+    transformer = getattr(pipe, "transformer", None)
+    return transformer if transformer is not None else pipe.unet
+
+
+def default_targets(pipe: DiffusionPipeline, targets: list[str] | tuple[str, ...] | str) -> list[str] | str:
+    """``targets`` for this base model: on FLUX, the default four attention names widen to the eight projections
+    of its joint attention (:data:`b4m.diffusion.flux.FLUX_TARGETS`); any other list is taken as given."""
+    from b4m.adapters.inject import DEFAULT_TARGETS
+
+    if isinstance(targets, str):
+        return targets
+    if flux.is_flux(pipe) and tuple(targets) == DEFAULT_TARGETS:
+        return list(flux.FLUX_TARGETS)
+    return list(targets)
+
+
 def freeze(pipe: DiffusionPipeline) -> None:
-    """Freeze every base weight (UNet, text encoders, VAE): only adapter parameters train."""
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    """Freeze every base weight (UNet or transformer, text encoders, VAE): only adapter parameters train."""
+    for name in ("unet", "transformer", "vae", "text_encoder", "text_encoder_2"):
         module = getattr(pipe, name, None)
         if module is not None:
             module.requires_grad_(False)
@@ -111,6 +172,8 @@ class Conditioning:
 @torch.no_grad()
 def encode_prompts(pipe: DiffusionPipeline, prompts: list[str], resolution: int) -> Conditioning:
     """Encode prompts once (the text encoders are frozen, so training caches these)."""
+    if flux.is_flux(pipe):
+        return flux.encode_flux_prompts(pipe, prompts)
     device = pipe.unet.device
     if isinstance(pipe, StableDiffusionXLPipeline):
         hidden, _, pooled, _ = pipe.encode_prompt(prompts, device=device, do_classifier_free_guidance=False)
@@ -137,29 +200,58 @@ def encode_images(pipe: DiffusionPipeline, images: torch.Tensor, batch_size: int
     return (latents - shift) * vae.config.scaling_factor
 
 
-def training_scheduler(pipe: DiffusionPipeline) -> DDPMScheduler:
-    """A DDPM scheduler with the base model's noise schedule and prediction type."""
+def training_scheduler(pipe: DiffusionPipeline) -> DDPMScheduler | flux.FlowMatchTraining:
+    """A DDPM scheduler with the base model's noise schedule and prediction type; on FLUX, the flow-matching
+    training sigmas of its ``FlowMatchEulerDiscreteScheduler`` (:class:`~b4m.diffusion.flux.FlowMatchTraining`).
+    Both have ``config.num_train_timesteps`` and ``add_noise(latents, noise, timesteps)``."""
+    if flux.is_flux(pipe):
+        return flux.FlowMatchTraining(pipe.scheduler.config)
     return DDPMScheduler.from_config(pipe.scheduler.config)
 
 
-def per_sample_loss(
-    unet: torch.nn.Module,
-    scheduler: DDPMScheduler,
+def predict(
+    model: torch.nn.Module,
+    scheduler: DDPMScheduler | flux.FlowMatchTraining,
     latents: torch.Tensor,
     cond: Conditioning,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
 ) -> torch.Tensor:
-    """The denoising loss of each sample, ``(B,)``: MSE between the UNet's prediction and its target."""
+    """The denoiser's prediction, ``(B, C, H, W)``, on ``latents`` noised with ``noise`` at ``timesteps``: the
+    UNet's noise or velocity, FLUX's flow velocity (unpacked)."""
+    if isinstance(scheduler, flux.FlowMatchTraining):
+        return flux.flux_predict(model, scheduler, latents, cond, noise, timesteps)
     noisy = scheduler.add_noise(latents, noise, timesteps)
+    kwargs = {} if cond.added is None else {"added_cond_kwargs": cond.added}
+    return model(noisy.to(cond.hidden.dtype), timesteps, encoder_hidden_states=cond.hidden, **kwargs).sample
+
+
+def _target(
+    scheduler: DDPMScheduler | flux.FlowMatchTraining,
+    latents: torch.Tensor,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    if isinstance(scheduler, flux.FlowMatchTraining):
+        return scheduler.target(latents, noise, timesteps)
     pred_type = scheduler.config.prediction_type
     if pred_type == "epsilon":
-        target = noise
-    elif pred_type == "v_prediction":
-        target = scheduler.get_velocity(latents, noise, timesteps)
-    else:
-        raise B4MError(f"base model predicts {pred_type!r}; b4m trains epsilon- and v-prediction models")
-    kwargs = {} if cond.added is None else {"added_cond_kwargs": cond.added}
-    dtype = cond.hidden.dtype
-    pred = unet(noisy.to(dtype), timesteps, encoder_hidden_states=cond.hidden, **kwargs).sample
+        return noise
+    if pred_type == "v_prediction":
+        return scheduler.get_velocity(latents, noise, timesteps)
+    raise B4MError(f"base model predicts {pred_type!r}; b4m trains epsilon- and v-prediction models")
+
+
+def per_sample_loss(
+    unet: torch.nn.Module,
+    scheduler: DDPMScheduler | flux.FlowMatchTraining,
+    latents: torch.Tensor,
+    cond: Conditioning,
+    noise: torch.Tensor,
+    timesteps: torch.Tensor,
+) -> torch.Tensor:
+    """The denoising loss of each sample, ``(B,)``: MSE between the denoiser's prediction and its target
+    (noise or v on the UNets, ``noise - latents`` on FLUX)."""
+    target = _target(scheduler, latents, noise, timesteps)
+    pred = predict(unet, scheduler, latents, cond, noise, timesteps)
     return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))

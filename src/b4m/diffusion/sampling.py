@@ -11,8 +11,9 @@ import torch
 from diffusers import DiffusionPipeline, StableDiffusionXLPipeline
 from tqdm.auto import tqdm
 
-from b4m.adapters.codec import LoraFile, load_lora
+from b4m.adapters.codec import LoraFile, file_family, load_lora
 from b4m.adapters.plp import scale_parts, split_dims
+from b4m.diffusion import flux
 from b4m.diffusion.builtin_base import INFO_FILE, default_base_path, read_base_info
 from b4m.errors import B4MError
 
@@ -32,15 +33,19 @@ def check_base_model(lora: LoraFile, base: str | Path | None) -> None:
 
 
 def check_layers(pipe: DiffusionPipeline, lora: LoraFile, base: str | Path | None = None) -> None:
-    """Every layer of ``lora`` exists in the pipeline's UNet with the shape the file has (else: a LoRA for
-    another base model)."""
+    """Every layer of ``lora`` exists in the pipeline's UNet (FLUX: transformer) with the shape the file has
+    (else: a LoRA for another base model)."""
+    from b4m.diffusion.pipeline import denoiser
+
     where = f"--base {base}" if base is not None else "this base model"
+    model = denoiser(pipe)
+    kind = "transformer" if flux.is_flux(pipe) else "UNet"
     for module, (u, v) in sorted(lora.factors.items()):
         try:
-            layer = pipe.unet.get_submodule(module)
+            layer = model.get_submodule(module)
         except AttributeError:
             raise B4MError(
-                f"{lora.path}: a LoRA for another base model (its layer {module} is not in the UNet of "
+                f"{lora.path}: a LoRA for another base model (its layer {module} is not in the {kind} of "
                 f"{where}); give the base model it was trained for"
             ) from None
         layer = getattr(layer, "base_layer", layer)
@@ -56,7 +61,7 @@ def check_layers(pipe: DiffusionPipeline, lora: LoraFile, base: str | Path | Non
 def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, Any]:
     """Steps, guidance and resolution: those a b4m base folder records (``b4m_base.json``: the built-in model,
     or one rebuilt with ``b4m base train``), else the official B4M settings (25 steps, guidance 5.0; 1024 px on
-    SDXL, 512 px on SD)."""
+    SDXL, 512 px on SD); on FLUX those of FLUX.1-dev's model card (28 steps, guidance 3.5, 1024 px)."""
     folder = default_base_path() if base in (None, "builtin") else Path(str(base))
     if (folder / INFO_FILE).is_file():
         info = read_base_info(folder)
@@ -65,11 +70,15 @@ def generation_defaults(pipe: DiffusionPipeline, base: str | None) -> dict[str, 
             "guidance": info.guidance_scale,
             "resolution": info.resolution,
         }
+    if flux.is_flux(pipe):
+        return {"steps": 28, "guidance": 3.5, "resolution": 1024}
     resolution = 1024 if isinstance(pipe, StableDiffusionXLPipeline) else 512
     return {"steps": 25, "guidance": 5.0, "resolution": resolution}
 
 
-def _scaled_state_dict(lora: LoraFile, content_scale: float, style_scale: float) -> dict[str, torch.Tensor]:
+def _scaled_state_dict(
+    lora: LoraFile, content_scale: float, style_scale: float, prefix: str = "unet"
+) -> dict[str, torch.Tensor]:
     rho = lora.meta.get("rho")
     if (content_scale, style_scale) != (1.0, 1.0) and rho is None:
         raise B4MError(
@@ -81,8 +90,8 @@ def _scaled_state_dict(lora: LoraFile, content_scale: float, style_scale: float)
         if rho is not None:
             d_out, d_in = split_dims(u.shape[0], v.shape[1], float(rho))
             u, v = scale_parts(u, v, d_out, d_in, content_scale, style_scale)
-        state[f"unet.{module}.lora_A.weight"] = v
-        state[f"unet.{module}.lora_B.weight"] = u
+        state[f"{prefix}.{module}.lora_A.weight"] = v
+        state[f"{prefix}.{module}.lora_B.weight"] = u
     return state
 
 
@@ -100,7 +109,9 @@ def load_adapter(
     """
     lora = load_lora(path)  # scale 1: a file's alpha / rank is folded into U
     check_layers(pipe, lora)
-    state = _scaled_state_dict(lora, content_scale, style_scale)
+    state = _scaled_state_dict(
+        lora, content_scale, style_scale, "transformer" if flux.is_flux(pipe) else "unet"
+    )
     pipe.load_lora_weights(state, adapter_name=adapter_name)
     return lora
 
@@ -123,21 +134,26 @@ def sample(
     images: list[torch.Tensor] = []
     for i in tqdm(range(0, len(jobs), batch_size), desc="generate", disable=not progress):
         chunk = jobs[i : i + batch_size]
-        device = pipe.unet.device
         gens = [torch.Generator(device="cpu").manual_seed(seed + j) for _, j in chunk]
-        latents = torch.stack(
-            [
-                torch.randn(
-                    (
-                        pipe.unet.config.in_channels,
-                        resolution // pipe.vae_scale_factor,
-                        resolution // pipe.vae_scale_factor,
-                    ),
-                    generator=g,
-                )
-                for g in gens
-            ]
-        ).to(device, pipe.unet.dtype)
+        extra: dict[str, Any] = {}
+        if flux.is_flux(pipe):  # packed noise; T5 padded as in training
+            model = pipe.transformer
+            latents = flux.initial_latents(pipe, gens, resolution).to(model.device, model.dtype)
+            extra["max_sequence_length"] = flux.max_sequence_length(pipe)
+        else:
+            latents = torch.stack(
+                [
+                    torch.randn(
+                        (
+                            pipe.unet.config.in_channels,
+                            resolution // pipe.vae_scale_factor,
+                            resolution // pipe.vae_scale_factor,
+                        ),
+                        generator=g,
+                    )
+                    for g in gens
+                ]
+            ).to(pipe.unet.device, pipe.unet.dtype)
         out = pipe(
             [p for p, _ in chunk],
             num_inference_steps=steps,
@@ -146,6 +162,7 @@ def sample(
             width=resolution,
             latents=latents,
             output_type="pt",
+            **extra,
         )
         images.extend(out.images.float().clamp(0, 1).cpu())
     return [torch.stack(images[k * n : (k + 1) * n]) for k in range(len(prompts))]
@@ -159,6 +176,7 @@ def describe(path: str | Path) -> str:
         f"{path}",
         f"  layers: {len(lora.factors)}, rank {lora.rank}, lora_alpha {lora.lora_alpha}",
         f"  spelling: {lora.spelling}",
+        f"  base family: {file_family(lora) or 'unknown'}",
     ]
     for key in (
         "method",

@@ -1,4 +1,4 @@
-"""Tiny SD/SDXL pipelines built from configs, offline (for tests and the CPU variant of the benchmarks).
+"""Tiny SD/SDXL/FLUX pipelines built from configs, offline (for tests and the CPU variant of the benchmarks).
 
 Same classes and code paths as the real models, only small; mirrors diffusers' own ``get_dummy_components``.
 """
@@ -14,13 +14,35 @@ import torch
 from diffusers import (
     AutoencoderKL,
     EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
+    FluxTransformer2DModel,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
     UNet2DConditionModel,
 )
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+from transformers import (
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    T5Config,
+    T5EncoderModel,
+    T5Tokenizer,
+)
 
-__all__ = ["tiny_sd_pipeline", "tiny_sdxl_pipeline", "tiny_sdxl_unet", "write_clip_tokenizer"]
+__all__ = [
+    "TINY_FLUX_TRANSFORMER_CONFIG",
+    "tiny_flux_pipeline",
+    "tiny_sd_pipeline",
+    "tiny_sdxl_pipeline",
+    "tiny_sdxl_unet",
+    "write_clip_tokenizer",
+    "write_t5_tokenizer",
+]
+
+_WORDS = ["a", "photo", "of", "teddy", "in", "style", "paper"]
+_CHARS = string.ascii_lowercase + string.digits + "@-'.,!?&"
 
 
 def write_clip_tokenizer(
@@ -173,4 +195,85 @@ def tiny_sd_pipeline(tokenizer_dir: str | Path, seed: int = 0) -> StableDiffusio
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
+    )
+
+
+def write_t5_tokenizer(folder: str | Path, words: Iterable[str] = (), max_length: int = 16) -> T5Tokenizer:
+    """Write a T5 (SentencePiece-Unigram) tokenizer offline and load it back from ``folder``.
+
+    Special tokens ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, the word marker ``▁``, each of ``words`` as one piece
+    (``▁word``) and every character of :data:`_CHARS` (so any word tokenizes, into characters at worst);
+    ``max_length`` is its ``model_max_length`` (the T5 length FLUX pads prompts to, see ``flux.py``)."""
+    folder = Path(folder)
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w.lower(), -1.0) for w in dict.fromkeys(words)]
+    vocab += [(c, -5.0) for c in _CHARS]
+    T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=max_length).save_pretrained(str(folder))
+    return T5Tokenizer.from_pretrained(str(folder))
+
+
+TINY_FLUX_TRANSFORMER_CONFIG: dict = {
+    "patch_size": 1,
+    "in_channels": 16,  # 4 VAE latent channels x 2x2 packing
+    "num_layers": 2,
+    "num_single_layers": 2,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "guidance_embeds": True,
+    "axes_dims_rope": [4, 4, 8],
+}
+
+
+def tiny_flux_pipeline(
+    tokenizer_dir: str | Path, seed: int = 0, guidance_embeds: bool = True
+) -> FluxPipeline:
+    """A complete tiny ``FluxPipeline`` (2 double + 2 single blocks, CLIP + T5, a 16-channel-packing VAE, the
+    FLUX.1-dev flow-matching scheduler), random weights; 32 px images are 16x16 latents, 64 image tokens."""
+    from b4m.diffusion.flux import FLUX_DEV_SCHEDULER_CONFIG
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        **(TINY_FLUX_TRANSFORMER_CONFIG | {"guidance_embeds": guidance_embeds})
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(8, 16),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    tokenizer = write_clip_tokenizer(Path(tokenizer_dir) / "clip", words=_WORDS)
+    text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
+    tokenizer_2 = write_t5_tokenizer(Path(tokenizer_dir) / "t5", words=_WORDS)
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=len(tokenizer_2),
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
+    scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_DEV_SCHEDULER_CONFIG)
+    return FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
     )

@@ -30,6 +30,7 @@ def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Confi
         orth=cfg.orth,
         basis_seed=cfg.basis_seed,
         targets=list(cfg.targets),
+        blocks=list(cfg.blocks),
         base=cfg.base,
         steps=cfg.steps,
         lr=cfg.lr,

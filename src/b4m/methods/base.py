@@ -73,7 +73,7 @@ class MethodOptions:
     # Fields left at None are filled from the method's presets (``PRESETS``) for the base model at hand.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
 
-    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL folder or hub id")
+    base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path | None = opt(
         None, "output folder; the adapter is <out>/adapter.safetensors (default: runs/<method>)"
     )
@@ -96,7 +96,12 @@ class MethodOptions:
         None, "training resolution in pixels (512 on SD/SDXL, 32 on the built-in model)"
     )
     targets: list[str] = opt(
-        ["to_q", "to_k", "to_v", "to_out.0"], "module-name suffixes to adapt (peft rules)"
+        ["to_q", "to_k", "to_v", "to_out.0"],
+        "module-name suffixes to adapt (peft rules); on FLUX the default adds add_q/k/v_proj and to_add_out",
+    )
+    blocks: list[str] = opt(
+        [],
+        "adapt only these blocks, e.g. transformer_blocks.0-9 (FLUX) or up_blocks.0.attentions.1; default: all",
     )
     seed: int = opt(0, "seed for initialisation, images, timesteps and noise")
     overwrite: bool = opt(False, "replace an adapter already in the output folder")

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from b4m import threads
-from b4m.adapters.codec import load_lora, save_kohya
+from b4m.adapters.codec import load_lora
 from b4m.adapters.compose import Factors, pad_ranks
+from b4m.adapters.files import save_file_for
+from b4m.adapters.flux_keys import is_flux_layout
 from b4m.checks import check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
-from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline
+from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, freeze, load_pipeline, predict
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
@@ -52,6 +54,7 @@ __all__ = [
     "claim_run",
     "fit_method",
     "named_params",
+    "predict",
     "read_source",
     "run_method",
     "save_adapter",
@@ -189,7 +192,8 @@ class Session:
 
     @property
     def unet(self) -> torch.nn.Module:
-        return self.pipe.unet
+        """The denoiser the method adapts: the UNet, or FLUX's transformer."""
+        return denoiser(self.pipe)
 
     def images(self, which: str) -> CachedSet:
         """The cached content (``which="content"``) or style images with their prompts."""
@@ -290,19 +294,25 @@ def save_adapter(
     **meta: Any,
 ) -> Path:
     """Write one plain LoRA (every layer padded to one rank, scale 1) atomically to ``<out>/adapter.safetensors``,
-    in kohya spelling like every b4m adapter: the one file diffusers, ComfyUI and A1111 open as it is."""
+    in kohya spelling like every b4m adapter: the one file diffusers, ComfyUI and A1111 open as it is (FLUX:
+    diffusers spelling, :func:`~b4m.adapters.files.save_file_for`)."""
     out = session_or_out.out if isinstance(session_or_out, Session) else Path(session_or_out)
     main = not isinstance(session_or_out, Session) or session_or_out.accelerator.is_main_process
     path = out / ADAPTER
     if main:
+        if isinstance(session_or_out, Session):
+            family: str | None = base_family(session_or_out.pipe, cfg.base)
+        else:  # merged from files: FLUX layers keep FLUX's spelling
+            family = "flux" if is_flux_layout(factors) else None
         header = {
             "method": method,
             "base_model": base_model_name(cfg.base),
+            **({"base_family": family} if family else {}),
             "target_modules": sorted(factors),
             "config": portable_config(to_dict(cfg), out),
             **meta,
         }
-        save_kohya(path, pad_ranks(factors), meta=header)
+        save_file_for(family, path, pad_ranks(factors), header)
     if isinstance(session_or_out, Session):
         session_or_out.accelerator.wait_for_everyone()
     return path
@@ -327,18 +337,3 @@ def run_method(
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def predict(
-    unet: torch.nn.Module,
-    scheduler: Any,
-    latents: torch.Tensor,
-    cond: Any,
-    noise: torch.Tensor,
-    t: torch.Tensor,
-) -> torch.Tensor:
-    """The UNet's prediction on ``latents`` noised with ``noise`` at ``t`` (the teachers and students of the
-    merging methods compare these)."""
-    noisy = scheduler.add_noise(latents, noise, t)
-    kwargs = {} if cond.added is None else {"added_cond_kwargs": cond.added}
-    return unet(noisy.to(cond.hidden.dtype), t, encoder_hidden_states=cond.hidden, **kwargs).sample

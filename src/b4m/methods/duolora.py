@@ -141,7 +141,21 @@ def predicted_x0(scheduler: Any, noisy: torch.Tensor, pred: torch.Tensor, t: tor
     return (noisy - (1 - a).sqrt() * pred) / a.sqrt()
 
 
+def refuse_flux(cfg: Any, pipe: Any) -> None:
+    """DuoLoRA's layer priors are the UNet's resolution levels; FLUX's transformer has no such levels."""
+    from b4m.diffusion.flux import is_flux
+    from b4m.diffusion.pipeline import family_of_base
+
+    if (pipe is not None and is_flux(pipe)) or (pipe is None and family_of_base(cfg.base) == "flux"):
+        raise B4MError(
+            f"duolora: --base {cfg.base} is a FLUX model; DuoLoRA's layer priors are UNet resolution levels "
+            "(down/mid/up blocks), which FLUX's transformer lacks, so b4m does not run it there "
+            "(use ziplora, or b4m with --blocks)"
+        )
+
+
 def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
+    refuse_flux(cfg, pipe)
     if cfg.steps > 100:
         raise B4MError(f"--steps {cfg.steps}: DuoLoRA merges in at most 100 steps")
     run = claim_run(cfg, "duolora")

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from b4m.adapters.deltas import attach, factors_of
+from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, JointOptions
 from b4m.methods.common import Session, check_folders, claim_run, named_params, save_adapter, train_steps
@@ -24,7 +25,9 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
     check_folders(cfg, ["content", "style"])
     session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
     sets = [session.images("content"), session.images("style")]
-    deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
+    deltas = plain_deltas(
+        session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
+    )
     attach(session.unet, deltas)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
     params = named_params(deltas)

@@ -139,15 +139,21 @@ def read_klora(path: str | Path) -> tuple[dict, dict, dict]:
 
 
 def install_klora(pipe: Any, path: str | Path) -> dict[str, KLoRADelta]:
-    """The sampling hook: attach K-LoRA's per-step selection to ``pipe.unet``; returns the layer modules."""
+    """The sampling hook: attach K-LoRA's per-step selection to the pipeline's UNet or FLUX transformer; returns
+    the layer modules."""
+    from b4m.diffusion.flux import is_flux
+    from b4m.diffusion.pipeline import denoiser
+
     content, style, meta = read_klora(path)
-    clock = Timestep(pipe.scheduler.config.num_train_timesteps)
+    # FluxPipeline calls its transformer at timestep / 1000, in [0, 1]; the UNets get the scheduler's timestep.
+    clock = Timestep(1 if is_flux(pipe) else pipe.scheduler.config.num_train_timesteps)
     deltas = {
         n: KLoRADelta(content[n], style[n], meta["ratios"][n], clock, meta["alpha"], meta["beta"])
         for n in sorted(content)
     }
-    attach(pipe.unet, deltas)
-    pipe.unet.register_forward_pre_hook(clock.hook, with_kwargs=True)
+    model = denoiser(pipe)
+    attach(model, deltas)
+    model.register_forward_pre_hook(clock.hook, with_kwargs=True)
     return deltas
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from b4m.adapters.deltas import LoRADelta, attach, factors_of, target_linears
-from b4m.diffusion.pipeline import per_sample_loss, training_scheduler
+from b4m.diffusion.pipeline import default_targets, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, LoRAOptions
@@ -24,10 +24,13 @@ from b4m.train.loop import CachedSet, sample_batch
 __all__ = ["LoRAOptions", "denoising_step", "fit_lora", "plain_deltas"]
 
 
-def plain_deltas(unet: torch.nn.Module, targets: list[str], rank: int, seed: int) -> dict[str, LoRADelta]:
-    """A fresh :class:`LoRADelta` for every target layer, initialised from ``seed`` in sorted layer order."""
+def plain_deltas(
+    unet: torch.nn.Module, targets: list[str] | str, rank: int, seed: int, blocks: list[str] | None = None
+) -> dict[str, LoRADelta]:
+    """A fresh :class:`LoRADelta` for every target layer (inside ``blocks``, if given), initialised from
+    ``seed`` in sorted layer order."""
     gen = torch.Generator().manual_seed(seed)
-    layers = target_linears(unet, targets)
+    layers = target_linears(unet, targets, blocks or ())
     return {
         name: LoRADelta(layer.out_features, layer.in_features, rank, gen)
         for name, layer in sorted(layers.items())
@@ -51,7 +54,9 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
     check_folders(cfg, [cfg.concept])
     session = Session(cfg, run, pipe, inputs=[f"{cfg.concept}_images"])
     images = session.images(cfg.concept)
-    deltas = plain_deltas(session.unet, cfg.targets, cfg.rank, cfg.seed)
+    deltas = plain_deltas(
+        session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
+    )
     attach(session.unet, deltas)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
     params = named_params(deltas)

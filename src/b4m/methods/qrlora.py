@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from b4m.adapters.deltas import Delta, attach, factors_of, target_linears
+from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, QRLoRAOptions
 from b4m.methods.common import Session, check_folders, claim_run, save_adapter, train_steps
@@ -65,7 +66,7 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
     run = claim_run(cfg, "qrlora")
     check_folders(cfg, ["content", "style"])
     session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
-    layers = target_linears(session.unet, cfg.targets)
+    layers = target_linears(session.unet, default_targets(session.pipe, cfg.targets), cfg.blocks)
     deltas: dict[str, QRDelta] = {}
     for name, layer in sorted(layers.items()):
         q, _ = qr_basis(layer.weight, cfg.rank)

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from b4m import threads
+from b4m.adapters.blocks import parse_blocks
 from b4m.adapters.codec import clean_temp_files
 from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
@@ -30,7 +31,16 @@ from b4m.checks import (
 )
 from b4m.config import Stage1Config, resolve_preset, to_dict
 from b4m.data.folders import ImageSet, check_images, read_image_folder
-from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
+from b4m.diffusion.pipeline import (
+    base_family,
+    base_model_name,
+    default_targets,
+    denoiser,
+    freeze,
+    load_pipeline,
+    per_sample_loss,
+    training_scheduler,
+)
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config
 from b4m.train.checkpoint import (
@@ -84,6 +94,10 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     if not cfg.targets:
         problems.append("--targets: give at least one module-name suffix, e.g. to_q to_k to_v to_out.0")
+    try:
+        parse_blocks(cfg.blocks)
+    except B4MError as err:
+        problems.append(str(err))
     raise_problems(problems)
     check_out_folder(out)
     target = read_image_folder(cfg.images, "--images")
@@ -161,7 +175,8 @@ def train_stage1(
             aux.append(cache_set(pipe, folder, prompt, cfg.resolution, aux_opt))
 
     spec = PLPSpec(rank=cfg.rank, rho=cfg.rho, orth=cfg.orth, basis_seed=cfg.basis_seed)
-    adapter = inject_plp(pipe.unet, spec, cfg.targets, name="b4m")
+    model = denoiser(pipe)
+    adapter = inject_plp(model, spec, default_targets(pipe, cfg.targets), name="b4m", blocks=cfg.blocks)
     train_parts = target_part + (other_part if cfg.mcp else "")
     trained = adapter.parameters(train_parts)
     for p in adapter.parameters("BD"):  # untrained parts must not reach DDP's reducer
@@ -169,7 +184,7 @@ def train_stage1(
     for p in trained:
         p.requires_grad_(True)
     if cfg.gradient_checkpointing:
-        pipe.unet.enable_gradient_checkpointing()
+        model.enable_gradient_checkpointing()
     params: Any = trained
     if (
         aux_lr_scale != 1.0 and cfg.mcp
@@ -179,7 +194,7 @@ def train_stage1(
             {"params": adapter.parameters(other_part), "lr": cfg.lr * aux_lr_scale},
         ]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
+    unet, optimizer = accelerator.prepare(model, optimizer)
     scheduler = training_scheduler(pipe)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
     named = {
@@ -226,6 +241,7 @@ def train_stage1(
             trigger_words=cfg.trigger_words
             or trigger_words_of(cfg.prompt or target.prompts[0], pipe.tokenizer),
             base_model=base_model_name(cfg.base),
+            base_family=base_family(pipe, cfg.base),
             config=portable_config(to_dict(cfg), out),
             **(
                 {"routing": routing, "aux_lr_scale": aux_lr_scale}

@@ -23,7 +23,14 @@ from b4m.adapters.plp import PLPSpec
 from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
 from b4m.config import Stage2Config, resolve_preset, to_dict
 from b4m.data.folders import check_images, read_image_folder
-from b4m.diffusion.pipeline import base_model_name, freeze, load_pipeline, per_sample_loss, training_scheduler
+from b4m.diffusion.pipeline import (
+    base_model_name,
+    denoiser,
+    freeze,
+    load_pipeline,
+    per_sample_loss,
+    training_scheduler,
+)
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.checkpoint import (
@@ -68,7 +75,16 @@ def fuse(content_path: str | Path, style_path: str | Path) -> tuple[LoraFile, PL
     words = list(dict.fromkeys(content.meta.get("trigger_words", []) + style.meta.get("trigger_words", [])))
     meta = {
         k: content.meta[k]
-        for k in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules", "base_model")
+        for k in (
+            "rank",
+            "rho",
+            "orth",
+            "basis_seed",
+            "basis_id",
+            "target_modules",
+            "base_model",
+            "base_family",
+        )
         if k in content.meta
     }
 
@@ -152,7 +168,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
     pipe = pipe if pipe is not None else load_pipeline(cfg.base)
     freeze(pipe)
     pipe.to(accelerator.device)
-    adapter = inject_plp(pipe.unet, spec, name="b4m", only=list(fused.factors))
+    adapter = inject_plp(denoiser(pipe), spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
     if reinit_every > 0:
         with torch.no_grad():
@@ -185,7 +201,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
             delta=cfg.delta,
             delta_rel=cfg.delta_rel,
         )
-        unet = accelerator.prepare(pipe.unet)
+        unet = accelerator.prepare(denoiser(pipe))
         scheduler = training_scheduler(pipe)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + accelerator.process_index)
         named = {
