@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from b4m.bench import run as bench_run
-from b4m.bench.catalogue import METRICS, BenchConfig, plan
+from b4m.bench.catalogue import METRICS, SGD_LR_GRID, BenchConfig, plan
 from b4m.cli import main
 from b4m.eval.stats import aggregate, bootstrap, pair_bootstrap, point
 
@@ -354,6 +354,53 @@ def _browser() -> str | None:
     return None
 
 
+def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, monkeypatch):
+    """``tune_sgd_lr`` on a stand-in stage 2 whose logged losses are known: it picks the argmin (a diverged rate
+    counts as infinite), removes the candidates' folders, and a second call reads the cache instead of training."""
+    import dataclasses
+
+    import b4m.train.stage2 as stage2_mod
+
+    def loss_of(lr):  # lowest at 3e-2; the largest rate diverges
+        return float("nan") if lr >= 1.0 else (np.log10(lr) + 1.5) ** 2 + 0.1
+
+    trained = []
+
+    def fake_stage2(cfg, pipe=None, progress=True, reinit_every=0):
+        trained.append(cfg.stage2_lr)
+        cfg.out.mkdir(parents=True)
+        rows = [{"step": 10 * i, "loss": loss_of(cfg.stage2_lr) + 0.01 * i} for i in range(1, 4)]
+        (cfg.out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return cfg.out / "adapter.safetensors"
+
+    @dataclasses.dataclass(frozen=True)
+    class FakeStage2:
+        out: Path
+        stage2_lr: float = 0.0
+        overwrite: bool = False
+        checkpoint_every: int = 50
+        stage2_steps: int = 30
+
+    class FakeCtx:
+        root = tmp_path
+
+        def fresh_pipe(self):
+            return None
+
+    monkeypatch.setattr(stage2_mod, "train_stage2", fake_stage2)
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    result = bench_run.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared)
+    assert trained == list(SGD_LR_GRID)
+    assert result["chosen"] == 3e-2
+    expected = {f"{lr:g}": loss_of(lr) + 0.02 for lr in SGD_LR_GRID}
+    for key, value in expected.items():
+        assert result["mean_loss"][key] == (float("inf") if np.isnan(value) else pytest.approx(value))
+    assert not (shared / "sgd_lr_tuning").exists() or not any((shared / "sgd_lr_tuning").iterdir())
+    assert bench_run.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared) == result
+    assert len(trained) == len(SGD_LR_GRID)  # cached: nothing trained again
+
+
 def test_quick_bench_end_to_end(tmp_path):
     """The real quick bench (under a minute on 2 quiet cores; the issue wants it in .ci/run): output structure
     only, not the methods' quality. Where a Chromium is installed, the report is also rendered headless."""
@@ -367,12 +414,15 @@ def test_quick_bench_end_to_end(tmp_path):
     results = json.loads((out / "results.json").read_text())
     rows = results["rows"]
     assert {r["method"] for r in rows} == {"base", "b4m", "lora", "direct-merge", "ziplora"}
-    assert {r["arm"] for r in rows} == {"full", "fusion-only", "rho=1/4"}
+    assert {r["arm"] for r in rows} == {"full", "fusion-only", "rp-sgd", "rho=1/4"}
+    (sgd,) = [r for r in rows if r["arm"] == "rp-sgd"]
+    assert sgd["sgd_lr"] in SGD_LR_GRID and len(sgd["sgd_lr_mean_loss"]) == len(SGD_LR_GRID)
+    assert sgd["sgd_lr_mean_loss"][f"{sgd['sgd_lr']:g}"] == min(sgd["sgd_lr_mean_loss"].values())
     assert all(r["pair"] == "teddy#3:papercut#5" and r["n"] == 5 for r in rows)
     for r in rows:
         assert all(0 <= r[k] <= 1 for k in ("content_acc", "style_acc", "content_inst", "leak_style_acc"))
         assert all(lo <= hi for lo, hi in r["ci"].values())
-    check_markdown((out / "results.md").read_text(), tracks=1, rows_per_track=7)
+    check_markdown((out / "results.md").read_text(), tracks=1, rows_per_track=8)
     check_report_html(out / "report.html", ["teddy#3:papercut#5"], rho=True)
     print(f"quick bench: {elapsed:.0f} s")
     browser = _browser()

@@ -10,7 +10,9 @@ arm                     B4M options it changes
 ``no-orth``             ``orth="none"``: random frozen parts, ``A C != 0`` (w/o Orth)
 ``approx-orth``         ``orth="approx"``: the official code's approximate orthogonal construction
 ``no-rp``               ``optimizer="adamw"``: plain AdamW in stage 2 (w/o RP, Eq. 13-14)
-``rp-sgd``              ``optimizer="riemannian-sgd"`` at ``--sgd-lr``: Eq. 13-14 literally
+``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14 literally, at its own learning rate:
+                        ``--sgd-lr``, or by default the value of :data:`SGD_LR_GRID` with the lowest stage-2
+                        training loss on the pair (the arm's own objective; no judge sees the candidates)
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
@@ -36,7 +38,9 @@ __all__ = [
     "METRICS",
     "QUICK",
     "SIZE_HELP",
+    "SGD_LR_GRID",
     "STAGE2_KNOBS",
+    "TUNED",
     "TRACK_PAIRS",
     "BenchConfig",
     "Plan",
@@ -51,6 +55,12 @@ TRACK_PAIRS: dict[str, tuple[str, ...]] = {
     "instance": ("teddy#3:papercut#5", "cat#2:knit#1"),
     "new-class": ("mushroom:glass",),
 }
+
+#: Candidate stage-2 learning rates of the ``rp-sgd`` arm (plain SGD steps are not scale-free like Adam's,
+#: so its rate is searched per pair instead of borrowed from RP-AdamW).
+SGD_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
+#: The ``stage2_lr`` of a run spec whose rate the bench tunes on the pair (:data:`SGD_LR_GRID`).
+TUNED = "tuned"
 
 #: arm -> (what it is, B4M option overrides; ``None`` values are filled by the bench: ``rp-sgd``'s lr).
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -69,7 +79,7 @@ STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", 
 #: What ``--quick`` sets (options given explicitly keep their value, except the sizes).
 QUICK: dict[str, Any] = {
     "methods": ["b4m", "lora", "direct-merge", "ziplora"],
-    "arms": ["full", "fusion-only"],
+    "arms": ["full", "fusion-only", "rp-sgd"],
     "seeds": 1,
     "steps": 10,
     "stage2_steps": 5,
@@ -120,7 +130,11 @@ class BenchConfig:
     stage2_steps: int | None = opt(None, "B4M stage-2 steps (default: B4M's preset, 100)")
     merge_steps: int | None = opt(None, "ziplora / duolora merger steps (default: their preset, 100)")
     sample_steps: int | None = opt(None, "sampling steps (default: the base model's, 25)")
-    sgd_lr: float = opt(1.0, "stage-2 learning rate of the rp-sgd arm (SGD needs its own; untuned)")
+    sgd_lr: float | None = opt(
+        None,
+        "stage-2 learning rate of the rp-sgd arm (default: tuned per pair, the value of "
+        f"{', '.join(f'{x:g}' for x in SGD_LR_GRID)} with the lowest stage-2 training loss)",
+    )
     n_content: int = opt(4, "content reference images per pair")
     n_style: int = opt(3, "style reference images per pair")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
@@ -175,13 +189,16 @@ class Plan:
     cfg: BenchConfig
 
 
-def arm_options(arm: str, sgd_lr: float) -> dict[str, Any]:
-    """B4M option overrides of ``arm`` (``"rho=3/8"`` included)."""
+def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
+    """B4M option overrides of ``arm`` (``"rho=3/8"`` included); ``sgd_lr=None`` marks ``rp-sgd``'s rate as
+    :data:`TUNED` (the grid goes into the spec, so a different grid is a different run)."""
     if arm.startswith("rho="):
         return {"rho": float(Fraction(arm[4:]))}
     over = dict(ARMS[arm][1])
     if "stage2_lr" in over:
-        over["stage2_lr"] = sgd_lr
+        over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
+        if sgd_lr is None:
+            over["sgd_lr_grid"] = list(SGD_LR_GRID)
     return over
 
 
@@ -238,7 +255,8 @@ def plan(cfg: BenchConfig) -> Plan:
                                  ("--n-content", sizes["n_content"], 1), ("--n-style", sizes["n_style"], 1),
                                  ("--bootstrap", sizes["bootstrap"], 100)):  # fmt: skip
         integer_at_least(value, option, least, problems)
-    finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
+    if cfg.sgd_lr is not None:
+        finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
     if problems:
         raise B4MError("; ".join(problems))
     return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)

@@ -95,6 +95,14 @@ def write_markdown(results: dict[str, Any]) -> str:
             *_md_table([r for r in results["rows"] if r["pair"] == pair], "method"),
             "",
         ]
+    tuned = [r for r in results["rows"] if "sgd_lr" in r]
+    if tuned:
+        lines += ["RP-SGD's stage-2 learning rate, tuned per pair on its own training loss (mean logged loss per "
+                  "candidate rate; the lowest wins):", ""]  # fmt: skip
+        for r in tuned:
+            grid = ", ".join(f"{lr}: {loss:.3g}" for lr, loss in r["sgd_lr_mean_loss"].items())
+            lines.append(f"- {r['pair']}: **{r['sgd_lr']:g}** ({grid})")
+        lines.append("")
     timed = [r for r in results["rows"] if r.get("fit_s") is not None]
     if timed:
         lines += ["Wall time per run (fit + sample):", ""]

@@ -29,7 +29,18 @@ from typing import Any
 
 import numpy as np
 
-from b4m.bench.catalogue import ARMS, METRICS, STAGE2_KNOBS, BenchConfig, Plan, arm_options, plan, track_of
+from b4m.bench.catalogue import (
+    ARMS,
+    METRICS,
+    SGD_LR_GRID,
+    STAGE2_KNOBS,
+    TUNED,
+    BenchConfig,
+    Plan,
+    arm_options,
+    plan,
+    track_of,
+)
 from b4m.errors import B4MError
 from b4m.eval.scoring import atomic_write_text
 
@@ -192,6 +203,8 @@ class Context:
         self._pipe: Any = None
         self._scorer: Any = None
         self._data: dict[str, dict[str, Any]] = {}
+        self.notes: dict[str, dict[str, Any]] = {}
+        """What a fit decided that its record should keep (run key -> e.g. the tuned ``sgd_lr``)."""
 
     @property
     def pipe(self) -> Any:
@@ -274,6 +287,10 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
 
     data = ctx.data(run.pair)
     method = get_method(run.method)
+    train = dict(run.spec["train"])
+    tune = train.get("stage2_lr") == TUNED
+    if tune:
+        del train["stage2_lr"], train["sgd_lr_grid"]
     options = {
         **_images(data, "content", "style"),
         "aux_styles": [str(x) for x in data["aux_styles"]],
@@ -281,7 +298,7 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
         "seed": ctx.plan.cfg.seed,
         "overwrite": True,
         "out": out,
-        **{k: v for k, v in run.spec["train"].items() if v is not None},
+        **{k: v for k, v in train.items() if v is not None},
     }
     cfg = resolve_options(load_config(method.config, None, options))
     method.check_needs(cfg)
@@ -300,7 +317,41 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
     stage2 = dataclasses.replace(
         stage2, content=paths["content"], style=paths["style"], out=out, overwrite=True
     )
+    if tune:
+        tuning = tune_sgd_lr(ctx, stage2, shared, cfg.reinit_every)
+        ctx.notes[run.key] = {"sgd_lr": tuning["chosen"], "sgd_lr_mean_loss": tuning["mean_loss"]}
+        stage2 = dataclasses.replace(stage2, stage2_lr=tuning["chosen"])
     return train_stage2(stage2, pipe=ctx.fresh_pipe(), progress=False, reinit_every=cfg.reinit_every)
+
+
+def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) -> dict[str, Any]:
+    """The ``rp-sgd`` arm's learning rate: stage 2 (``stage2``, from the shared stage-1 adapters in ``shared``)
+    runs once per rate of :data:`SGD_LR_GRID` with the same seed, so the candidates see the same batches, noise
+    and timesteps; the rate with the lowest mean logged training loss wins (a diverged run counts as infinite).
+    Only the training objective decides, never the judges. Cached in ``shared`` by the stage-2 settings; returns
+    ``{"grid", "mean_loss", "chosen"}``."""
+    from b4m.config import to_dict
+    from b4m.train.stage2 import train_stage2
+
+    skip = {"out", "overwrite", "stage2_lr", "checkpoint_every", "resume"}
+    spec = {k: _relative(v, ctx.root) for k, v in to_dict(stage2).items() if k not in skip}
+    path = shared / f"sgd_lr_{_hash([BENCH_VERSION, list(SGD_LR_GRID), spec, reinit_every])}.json"
+    if path.is_file():
+        return json.loads(path.read_text(encoding="utf-8"))
+    mean_loss: dict[str, float] = {}
+    for lr in SGD_LR_GRID:
+        folder = shared / "sgd_lr_tuning" / f"{lr:g}"
+        train_stage2(dataclasses.replace(stage2, stage2_lr=lr, out=folder, overwrite=True, checkpoint_every=0),
+                     pipe=ctx.fresh_pipe(), progress=False, reinit_every=reinit_every)  # fmt: skip
+        lines = (folder / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+        losses = [json.loads(x)["loss"] for x in lines if x.strip() and "loss" in json.loads(x)]
+        mean = float(np.mean(losses)) if losses else float("inf")
+        mean_loss[f"{lr:g}"] = mean if np.isfinite(mean) else float("inf")
+        shutil.rmtree(folder)
+    best = min(SGD_LR_GRID, key=lambda lr: mean_loss[f"{lr:g}"])
+    result = {"grid": list(SGD_LR_GRID), "mean_loss": mean_loss, "chosen": best}
+    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    return result
 
 
 def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
@@ -355,6 +406,7 @@ def execute(ctx: Context, run: Run, folder: Path) -> dict[str, Any]:
         "fit_s": fit_s,
         "sample_s": sample_s,
         "adapter": None if adapter is None else _relative(str(adapter), ctx.root),
+        **ctx.notes.pop(run.key, {}),
     }
 
 
@@ -381,6 +433,7 @@ def _row(run: Run, record: dict[str, Any], n_boot: int, root: Path) -> tuple[dic
         "sample_s": record["sample_s"],
         "key": run.key,
         "samples": str((run.folder(root) / "samples.png").relative_to(root)),
+        **{k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss") if k in record},
     }
     return row, reps
 
