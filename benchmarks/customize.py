@@ -50,8 +50,12 @@ def main(argv: list[str] | None = None) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--base", default="builtin", help="'builtin' or a world base pipeline folder")
-    parser.add_argument("--contents", nargs="*", default=list(CustomizeCheck.contents), help="(none: style half only)")
-    parser.add_argument("--styles", nargs="*", default=list(CustomizeCheck.styles), help="(none: content half only)")
+    parser.add_argument(
+        "--contents", nargs="*", default=list(CustomizeCheck.contents), help="(none: style half only)"
+    )
+    parser.add_argument(
+        "--styles", nargs="*", default=list(CustomizeCheck.styles), help="(none: content half only)"
+    )
     parser.add_argument("--steps", type=int, default=CustomizeCheck.steps)
     parser.add_argument("--lr", type=float, default=CustomizeCheck.lr)
     parser.add_argument("--rank", type=int, default=CustomizeCheck.rank)
