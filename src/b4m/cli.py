@@ -240,14 +240,13 @@ def _cmd_base_check(args: argparse.Namespace) -> int:
     from b4m.eval.customize import CustomizeCheck, check_customizability, format_table
 
     cfg = config_from_args(CustomizeCheck, args)
-    if args.json is not None and not args.json.parent.is_dir():
-        raise B4MError(f"--json {args.json}: no folder {args.json.parent}; create it or choose another path")
     t = time.perf_counter()
     r = check_customizability(cfg, work=args.work)
     r["wall_s"] = round(time.perf_counter() - t, 1)
     print(format_table(r))
     print(f"\n{r['wall_s']} s")
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(r, indent=1))
     return 0
 

@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from b4m import threads as b4m_threads
-from b4m.eval.judges_config import DEFAULT_DIR, JudgesTrainConfig
+from b4m.eval.judges_config import DEFAULT_DIR, WEIGHTS_NAME, JudgesTrainConfig
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
 from b4m.world.instances import (
     CONTENT_TRAITS,
@@ -65,7 +65,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-WEIGHTS_NAME = "judges.safetensors"
 CONFIG_NAME = "judges.json"
 _COS_SCALE = 16.0
 _TRAIT_DIM = 128

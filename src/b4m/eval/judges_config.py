@@ -12,10 +12,11 @@ from pathlib import Path
 
 from b4m.config import opt
 
-__all__ = ["DEFAULT_DIR", "INSTANCE_SHARE", "JudgesTrainConfig"]
+__all__ = ["DEFAULT_DIR", "INSTANCE_SHARE", "WEIGHTS_NAME", "JudgesTrainConfig"]
 
 DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges"
 """The shipped judges (``judges.safetensors`` + ``judges.json``)."""
+WEIGHTS_NAME = "judges.safetensors"
 
 INSTANCE_SHARE = 0.5
 """Default share of judge training scenes whose content (and, independently, style) is drawn from the classes

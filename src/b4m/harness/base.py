@@ -110,6 +110,16 @@ def train_base(cfg: BaseModelConfig, out: str | Path, resume: bool = True, progr
     return Path(path)
 
 
+def _check_pipeline(path: str | Path | None) -> None:
+    """A missing ``--path`` folder is a one-line error before torch loads (None: the shipped model)."""
+    from b4m.errors import B4MError
+
+    if path is not None and not (Path(path) / "model_index.json").is_file():
+        raise B4MError(
+            f"--path {path}: no base pipeline there (model_index.json); pass e.g. runs/base/pipeline"
+        )
+
+
 def _write_json(path: Path | None, data: Any) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -119,6 +129,7 @@ def _write_json(path: Path | None, data: Any) -> None:
 def evaluate_base(cfg: BaseEvalConfig) -> list[dict[str, Any]]:
     """One :func:`b4m.world.base_model.evaluate_base_model` row per guidance scale x step count (printed as
     they finish, written to ``cfg.json``)."""
+    _check_pipeline(cfg.path)
     import torch
 
     from b4m.eval.judges import WorldJudges
@@ -150,6 +161,7 @@ def evaluate_base(cfg: BaseEvalConfig) -> list[dict[str, Any]]:
 
 def sample_grid(cfg: BaseGridConfig) -> Path:
     """Write the sample grid PNG (and, with ``cfg.prompts``, its prompts as .txt); returns its path."""
+    _check_pipeline(cfg.path)
     import numpy as np
     import torch
 
@@ -209,6 +221,7 @@ def diagnose_base(cfg: BaseDiagnoseConfig) -> dict[str, Any]:
     let the model finish it with the true prompt; style accuracy per strength shows at which noise levels the
     model loses the texture. (2) The style judge on elastically warped renders: how much texture distortion
     it tolerates."""
+    _check_pipeline(cfg.path)
     import numpy as np
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline

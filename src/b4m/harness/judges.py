@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from b4m.config import opt
-from b4m.eval.judges_config import DEFAULT_DIR, JudgesTrainConfig
+from b4m.eval.judges_config import DEFAULT_DIR, WEIGHTS_NAME, JudgesTrainConfig
 
 __all__ = ["JudgesEvalJob", "JudgesTrainJob", "evaluate", "report_markdown", "summary", "train"]
 
@@ -49,6 +49,8 @@ def train(job: JudgesTrainJob, command: str = "", progress: bool = True) -> dict
     metrics."""
     from b4m.eval.judges import train_judges
 
+    if job.init_from is not None:
+        _check_judges("--init-from", job.init_from)
     metrics = train_judges(job.out, job, progress=progress)
     _write_report(job.report, metrics, command, job.out)
     return metrics
@@ -60,6 +62,7 @@ def evaluate(job: JudgesEvalJob, command: str = "") -> dict[str, Any]:
 
     from b4m.eval.judges import WorldJudges, evaluate_judges
 
+    _check_judges("--path", job.path)
     torch.set_num_threads(job.threads)
     judges = WorldJudges.load(job.path)
     t = time.perf_counter()
@@ -68,6 +71,13 @@ def evaluate(job: JudgesEvalJob, command: str = "") -> dict[str, Any]:
     metrics["training"] = judges.metrics.get("training")
     _write_report(job.report, metrics, command, job.path)
     return metrics
+
+
+def _check_judges(flag: str, folder: Path) -> None:
+    from b4m.errors import B4MError
+
+    if not (Path(folder) / WEIGHTS_NAME).is_file():
+        raise B4MError(f"{flag} {folder}: no judges there ({WEIGHTS_NAME}); train them with b4m judges train")
 
 
 def summary(metrics: dict[str, Any]) -> str:
