@@ -235,3 +235,15 @@ def test_base_ship_copies_a_pipeline_with_its_measured_settings(tmp_path, capsys
     assert info == {"guidance_scale": 3.0, "num_inference_steps": 25, "quality": [{"content_acc": 0.9}]}
     assert (dst / "train_log.jsonl").is_file() and (dst / "model_index.json").is_file()
     assert not (dst / "stale").exists()
+
+
+def test_base_check_runs_one_half_from_the_cli(tmp_path, capsys):
+    """``--styles`` alone: the content half only; a table on stdout and the full result in --json."""
+    argv = ["base", "check", "--contents", "teddy#3", "--styles", "--content-styles", "flat", "--n-refs", "2",
+            "-n", "2", "--steps", "2", "--work", str(tmp_path / "work"), "--json", str(tmp_path / "out" / "r.json")]  # fmt: skip
+    assert main(argv) == 0
+    table = capsys.readouterr().out
+    assert "| teddy#3 | flat | yes |" in table and "| teddy#3 | flat | no (base) |" in table
+    r = json.loads((tmp_path / "out" / "r.json").read_text())
+    assert [x["kind"] for x in r["runs"]] == ["content", "content"] and r["config"]["styles"] == []
+    assert (tmp_path / "work" / "lora-teddy#3" / "adapter.safetensors").is_file()
