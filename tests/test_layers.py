@@ -164,6 +164,7 @@ def test_help_loads_no_torch_or_diffusers():
     )
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = {"", "run", "run lora", "train content", "base train", "demo", "world export", "eval", "bench"}
+    expected = {"", "run", "run lora", "train content", "base train", "demo", "world export", "eval", "bench",
+                "base eval", "base grid", "base diagnose", "base ship", "base check", "judges train", "judges eval"}  # fmt: skip
     assert expected <= set(result["commands"])
     assert result["heavy"] == [], f"--help imported {result['heavy'][:8]}..."

@@ -196,10 +196,81 @@ def _cmd_base_sample(args: argparse.Namespace) -> int:
 
 
 def _cmd_base_train(args: argparse.Namespace) -> int:
-    from b4m.world.base_model import BaseModelConfig, train_base_model
+    from b4m.harness.base import train_base
+    from b4m.world.base_config import BaseModelConfig
 
-    print(train_base_model(config_from_args(BaseModelConfig, args), args.out))
+    train_base(
+        config_from_args(BaseModelConfig, args), args.out, resume=not args.restart, progress=args.progress
+    )
     return 0
+
+
+def _cmd_base_eval(args: argparse.Namespace) -> int:
+    from b4m.harness.base import BaseEvalConfig, evaluate_base
+
+    evaluate_base(config_from_args(BaseEvalConfig, args))
+    return 0
+
+
+def _cmd_base_grid(args: argparse.Namespace) -> int:
+    from b4m.harness.base import BaseGridConfig, sample_grid
+
+    sample_grid(config_from_args(BaseGridConfig, args))
+    return 0
+
+
+def _cmd_base_diagnose(args: argparse.Namespace) -> int:
+    from b4m.harness.base import BaseDiagnoseConfig, diagnose_base
+
+    diagnose_base(config_from_args(BaseDiagnoseConfig, args))
+    return 0
+
+
+def _cmd_base_ship(args: argparse.Namespace) -> int:
+    from b4m.harness.base import BaseShipConfig, ship_base
+
+    ship_base(config_from_args(BaseShipConfig, args))
+    return 0
+
+
+def _cmd_base_check(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from b4m.eval.customize import CustomizeCheck, check_customizability, format_table
+
+    cfg = config_from_args(CustomizeCheck, args)
+    t = time.perf_counter()
+    r = check_customizability(cfg, work=args.work)
+    r["wall_s"] = round(time.perf_counter() - t, 1)
+    print(format_table(r))
+    print(f"\n{r['wall_s']} s")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(r, indent=1))
+    return 0
+
+
+def _cmd_judges_train(args: argparse.Namespace) -> int:
+    from b4m.harness.judges import JudgesTrainJob, train
+
+    metrics = train(config_from_args(JudgesTrainJob, args), command="b4m " + " ".join(args.argv))
+    _print_judges(metrics)
+    return 0
+
+
+def _cmd_judges_eval(args: argparse.Namespace) -> int:
+    from b4m.harness.judges import JudgesEvalJob, evaluate
+
+    metrics = evaluate(config_from_args(JudgesEvalJob, args), command="b4m " + " ".join(args.argv))
+    _print_judges(metrics)
+    return 0
+
+
+def _print_judges(metrics: dict) -> None:
+    from b4m.harness.judges import summary
+
+    print(summary(metrics))
 
 
 _BASE_VERSION_HELP = (
@@ -360,21 +431,162 @@ def build_parser() -> argparse.ArgumentParser:
     p = base.add_parser("sample", help="generate images from prompts with the base model (no adapter)")
     add_config_args(p, GenerateConfig, skip=("adapter", "content_scale", "style_scale"))
     p.set_defaults(func=_cmd_base_sample)
+    _add_base_harness(base)
+    _add_judges(sub)
+    return parser
+
+
+def _examples(*lines: str) -> str:
+    return "examples:\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_base_harness(base: argparse._SubParsersAction) -> None:
+    """``b4m base train/eval/grid/diagnose/ship/check``: the jobs of :mod:`b4m.harness.base` and the
+    customizability check (``python benchmarks/base_model.py`` and ``benchmarks/customize.py`` call these)."""
+    from b4m.eval.customize import CustomizeCheck
+    from b4m.harness.base import BaseDiagnoseConfig, BaseEvalConfig, BaseGridConfig, BaseShipConfig
     from b4m.world.base_config import BaseModelConfig
 
+    raw = argparse.RawDescriptionHelpFormatter
     p = base.add_parser(
-        "train", help="rebuild the built-in base model from scratch (about an hour on 2 cores)"
+        "train",
+        help="train the built-in base model (VAE, then UNet and text encoder; resumes if killed)",
+        description="Train a base pipeline into --out/pipeline; about two hours from scratch on 2 cores. Every "
+        "BaseModelConfig field is a flag (--train-steps 1200) or a --set item (--set train_steps=1200, JSON "
+        "values), or a key of a --config file.",
+        epilog=_examples(
+            "b4m base train --out runs/base                       # from scratch; rerun to resume",
+            "b4m base train --out runs/ft --set init_from=src/b4m/assets/base --set train_steps=1200 \\",
+            "    --set filler_prob=0.5 --set lift_weak_words=true  # fine-tune the shipped model",
+            "b4m base train --config base.yaml --out runs/base2   # the same keys in a file",
+        ),
+        formatter_class=raw,
     )
     add_config_args(p, BaseModelConfig)
-    p.add_argument("--out", type=Path, default=Path("runs/base"), help="output pipeline folder")
+    p.add_argument("--out", type=Path, default=Path("runs/base"), help="run folder (default: runs/base)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override one BaseModelConfig field, value as JSON (repeatable), e.g. --set train_steps=1200",
+    )  # fmt: skip
+    p.add_argument("--restart", action="store_true", help="ignore the checkpoints in --out")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     p.set_defaults(func=_cmd_base_train)
-    return parser
+
+    p = base.add_parser(
+        "eval",
+        help="judge fresh samples of a base model against the quality bars",
+        description="Sample held-in, held-out and unseen-pair scenes and let the world judges score content, "
+        "style and attributes; one row per --guidance x --steps.",
+        epilog=_examples(
+            "b4m base eval                                        # the shipped model",
+            "b4m base eval --path runs/base/pipeline --guidance 3 4 5 --n-per-concept 16 --json runs/eval.json",
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, BaseEvalConfig)
+    p.set_defaults(func=_cmd_base_eval)
+
+    p = base.add_parser(
+        "grid",
+        help="write a sample grid (styles, attributes, held-out contents)",
+        epilog=_examples("b4m base grid --path runs/base/pipeline --out docs/images/base_samples.png"),
+        formatter_class=raw,
+    )
+    add_config_args(p, BaseGridConfig)
+    p.set_defaults(func=_cmd_base_grid)
+
+    p = base.add_parser(
+        "diagnose",
+        help="where style errors arise: SDEdit style accuracy by noise level; the style judge under warps",
+        epilog=_examples(
+            "b4m base diagnose --path runs/base/pipeline --n-per-concept 16 --json runs/diag.json"
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, BaseDiagnoseConfig)
+    p.set_defaults(func=_cmd_base_diagnose)
+
+    p = base.add_parser(
+        "ship",
+        help="copy a trained pipeline into src/b4m/assets/base (the built-in model)",
+        description="Replace the built-in base model by --path, recording the measured sampling settings and "
+        "the evaluation in its b4m_base.json.",
+        epilog=_examples(
+            "b4m base ship --path runs/base/pipeline --guidance-scale 3 --eval-json runs/eval_g3.json"
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, BaseShipConfig)
+    p.set_defaults(func=_cmd_base_ship)
+
+    p = base.add_parser(
+        "check",
+        help="the customizability check: do one-concept adapters of personal instances carry them into "
+        "prompts that name another concept?",
+        description="Learn each personal teddy (and, the mirror, each personal papercut style) with a plain "
+        "one-concept adapter, then ask for it together with other held-in styles (contents). Passed when the "
+        "judges name that instance in >= --bar-instance of the images and the partner class in >= "
+        "--bar-other. Prints a Markdown table.",
+        epilog=_examples(
+            "b4m base check                                       # the shipped model, the full check",
+            "b4m base check --base runs/base_v3/pipeline --json runs/customize.json",
+            "b4m base check --contents teddy#3 teddy#0 --styles papercut#5 --steps 800   # a quick look",
+            "b4m base check --styles --method lora                # content half only, plain LoRAs",
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, CustomizeCheck, skip=("extra",))
+    p.add_argument("--work", type=Path, default=None, help="keep the reference folders and adapters here")
+    p.add_argument("--json", type=Path, default=None, help="write the full result here")
+    p.set_defaults(func=_cmd_base_check)
+
+
+def _add_judges(sub: argparse._SubParsersAction) -> None:
+    """``b4m judges train/eval``: :mod:`b4m.harness.judges` (``python benchmarks/judges.py`` calls these)."""
+    from b4m.harness.judges import JudgesEvalJob, JudgesTrainJob
+
+    raw = argparse.RawDescriptionHelpFormatter
+    judges = sub.add_parser(
+        "judges", help="the built-in world's judges (content, style, attribute CNNs): train, evaluate"
+    ).add_subparsers(dest="judges_cmd", required=True, metavar="COMMAND")
+    p = judges.add_parser(
+        "train",
+        help="train the judges on fresh renders, evaluate them and write a report",
+        description="Train the judges (the recipe's defaults reproduce the shipped ones; about two hours at "
+        "1 thread), evaluate them on renders whose seeds training never uses, save them to --out.",
+        epilog=_examples(
+            "b4m judges train --out runs/judges --report runs/judges.md",
+            "b4m judges train --steps 6500 --out runs/judges_v5 --report runs/judges_v5.md",
+            "b4m judges train --steps 20 --pool-size 256 --n-eval 1 --out /tmp/j   # a smoke test",
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, JudgesTrainJob)
+    p.set_defaults(func=_cmd_judges_train)
+    p = judges.add_parser(
+        "eval",
+        help="re-evaluate saved judges on fresh renders and write a report",
+        epilog=_examples(
+            "b4m judges eval                                      # the shipped judges",
+            "b4m judges eval --path runs/judges --report runs/judges.md",
+        ),
+        formatter_class=raw,
+    )
+    add_config_args(p, JudgesEvalJob)
+    p.set_defaults(func=_cmd_judges_eval)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command as typed (reports quote it)
+    return run_command(args)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """Run ``args.func(args)``; bad input (:class:`~b4m.errors.B4MError`, a full disk) becomes one line
+    ``b4m: error: ...`` on stderr and exit code 2, an interrupt exit code 130. Scripts with their own parser
+    (``benchmarks/judges.py``) use it too."""
     try:
         return args.func(args)
     except B4MError as err:

@@ -23,7 +23,7 @@ import yaml
 
 from b4m.errors import B4MError
 
-__all__ = ["add_config_args", "config_from_args", "load_config", "opt", "to_dict"]
+__all__ = ["add_config_args", "config_from_args", "load_config", "opt", "parse_sets", "to_dict"]
 
 T = TypeVar("T")
 
@@ -151,14 +151,19 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f.metadata.get("help", "")
         if "default" not in help_text and default not in (None, [], ()):
-            help_text += f" (default: {default!r})" if default == "" else f" (default: {default})"
+            if isinstance(default, list | tuple):  # as typed on the command line: --flag a b
+                shown = " ".join(map(str, default))
+            else:
+                shown = repr(default) if default == "" else default
+            help_text += f" (default: {shown})"
         if inner is bool:
             parser.add_argument(
                 flag, action=argparse.BooleanOptionalAction, default=None, dest=f.name, help=help_text
             )
         elif typing.get_origin(inner) in (list, tuple):
+            nargs = f.metadata.get("nargs", "+")  # "*": the flag alone gives an empty list
             parser.add_argument(
-                flag, nargs="+", default=None, dest=f.name, metavar=f.name.upper(), help=help_text
+                flag, nargs=nargs, default=None, dest=f.name, metavar=f.name.upper(), help=help_text
             )
         else:
             kind = {int: int, float: float}.get(inner, str)
@@ -166,10 +171,32 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             parser.add_argument(flag, type=kind, default=None, choices=choices, dest=f.name, help=help_text)
 
 
+def parse_sets(items: list[str] | None, flag: str = "--set") -> dict[str, Any]:
+    """``["key=value", ...]`` (``--set`` options) as overrides for :func:`load_config`: each value is read as
+    JSON (``3``, ``true``, ``[32, 64]``, ``"text"``), else kept as the string written."""
+    overrides: dict[str, Any] = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise B4MError(f"{flag} {item}: write key=value, e.g. {flag} train_steps=1200")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
 def config_from_args(cls: type[T], args: argparse.Namespace, **fixed: Any) -> T:
-    """The config for a parsed command line: defaults < ``--config`` file < flags given < ``fixed``."""
+    """The config for a parsed command line: defaults < ``--config`` file < flags given (and ``--set key=value``
+    items, where the command has them) < ``fixed``."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     overrides = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    for key, value in parse_sets(getattr(args, "set", None)).items():
+        if key not in names:
+            raise B4MError(f"--set {key}=...: unknown key {key!r} (known: {', '.join(sorted(names))})")
+        if key in overrides and overrides[key] != value:
+            raise B4MError(f"--set {key}={value} contradicts --{key.replace('_', '-')}; give one of them")
+        overrides[key] = value
     overrides.update(fixed)
     return load_config(cls, getattr(args, "config", None), overrides)
 

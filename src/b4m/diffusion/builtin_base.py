@@ -65,7 +65,7 @@ def load_base_pipeline(
         if not (Path(path_or_id) / "model_index.json").exists():
             raise FileNotFoundError(
                 f"load_base_pipeline: no shipped base model at {path_or_id}; "
-                "train one with `python benchmarks/base_model.py train` or pass a path."
+                "train one with `b4m base train` (or `python benchmarks/base_model.py train`) or pass a path."
             )
     return from_pretrained(path_or_id, torch.float32 if dtype is None else dtype)
 

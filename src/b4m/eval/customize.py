@@ -19,47 +19,86 @@ from __future__ import annotations
 import json
 import tempfile
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
+from b4m.config import opt
 
-__all__ = ["CustomizeCheck", "check_customizability"]
+__all__ = ["CustomizeCheck", "check_customizability", "format_table"]
 
 
 @dataclass(frozen=True)
 class CustomizeCheck:
-    """Settings of one run of the check (defaults: the bar of the world issue)."""
+    """Settings of one run of the check (defaults: the bar of the world issue); ``b4m base check`` takes each
+    field as a flag or from a ``--config`` file."""
 
-    base: str = "builtin"
-    contents: tuple[str, ...] = tuple(f"teddy#{i}" for i in range(8))
-    """Personal content instances to learn (one adapter each): all of them, so that the result is typical."""
-    content_styles: tuple[str, ...] = ("flat", "dots", "gradient", "papercut")
-    """Held-in styles asked for together with a learned content."""
-    styles: tuple[str, ...] = tuple(f"papercut#{i}" for i in range(8))
-    """Personal style instances to learn."""
-    style_contents: tuple[str, ...] = ("bottle", "bird", "chair", "rocket")
-    """Held-in contents asked for together with a learned style."""
-    content_word: str = "snq"
-    style_word: str = "wzk"
-    n_refs: int = 4
-    n: int = 8
-    """Images per prompt."""
-    method: str = "stage1"
-    """``"stage1"``: B4M's stage-1 adapter without MCP (only ``B`` or ``D`` learns); ``"lora"``: the registry's
-    plain one-concept LoRA (``U`` and ``V`` learn)."""
-    steps: int = 1600
-    """Twice the demo's stage 1: measured better than 800 steps, while a higher lr was worse
-    (``benchmarks/base_model.md``)."""
-    lr: float = 2e-3
-    rank: int = 16
-    targets: tuple[str, ...] | None = None
-    """Module-name suffixes to adapt (``None``: the stage's default, the attention projections)."""
-    seed: int = 0
-    bar_instance: float = 0.6
-    bar_other: float = 0.8
-    extra: dict[str, Any] = field(default_factory=dict)
+    base: str = opt("builtin", "base model: 'builtin' or a world base pipeline folder")
+    contents: tuple[str, ...] = opt(
+        tuple(f"teddy#{i}" for i in range(8)),
+        "personal content instances to learn, one adapter each (default: all 8 teddies, so that the result is "
+        "typical); the flag alone: style half only",
+        nargs="*",
+    )
+    content_styles: tuple[str, ...] = opt(
+        ("flat", "dots", "gradient", "papercut"), "held-in styles asked for together with a learned content"
+    )
+    styles: tuple[str, ...] = opt(
+        tuple(f"papercut#{i}" for i in range(8)),
+        "personal style instances to learn (default: all 8 papercut styles); the flag alone: content half only",
+        nargs="*",
+    )
+    style_contents: tuple[str, ...] = opt(
+        ("bottle", "bird", "chair", "rocket"), "held-in contents asked for together with a learned style"
+    )
+    content_word: str = opt("snq", "identifier of the learned content ('a photo of a snq teddy')")
+    style_word: str = opt("wzk", "identifier of the learned style ('a cup in wzk papercut style')")
+    n_refs: int = opt(4, "reference images per learned instance")
+    n: int = opt(8, "images per prompt")
+    method: str = opt(
+        "stage1",
+        "stage1: B4M's stage-1 adapter without MCP (only B or D learns); lora: the registry's plain "
+        "one-concept LoRA (b4m run lora; U and V learn)",
+        choices=["stage1", "lora"],
+    )
+    # Twice the demo's stage 1: measured better than 800 steps, while a higher lr was worse
+    # (benchmarks/base_model.md).
+    steps: int = opt(1600, "training steps per adapter")
+    lr: float = opt(2e-3, "learning rate")
+    rank: int = opt(16, "adapter rank")
+    targets: tuple[str, ...] | None = opt(
+        None, "module-name suffixes to adapt (default: the stage's, the attention projections)"
+    )
+    seed: int = opt(0, "seed of the references, the training and the samples")
+    bar_instance: float = opt(0.6, "bar: share of images in which the judges name the learned instance")
+    bar_other: float = opt(0.8, "bar: share of images in which they name the asked-for partner class")
+    extra: dict[str, Any] = opt({}, "free-form notes (not used by the check)")
+
+    def __post_init__(self) -> None:
+        from b4m.world.instances import parse_concept
+
+        problems = []
+        if self.method not in ("stage1", "lora"):
+            problems.append(f"method={self.method!r}: use 'stage1' or 'lora'")
+        for key, kind in (("contents", "content"), ("styles", "style")):
+            for name in getattr(self, key):
+                try:
+                    if parse_concept(name, kind).code is None:
+                        problems.append(
+                            f"{key}: {name!r} is a class; name a personal instance, e.g. {name}#3"
+                        )
+                except ValueError as err:
+                    problems.append(f"{key}: {err}")
+        for key, kind in (("content_styles", "style"), ("style_contents", "content")):
+            for name in getattr(self, key):
+                try:
+                    parse_concept(name, kind)
+                except ValueError as err:
+                    problems.append(f"{key}: {err}")
+        problems += [f"{k}={getattr(self, k)} must be >= 1" for k in ("n", "n_refs", "steps", "rank")
+                     if getattr(self, k) < 1]  # fmt: skip
+        if problems:
+            raise ValueError("; ".join(problems))
 
 
 def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out: Path, word: str) -> Path:
@@ -69,8 +108,6 @@ def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out
         return run_method("lora", base=cfg.base, out=out, concept=role, **{f"{role}_images": images,
                           f"{role}_prompt": prompt}, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank, seed=cfg.seed,
                           overwrite=True, progress=False)  # fmt: skip
-    if cfg.method != "stage1":
-        raise ValueError(f"CustomizeCheck.method: {cfg.method!r} is not 'stage1' or 'lora'")
     from b4m.config import Stage1Config
     from b4m.train.stage1 import train_stage1
 
@@ -84,6 +121,8 @@ def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out
 
 def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -> dict[str, Any]:
     """Run the check; returns per-instance and overall accuracies and whether each bar is met."""
+    import torch  # here, not at the top: ``b4m base check --help`` reads CustomizeCheck without torch
+
     from b4m.diffusion.pipeline import load_pipeline
     from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
     from b4m.eval.judges import WorldJudges
@@ -188,3 +227,29 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
     if tmp is not None:
         tmp.cleanup()
     return json.loads(json.dumps(result))
+
+
+def format_table(r: dict[str, Any]) -> str:
+    """A result of :func:`check_customizability` as Markdown: one row per learned instance and asked-for
+    partner, with and without the adapter, then the overall accuracies and whether each bar is met."""
+    lines = [
+        "| learned | asked with | adapter | instance acc. | content class acc. | style class acc. | judges saw |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for x in r["runs"]:
+        inst = x.get("content_inst", x.get("style_inst"))
+        lines.append(
+            f"| {x['learned']} | {x['other']} | {'yes' if x['adapter'] else 'no (base)'} | {inst:.2f} | "
+            f"{x['content_acc']:.2f} | {x['style_acc']:.2f} | "
+            + "; ".join(f"{k} x{v}" for k, v in x.get("content_seen", x.get("style_seen", {})).items())
+            + " |"
+        )
+    c, s = r["content"], r["style"]
+    lines += [
+        "",
+        f"- content instance: {c['instance_acc']:.1%} (base {c['base_instance_acc']:.1%}), style class "
+        f"{c['style_acc']:.1%}: **{'passed' if r['passed']['content'] else 'not passed'}**",
+        f"- style instance: {s['instance_acc']:.1%} (base {s['base_instance_acc']:.1%}), content class "
+        f"{s['content_acc']:.1%}: **{'passed' if r['passed']['style'] else 'not passed'}**",
+    ]
+    return "\n".join(lines)

@@ -17,17 +17,19 @@ the content head, so colour stays a clean cue for style and background.
 
 Shipped weights live in ``b4m/assets/judges`` (``judges.safetensors`` + ``judges.json``, which records the
 concept names, the architecture and the metrics measured after training). Retrain with
-``python benchmarks/judges.py``.
+``b4m judges train`` (or ``python benchmarks/judges.py``); the recipe is :class:`JudgesTrainConfig`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from b4m import threads as b4m_threads
+from b4m.eval.judges_config import DEFAULT_DIR, WEIGHTS_NAME, JudgesTrainConfig
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, HELD_OUT_CONTENTS, HELD_OUT_STYLES, STYLES
 from b4m.world.instances import (
     CONTENT_TRAITS,
@@ -62,9 +65,7 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 2
-WEIGHTS_NAME = "judges.safetensors"
 CONFIG_NAME = "judges.json"
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges"
 _COS_SCALE = 16.0
 _TRAIT_DIM = 128
 _EVAL_SEED_OFFSET = 1_000_000_000  # evaluation seeds never overlap training seeds (< 1e9)
@@ -319,11 +320,6 @@ def render_batch(scenes: list[Scene], seeds: list[int], resolution: int = 32) ->
     return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(255.0)
 
 
-_INSTANCE_SHARE = 0.5
-"""Default share of judge training scenes whose content (and, independently, style) is drawn from the classes
-with instances, so that the trait heads see enough of them."""
-
-
 def _uniform_scene(
     rng: np.random.Generator,
     contents=CONTENTS,
@@ -475,19 +471,9 @@ def balanced_class_weights(has: torch.Tensor, share: float) -> torch.Tensor:
 
 def train_judges(
     out_dir: str | Path | None,
-    steps: int = 6000,
-    seed: int = 0,
+    config: JudgesTrainConfig | None = None,
     progress: bool = True,
-    batch_size: int = 128,
-    lr: float = 3e-3,
-    threads: int = 1,
-    pool_size: int = 24576,
-    refresh: int = 32,
-    n_eval: int = 30,
-    instance_share: float = _INSTANCE_SHARE,
-    style_share: float | None = None,
-    init_from: str | Path | None = None,
-    balance_classes: bool = True,
+    **overrides: Any,
 ) -> dict:
     """Train judges on renders of all contents and styles and all their instances (personal ones included:
     judges must score them), evaluate them on never-seen seeds, save them to ``out_dir`` (unless None) and
@@ -502,7 +488,15 @@ def train_judges(
     random weights. ``balance_classes``: weight the class heads' cross-entropy by ``(1/K) / p(class)``, the
     inverse of each class's sampling probability under the shares, so that the trait heads get the instance
     classes' many samples while the class heads still learn a uniform prior over all K classes.
+
+    The settings are ``config`` (default: :class:`JudgesTrainConfig`'s, the shipped recipe) with ``overrides``
+    (its field names, e.g. ``steps=3``) applied.
     """
+    cfg = dataclasses.replace(config or JudgesTrainConfig(), **overrides)
+    steps, seed, batch_size, lr, threads = cfg.steps, cfg.seed, cfg.batch_size, cfg.lr, cfg.threads
+    pool_size, refresh, n_eval = cfg.pool_size, cfg.refresh, cfg.n_eval
+    instance_share, style_share, init_from = cfg.instance_share, cfg.style_share, cfg.init_from
+    balance_classes = cfg.balance_classes
     b4m_threads.apply(threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

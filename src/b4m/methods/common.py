@@ -190,6 +190,13 @@ class Session:
             offset=offset,
         )
 
+    def generator(self, stream: int) -> torch.Generator:
+        """The sampling generator of one of the method's streams (images, noise, timesteps): seeded from
+        ``--seed`` and ``stream``, and from the process index, so that under ``accelerate launch`` each process
+        draws other samples (as stage 1 does); process 0 draws what a single process does."""
+        seed = self.cfg.seed * 1000 + stream + 100 * self.accelerator.process_index
+        return torch.Generator().manual_seed(seed)
+
     @property
     def unet(self) -> torch.nn.Module:
         """The denoiser the method adapts: the UNet, or FLUX's transformer."""
@@ -273,6 +280,7 @@ def train_steps(
         progress=progress,
         after_step=after_step,
         checkpoints=checkpoints,
+        average=params,  # the UNet is not DDP-wrapped: under accelerate launch, gradients are averaged here
     )
 
 

@@ -177,7 +177,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
     combined = cfg.combined_prompt or f"{sets[0].prompts[0]}, {sets[1].prompts[0]}"
     cond_cs = encode_prompts(session.pipe, [combined], cfg.resolution)
     scheduler = training_scheduler(session.pipe)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 5)
+    gen = session.generator(5)
 
     def cycle_targets(latents: torch.Tensor, cond: Any, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Row 0: content -> +style (style LoRA, combined prompt) -> x0 -> re-noise -> -style (content LoRA, content

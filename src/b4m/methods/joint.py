@@ -7,8 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from b4m.adapters.deltas import attach, factors_of
 from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
@@ -29,7 +27,7 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
         session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
     )
     attach(session.unet, deltas)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 2)
+    gen = session.generator(2)
     params = named_params(deltas)
     train_steps(
         session,

@@ -58,7 +58,7 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
         session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
     )
     attach(session.unet, deltas)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 1)
+    gen = session.generator(1)
     params = named_params(deltas)
     train_steps(
         session,

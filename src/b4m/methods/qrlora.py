@@ -79,7 +79,7 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         images = session.images(concept)
         for name, d in deltas.items():
             d.reset(layers[name].in_features)
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + 4 + i)
+        gen = session.generator(4 + i)
         offset = i * cfg.steps
         params = {f"{concept}.{n}": d.d_r for n, d in deltas.items()}
         if resumed_at > offset + cfg.steps:  # the checkpoint is of the style loop: this one had finished

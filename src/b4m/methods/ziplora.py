@@ -89,7 +89,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     attach(session.unet, deltas)
     sets = [session.images("content"), session.images("style")]
     scheduler = training_scheduler(session.pipe)
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 3)
+    gen = session.generator(3)
     history: list[float] = list(session.run.info.get("max_move_per_step", []))  # the steps before a resume
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -8,7 +8,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ __all__ = [
     "cache_set",
     "check_finite_loss",
     "check_finite_params",
+    "average_gradients",
     "make_accelerator",
     "run_steps",
     "sample_batch",
@@ -210,6 +211,7 @@ def run_steps(
     progress: bool = True,
     after_step: Callable[[int], None] | None = None,
     checkpoints: Checkpoints | None = None,
+    average: Sequence[torch.Tensor] | None = None,
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
     ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
@@ -217,7 +219,8 @@ def run_steps(
 
     Each step, in this order: ``step_fn`` under the accelerator's autocast; stop with a
     :class:`~b4m.errors.B4MError` naming ``name`` if the loss is not finite (before it reaches the weights);
-    ``accelerator.backward``; ``optimizer.step()``; ``zero_grad(set_to_none=True)``; ``after_step(step)``; a
+    ``accelerator.backward``; under several processes, the gradients of ``average`` replaced by their mean over
+    the processes (for a ``model`` not wrapped in DDP by ``accelerator.prepare``); ``optimizer.step()``; ``zero_grad(set_to_none=True)``; ``after_step(step)``; a
     ``{"step", "loss", **record}`` line in ``log`` every 10th and at the last step; then, on the main process
     only and never at the last step, a checkpoint every ``checkpoints.every`` steps, after checking that every
     parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
@@ -243,6 +246,8 @@ def run_steps(
         done = step + 1
         check_finite_loss(loss, done, name, folder)
         accelerator.backward(loss)
+        if average is not None:
+            average_gradients(average, accelerator)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
@@ -264,6 +269,23 @@ def run_steps(
     model.eval()
     if checkpoints is not None:
         check_finite_params(checkpoints.params, steps, name, folder)
+
+
+def average_gradients(params: Sequence[torch.Tensor], accelerator: Accelerator) -> None:
+    """Replace each gradient of ``params`` by its mean over the processes, in one all-reduce (DDP's averaging,
+    for models that stay unwrapped: the trained baselines call the UNet several times per step, with and
+    without their deltas, which DDP's reducer does not allow). A missing gradient counts as zero, so every
+    process sends the same tensor shape."""
+    if accelerator.num_processes == 1:
+        return
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= accelerator.num_processes
+    offset = 0
+    for p, g in zip(params, grads, strict=True):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
 
 
 def _scalar(value: torch.Tensor | float) -> float:
