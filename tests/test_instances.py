@@ -36,7 +36,7 @@ def _object_mask(img: np.ndarray) -> np.ndarray:
 
 def test_codes_decode_to_every_trait_combination():
     combos = {tuple(content_traits(c).values()) for c in range(N_CONTENT_CODES)}
-    assert len(combos) == N_CONTENT_CODES == 12
+    assert len(combos) == N_CONTENT_CODES == 16
     assert len({tuple(style_traits(c).values()) for c in range(N_STYLE_CODES)}) == N_STYLE_CODES == 12
     assert content_traits(0) == {"squeeze": 0, "mark": 0}
     with pytest.raises(ValueError, match="out of range"):

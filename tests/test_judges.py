@@ -16,6 +16,7 @@ from b4m.eval.judges import (
     perturb,
     render_batch,
     train_judges,
+    warm_start,
 )
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, STYLES
 from b4m.world.instances import has_instances
@@ -106,6 +107,34 @@ def test_save_load_roundtrip_and_refusals(tmp_path):
         WorldJudges.load(tmp_path / "missing")
     with pytest.raises(ValueError, match="B, 3, H, W"):
         judges.classify(torch.rand(3, 32, 32))
+
+
+def test_warm_start_grows_a_trait_head_and_keeps_everything_else(tmp_path):
+    """Judges of a world whose ``squeeze`` trait had one value fewer start a second phase in this world: every
+    weight is carried over, the grown head keeps its old rows and its new row starts at zero."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    judges = WorldJudges().eval()
+    judges.save(tmp_path)
+    state = load_file(str(tmp_path / WEIGHTS_NAME))
+    for key in ("trait_heads.content_squeeze.weight", "trait_heads.content_squeeze.bias"):
+        state[key] = state[key][:-1].clone()  # the older world's head
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(RuntimeError, match="content_squeeze"):
+        WorldJudges.load(tmp_path)  # a plain load refuses the smaller head
+
+    warm = warm_start(tmp_path)
+    head, old = warm.trait_heads["content_squeeze"], judges.trait_heads["content_squeeze"]
+    assert torch.equal(head.weight[:-1], old.weight[:-1]) and torch.equal(head.bias[:-1], old.bias[:-1])
+    assert not head.weight[-1].any() and head.bias[-1] == 0
+    x = torch.rand(2, 3, 32, 32)
+    assert torch.equal(warm.content_features(x), judges.content_features(x))
+
+    state["trunk.0.weight"] = state["trunk.0.weight"][:, :2].clone()
+    save_file(state, str(tmp_path / WEIGHTS_NAME))
+    with pytest.raises(ValueError, match="trunk.0.weight has shape"):
+        warm_start(tmp_path)
 
 
 def test_perturb_and_augment_keep_shape_and_range():

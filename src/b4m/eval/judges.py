@@ -62,6 +62,7 @@ __all__ = [
     "perturb",
     "render_batch",
     "train_judges",
+    "warm_start",
 ]
 
 FORMAT_VERSION = 2
@@ -469,6 +470,40 @@ def balanced_class_weights(has: torch.Tensor, share: float) -> torch.Tensor:
     return (1.0 / k) / p
 
 
+def warm_start(path: str | Path) -> WorldJudges:
+    """Judges for the current world initialised from the judges in ``path``, which may come from a world whose
+    trait spaces were smaller (a trait gained values): every weight of the same shape is copied; a trait head
+    that grew keeps its old rows (the values it already knew) and starts its new rows at zero.
+
+    Raises ``ValueError`` when the two differ in anything else (concept names, trunk sizes)."""
+    folder = Path(path)
+    config = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+    judges = WorldJudges(
+        width=config["width"],
+        embed_dim=config["embed_dim"],
+        resolution=config["resolution"],
+        trait_max_pool=config.get("trait_max_pool", False),
+    )
+    if (tuple(config["contents"]), tuple(config["styles"])) != (judges.contents, judges.styles):
+        raise ValueError(f"{folder}: its contents or styles differ from b4m.world.concepts; train anew")
+    old = load_file(str(folder / WEIGHTS_NAME))
+    state = judges.state_dict()
+    for name, new in state.items():
+        if name not in old:
+            raise ValueError(f"{folder}: no weight {name}; train anew")
+        w = old[name]
+        if w.shape == new.shape:
+            state[name] = w
+        elif name.startswith("trait_heads.") and w.shape[1:] == new.shape[1:] and w.shape[0] < new.shape[0]:
+            grown = torch.zeros_like(new)
+            grown[: w.shape[0]] = w
+            state[name] = grown
+        else:
+            raise ValueError(f"{folder}: {name} has shape {tuple(w.shape)}, expected {tuple(new.shape)}")
+    judges.load_state_dict(state, strict=True)
+    return judges.eval()
+
+
 def train_judges(
     out_dir: str | Path | None,
     config: JudgesTrainConfig | None = None,
@@ -519,7 +554,7 @@ def train_judges(
     if progress:
         print(f"[judges] rendered a pool of {pool_size} images in {render_s:.0f}s", flush=True)
 
-    judges = WorldJudges.load(init_from).train() if init_from else WorldJudges()
+    judges = warm_start(init_from).train() if init_from else WorldJudges()
     judges = judges.to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(judges.parameters(), lr=lr, weight_decay=5e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.15)

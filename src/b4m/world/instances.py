@@ -5,15 +5,16 @@ composes *teddy bear* with any style, the adapter adds the identity. The world m
 traits that every render of an instance class carries:
 
 - a **content instance** is a code of geometric traits that survive every style (styles repaint colours, not
-  shapes): ``squeeze`` (none / narrow / short) and ``mark`` (none / a crest on top / a plinth below / a knob
-  on the right side) -- 12 codes per content class;
+  shapes): ``squeeze`` (none / narrow / short / a taper toward the top) and ``mark`` (none / a crest on top / a
+  plinth below / a knob on the right side) -- 16 codes per content class;
 - a **style instance** is a code of rendering traits: ``palette`` (4 per style family) and ``finish`` (3 per
   family, :data:`FINISH_NAMES`: papercut's drop shadow raised / flat / deep, knit's contrast yarn striped /
   plain / ribbed) -- 12 codes per style family.
 
 Instances exist for the classes of :data:`INSTANCE_CONTENTS` and :data:`INSTANCE_STYLES` (those the benchmark's
 "personal instance" track uses); every other class has one look (code 0), as before. Per instance class, the
-four :data:`PUBLIC_TRAITS` codes -- together they show every trait value once -- are what base training draws;
+:data:`PUBLIC_TRAITS` codes (8 per content class, 4 per style family; together they show every trait value) are
+what base training draws;
 the other :data:`N_PERSONAL` codes are **personal**: base training never renders them, so a personal instance
 is not drawn by prompt alone, and each differs from every public code in at least one visible trait. Personal
 instances are named ``"teddy#3"`` / ``"papercut#5"`` everywhere (CLI, API, benchmark); a bare class name
@@ -52,7 +53,7 @@ __all__ = [
 ]
 
 CONTENT_TRAITS: dict[str, tuple[str, ...]] = {
-    "squeeze": ("none", "narrow", "short"),
+    "squeeze": ("none", "narrow", "short", "taper"),
     "mark": ("none", "crest", "plinth", "knob"),
 }
 STYLE_TRAITS: dict[str, tuple[str, ...]] = {
@@ -64,11 +65,16 @@ INSTANCE_CONTENTS: tuple[str, ...] = ("teddy", "cat")
 INSTANCE_STYLES: tuple[str, ...] = ("papercut", "knit")
 """Style families with an instance space."""
 PUBLIC_TRAITS: dict[str, tuple[tuple[int, int], ...]] = {
-    "content": ((0, 0), (1, 1), (2, 2), (0, 3)),
+    # (squeeze, mark) with mark - squeeze = 0 or 1 (mod 4): every squeeze with two marks, every mark with two
+    # squeezes, so base training shows each trait value with more than one partner
+    "content": ((0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 0)),
     "style": ((0, 0), (1, 1), (2, 2), (3, 0)),
 }
-"""Trait value indices of the public codes: the plain code and a diagonal that shows every value of every
-trait once, so base training knows each trait and a personal instance is a new *combination*."""
+"""Trait value indices of the public codes. Content: a cyclic band of 8 of the 16 codes in which every trait
+value appears with two partners, so that base training learns the traits as parts rather than as a few fixed
+combinations (with one partner per value the base redrew a personal combination as the public one that shared a
+trait: ``benchmarks/base_model.md``). Style: the plain code and a diagonal that shows every value once. A
+personal instance is always a new *combination* of values base training knows."""
 FINISH_NAMES: dict[str, tuple[str, ...]] = {
     "papercut": ("raised", "flat", "deep"),
     "knit": ("striped", "plain", "ribbed"),

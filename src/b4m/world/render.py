@@ -366,8 +366,10 @@ def _instance_code(kind: str, scene: Scene, seed: int) -> int:
     return public[int(np.random.default_rng([seed, index, salt]).integers(len(public)))]
 
 
-_SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6)}
+_SQUEEZE = {"none": (1.0, 1.0), "narrow": (0.6, 1.0), "short": (1.0, 0.6), "taper": (1.0, 1.0)}
 """Width and height factors of the ``squeeze`` trait (objects only ever shrink, so they stay in frame)."""
+_TAPER_TOP = 0.4
+"""Width factor of a tapered object at its top (1 at its bottom, linear in between)."""
 _KNIT_RIB = 1.2
 """Width (px of a 32 px image) of the contrast border of a ribbed knit."""
 _PAPER_SHADOW = ((0.35, 0.0), (0.0, 0.0), (0.5, 2.2))
@@ -395,7 +397,9 @@ class _Ctx:
         self.rng = np.random.default_rng([seed, STYLES.index(scene.style), 23])
         ctraits = content_traits(_instance_code("content", scene, seed))
         straits = style_traits(_instance_code("style", scene, seed))
-        self.squeeze = _SQUEEZE[CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]]
+        squeeze = CONTENT_TRAITS["squeeze"][ctraits["squeeze"]]
+        self.squeeze = _SQUEEZE[squeeze]
+        self.taper = squeeze == "taper"
         # a family without instances keeps its one look: a palette drawn per image, the first finish
         own_look = not has_instances("style", scene.style)
         self.palette = None if own_look else straits["palette"]
@@ -434,6 +438,8 @@ class _Ctx:
         # The instance's shape (squeeze): canonical coordinates of the squeezed object's pixels.
         sx, sy = self.squeeze
         u, v = u / sx, v / sy
+        if self.taper:  # v runs from -1 (top) to 1 (bottom) over the object
+            u = u / (_TAPER_TOP + (1 - _TAPER_TOP) * np.clip((v + 1) / 2, 0.0, 1.0))
         scale = _CANON / (2 * _EXTENT)
         j = np.floor((u + _EXTENT) * scale).astype(np.int64)
         i = np.floor((v + _EXTENT) * scale).astype(np.int64)
