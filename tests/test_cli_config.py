@@ -124,3 +124,26 @@ def test_example_configs_load(name):
     cls = Stage2Config if name == "fuse" else Stage1Config
     cfg = load_config(cls, Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")
     assert cfg.out is not None
+
+
+def test_attribute_docstrings_become_help_text(capsys):
+    """Configs documented with attribute docstrings (BaseModelConfig) get them as --help text, '%' included."""
+    import dataclasses
+
+    from b4m.config import attribute_docs
+    from b4m.world.base_config import BaseModelConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class Cfg:
+        share: float = 0.3
+        """Share of scenes, e.g. 30 % of them.
+
+        A second paragraph that help leaves out."""
+        plain: int = 1
+
+    assert attribute_docs(Cfg) == {"share": "Share of scenes, e.g. 30 % of them."}
+    assert attribute_docs(BaseModelConfig)["vae_steps"] == "Autoencoder training steps (phase 1)."
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["base", "train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--vae-steps VAE_STEPS Autoencoder training steps (phase 1). (default: 4000)" in text

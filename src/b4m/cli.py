@@ -279,8 +279,18 @@ _BASE_VERSION_HELP = (
 )
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows an option's default only where there is one to show (not None / False, not already in the help)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or "default" in text:
+            return text
+        return super()._get_help_string(action) or text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = _DefaultsFormatter
     parser = argparse.ArgumentParser(
         prog="b4m",
         description="Content-style customization with B4M (Break-for-Make): learn a subject and a style from a "
@@ -412,13 +422,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out folder")
     p.set_defaults(func=_cmd_world_export)
     p = world.add_parser("show", help="write a contact sheet (PNG) of contents x styles", formatter_class=fmt)
-    p.add_argument("--out", type=Path, default=Path("world.png"))
+    p.add_argument("--out", type=Path, default=Path("world.png"), help="PNG file to write")
     p.add_argument(
         "--contents", nargs="+", help="contents or personal instances, e.g. teddy#0 (default: all)"
     )
     p.add_argument("--styles", nargs="+", help="styles or personal instances, e.g. papercut#5 (default: all)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="render seed (pose, jitter)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     p.set_defaults(func=_cmd_world_show)
     p = world.add_parser(
         "list", help="print every content, style, personal instance and held-out name", formatter_class=fmt

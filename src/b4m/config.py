@@ -37,6 +37,31 @@ def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argp
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+def attribute_docs(cls: type) -> dict[str, str]:
+    """Field name -> the docstring written under it in the class body (PEP 257 attribute docstrings), for
+    configs documented that way instead of with :func:`opt`; first paragraph, on one line."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError, SyntaxError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:], strict=False):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+            and isinstance(nxt.value.value, str)
+        ):
+            docs[node.target.id] = " ".join(nxt.value.value.strip().split("\n\n")[0].split())
+    return docs
+
+
 def _resolve(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -143,13 +168,14 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         "--config", type=Path, default=None, help="YAML/TOML/JSON file with any of the options below"
     )
     hints = _resolve(cls)
+    docs = attribute_docs(cls)  # configs documented with attribute docstrings instead of opt()
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
         inner, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "")
+        help_text = f.metadata.get("help", "") or docs.get(f.name, "").replace("%", "%%")
         if "default" not in help_text and default not in (None, [], ()):
             if isinstance(default, list | tuple):  # as typed on the command line: --flag a b
                 shown = " ".join(map(str, default))
