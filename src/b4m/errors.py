@@ -5,11 +5,15 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
-__all__ = ["B4MError", "DiskFullError", "disk_full", "warn"]
+__all__ = ["B4MError", "DiskFullError", "DivergedError", "disk_full", "warn"]
 
 
 class B4MError(Exception):
     """Bad input from the user (a file, an option, a config value). The message says what to do."""
+
+
+class DivergedError(B4MError):
+    """Training stopped at a NaN/infinite loss or weight (the learning rate is too high for the run)."""
 
 
 class DiskFullError(B4MError):

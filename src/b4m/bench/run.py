@@ -41,7 +41,7 @@ from b4m.bench.catalogue import (
     plan,
     track_of,
 )
-from b4m.errors import B4MError
+from b4m.errors import B4MError, DivergedError
 from b4m.eval.scoring import atomic_write_text
 
 __all__ = ["BENCH_VERSION", "Run", "bench_runs", "run_bench"]
@@ -341,13 +341,20 @@ def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) 
     mean_loss: dict[str, float] = {}
     for lr in SGD_LR_GRID:
         folder = shared / "sgd_lr_tuning" / f"{lr:g}"
-        train_stage2(dataclasses.replace(stage2, stage2_lr=lr, out=folder, overwrite=True, checkpoint_every=0),
-                     pipe=ctx.fresh_pipe(), progress=False, reinit_every=reinit_every)  # fmt: skip
-        lines = (folder / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
-        losses = [json.loads(x)["loss"] for x in lines if x.strip() and "loss" in json.loads(x)]
-        mean = float(np.mean(losses)) if losses else float("inf")
-        mean_loss[f"{lr:g}"] = mean if np.isfinite(mean) else float("inf")
-        shutil.rmtree(folder)
+        try:
+            train_stage2(dataclasses.replace(stage2, stage2_lr=lr, out=folder, overwrite=True,
+                                             checkpoint_every=0),
+                         pipe=ctx.fresh_pipe(), progress=False, reinit_every=reinit_every)  # fmt: skip
+        except DivergedError:  # the loop stops a run at a non-finite loss: this rate is too high
+            mean_loss[f"{lr:g}"] = float("inf")
+        else:
+            rows = [json.loads(x) for x in (folder / "train_log.jsonl").read_text(encoding="utf-8").splitlines()
+                    if x.strip()]  # fmt: skip
+            losses = [r["loss"] for r in rows if "loss" in r]
+            ok = losses and all(x is not None for x in losses)  # the log writes NaN as null
+            mean = float(np.mean(losses)) if ok else float("inf")
+            mean_loss[f"{lr:g}"] = mean if np.isfinite(mean) else float("inf")
+        shutil.rmtree(folder, ignore_errors=True)
     best = min(SGD_LR_GRID, key=lambda lr: mean_loss[f"{lr:g}"])
     result = {"grid": list(SGD_LR_GRID), "mean_loss": mean_loss, "chosen": best}
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")

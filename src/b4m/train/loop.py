@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from b4m.data.folders import load_images, read_image_folder
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
-from b4m.errors import B4MError
+from b4m.errors import DivergedError
 from b4m.prompts import check_prompts
 from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
@@ -118,7 +118,7 @@ def _last_checkpoint_note(ckpt_dir: Path | None) -> str:
 def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None) -> None:
     """Stop the run at a NaN/infinite loss, saying so, before it can reach the weights or a checkpoint."""
     if not bool(torch.isfinite(loss.detach()).all()):
-        raise B4MError(
+        raise DivergedError(
             f"{stage}: the loss is not finite at step {step}; stopped and {_last_checkpoint_note(ckpt_dir)}; "
             "lower --lr (or check the images) and rerun with --overwrite"
         )
@@ -130,7 +130,7 @@ def check_finite_params(
     """Stop before a checkpoint or the adapter would hold NaN/infinite weights."""
     for name, p in params.items():
         if not bool(torch.isfinite(p.detach()).all()):
-            raise B4MError(
+            raise DivergedError(
                 f"{stage}: weight {name} is not finite after step {step}; stopped and "
                 f"{_last_checkpoint_note(ckpt_dir)}; lower --lr and rerun with --overwrite"
             )
