@@ -17,6 +17,7 @@ comparison of customization methods made on it means anything.
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 from collections import Counter
 from dataclasses import dataclass
@@ -252,12 +253,13 @@ def format_table(r: dict[str, Any]) -> str:
             + "; ".join(f"{k} x{v}" for k, v in x.get("content_seen", x.get("style_seen", {})).items())
             + " |"
         )
-    c, s = r["content"], r["style"]
-    lines += [
-        "",
-        f"- content instance: {c['instance_acc']:.1%} (base {c['base_instance_acc']:.1%}), style class "
-        f"{c['style_acc']:.1%}: **{'passed' if r['passed']['content'] else 'not passed'}**",
-        f"- style instance: {s['instance_acc']:.1%} (base {s['base_instance_acc']:.1%}), content class "
-        f"{s['content_acc']:.1%}: **{'passed' if r['passed']['style'] else 'not passed'}**",
-    ]
+    lines.append("")
+    for half, partner in (("content", "style"), ("style", "content")):
+        x = r[half]
+        if math.isnan(x["instance_acc"]):  # this half had nothing to learn
+            lines.append(f"- {half} half: not run")
+            continue
+        verdict = "passed" if r["passed"][half] else "not passed"
+        lines.append(f"- {half} instance: {x['instance_acc']:.1%} (base {x['base_instance_acc']:.1%}), {partner} "
+                     f"class {x[partner + '_acc']:.1%}: **{verdict}**")  # fmt: skip
     return "\n".join(lines)
