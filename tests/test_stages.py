@@ -283,3 +283,28 @@ def test_stage1_on_sdxl_and_fused_file_loads_in_stock_pipeline(tiny_sdxl, data, 
         reloaded = fresh.unet(**inputs).sample
     assert (in_memory - base_out).abs().max() > 1e-4
     assert torch.allclose(reloaded, in_memory, atol=1e-5, rtol=0)
+
+
+def test_a_half_precision_base_keeps_fp32_adapters_that_learn(tiny_sd, data, tmp_path):
+    """On a GPU, --mixed-precision bf16 loads the frozen base in bf16 (loop.base_dtype); the PLP parts stay fp32,
+    so stage 1 on a bf16 base moves B and D, keeps A and C bit-exact and writes an fp32 file."""
+    from b4m.adapters.plp import frozen_parts, split_dims
+    from b4m.train.loop import base_dtype
+
+    assert base_dtype("bf16") == (torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    assert base_dtype("no") == torch.float32
+    pipe = tiny_sd().to(dtype=torch.bfloat16)
+    path = train_stage1(_s1(data, tmp_path, "content"), "content", pipe=pipe, progress=False)
+    layer = pipe.unet.get_submodule("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q")
+    assert layer.base_layer.weight.dtype == torch.bfloat16
+    assert {p.dtype for p in layer.lora_A["b4m"].parameters()} == {torch.float32}
+    lora = load_lora(path)
+    spec = PLPSpec(rank=4)
+    for module, (u, v) in lora.factors.items():
+        assert u.dtype == v.dtype == torch.float32
+        a, c = frozen_parts(spec, module, u.shape[0], v.shape[1])
+        d_out, d_in = split_dims(u.shape[0], v.shape[1], 0.5)
+        assert torch.equal(u[:d_out], a) and torch.equal(v[:, :d_in], c)
+    assert (
+        sum(u[split_dims(u.shape[0], v.shape[1], 0.5)[0] :].abs().sum() for u, v in lora.factors.values()) > 0
+    )

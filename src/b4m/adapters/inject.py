@@ -200,7 +200,10 @@ def inject_plp(
         a, c = frozen_parts(spec, layer_name, m, n)
         b = torch.zeros(m - d_out, spec.rank)
         d = torch.zeros(spec.rank, n - d_in)
-        layer.lora_B[name] = PLPUp(a, b).to(device=ref.device, dtype=ref.dtype)
-        layer.lora_A[name] = PLPDown(c, d).to(device=ref.device, dtype=ref.dtype)
+        # Adapters stay fp32 on a bf16/fp16 base (peft casts the input to them and the sum back), so that small
+        # updates of B and D are not rounded away.
+        dtype = torch.float32 if ref.dtype in (torch.float16, torch.bfloat16) else ref.dtype
+        layer.lora_B[name] = PLPUp(a, b).to(device=ref.device, dtype=dtype)
+        layer.lora_A[name] = PLPDown(c, d).to(device=ref.device, dtype=dtype)
         dims[layer_name] = (m, n, d_out, d_in)
     return PLPAdapter(model=model, spec=spec, name=name, layers=layers, dims=dims)

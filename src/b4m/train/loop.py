@@ -33,6 +33,7 @@ __all__ = [
     "check_finite_loss",
     "check_finite_params",
     "average_gradients",
+    "base_dtype",
     "make_accelerator",
     "run_steps",
     "sample_batch",
@@ -41,6 +42,15 @@ __all__ = [
 
 RESUME_HINT = "rerun with --resume"
 """What a full disk's message tells a training run to do (its last checkpoint is kept)."""
+
+
+def base_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype the frozen base weights load in: the mixed-precision dtype on a GPU (what diffusers' training
+    scripts call ``weight_dtype``: FLUX.1-dev's transformer is 24 GB in bf16, 48 GB in fp32), fp32 on a CPU.
+    Adapter weights stay fp32 either way (:func:`b4m.adapters.inject.inject_plp`)."""
+    if not torch.cuda.is_available():
+        return torch.float32
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:

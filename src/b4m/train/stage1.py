@@ -57,6 +57,7 @@ from b4m.train.loop import (
     Checkpoints,
     StepFn,
     TrainLog,
+    base_dtype,
     cache_set,
     make_accelerator,
     maybe,
@@ -164,7 +165,7 @@ def train_stage1(
 
     n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
     accelerator = make_accelerator(cfg.mixed_precision)
-    pipe = pipe if pipe is not None else load_pipeline(cfg.base)
+    pipe = pipe if pipe is not None else load_pipeline(cfg.base, dtype=base_dtype(cfg.mixed_precision))
     freeze(pipe)
     pipe.to(accelerator.device)
     target = cache_set(pipe, cfg.images, cfg.prompt, cfg.resolution, "--images")

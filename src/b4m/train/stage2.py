@@ -47,6 +47,7 @@ from b4m.train.loop import (
     Checkpoints,
     StepFn,
     TrainLog,
+    base_dtype,
     cache_set,
     make_accelerator,
     run_steps,
@@ -165,7 +166,7 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
 
     n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
     accelerator = make_accelerator(cfg.mixed_precision)
-    pipe = pipe if pipe is not None else load_pipeline(cfg.base)
+    pipe = pipe if pipe is not None else load_pipeline(cfg.base, dtype=base_dtype(cfg.mixed_precision))
     freeze(pipe)
     pipe.to(accelerator.device)
     adapter = inject_plp(denoiser(pipe), spec, name="b4m", only=list(fused.factors))
