@@ -354,6 +354,62 @@ def _browser() -> str | None:
     return None
 
 
+def test_shards_split_the_pairs_and_shard_0_writes_what_one_process_writes(tmp_path, monkeypatch):
+    """Two bench processes (here threads, as ``--shard 0/2`` and ``--shard 1/2``) on one --out: each pair runs in
+    exactly one shard, shard 0 waits for the other and writes the same rows as a single process."""
+    import threading
+
+    calls: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(bench_run, "execute", _fake_execute(calls))
+    common = ["bench", "--pairs", "teddy#3:papercut#5,mushroom:glass,cat#2:knit#1", "--methods", "b4m,lora",
+              "--arms", "full,no-rp", "--seeds", "2", "--bootstrap", "200"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "one")]) == 0
+    single = json.loads((tmp_path / "one" / "results.json").read_text())
+    calls.clear()
+
+    out = str(tmp_path / "two")
+    second = threading.Thread(target=main, args=([*common, "--out", out, "--shard", "1/2"],), daemon=True)
+    second.start()
+    assert main([*common, "--out", out, "--shard", "0/2"]) == 0
+    second.join(timeout=60)
+    assert not second.is_alive()
+    assert sorted(calls) == sorted(set(calls)) and len(calls) == 3 * 4  # every run once, in one of the shards
+    both = json.loads((tmp_path / "two" / "results.json").read_text())
+    strip = ("samples", "fit_s", "sample_s")
+    assert [{k: v for k, v in r.items() if k not in strip} for r in both["rows"]] == [
+        {k: v for k, v in r.items() if k not in strip} for r in single["rows"]
+    ]
+    assert bench_run.process_slot("1/2") == (1, 2)
+
+
+def test_a_failing_shard_stops_shard_0_with_its_error(tmp_path, monkeypatch):
+    import threading
+
+    def boom(ctx, run, folder):
+        if run.pair == "mushroom:glass":
+            raise RuntimeError("out of memory")
+        return _fake_execute([])(ctx, run, folder)
+
+    monkeypatch.setattr(bench_run, "execute", boom)
+    common = ["bench", "--pairs", "teddy#3:papercut#5,mushroom:glass", "--methods", "lora", "--arms", "none",
+              "--seeds", "1", "--bootstrap", "200", "--out", str(tmp_path / "b")]  # fmt: skip
+    errors = []
+    second = threading.Thread(
+        target=lambda: errors.append(_catch(lambda: main([*common, "--shard", "1/2"]))), daemon=True
+    )
+    second.start()
+    assert main([*common, "--shard", "0/2"]) == 2  # shard 0 stops with shard 1's error, not a hang
+    second.join(timeout=60)
+    assert errors and "out of memory" in str(errors[0])
+
+
+def _catch(fn):
+    try:
+        return fn()
+    except Exception as err:  # the shard's own error, re-raised after it left its note
+        return err
+
+
 def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, monkeypatch):
     """``tune_sgd_lr`` on a stand-in stage 2 whose logged losses are known: it picks the argmin (a diverged rate
     counts as infinite), removes the candidates' folders, and a second call reads the cache instead of training."""

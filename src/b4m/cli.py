@@ -71,6 +71,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     cfg = config_from_args(BenchConfig, args)
     results = run_bench(cfg, argv=args.argv[1:])
     out = Path(cfg.out)
+    if "shard" in results:  # a shard other than 0: its runs are done, shard 0 writes the results
+        print(
+            f"shard {results['shard']}: {results['computed']} runs computed now; shard 0 writes {out}/results.*"
+        )
+        return 0
     print(f"{len(results['rows'])} rows ({results['computed']} computed now)")
     print(f"results: {out / 'results.json'}, {out / 'results.md'}\nreport: {out / 'report.html'}")
     return 0

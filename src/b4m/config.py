@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
+import threading
 import tomllib
 import types
 import typing
@@ -37,6 +39,10 @@ def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argp
     return dataclasses.field(default=default, metadata={"help": help, **kw})
 
 
+_AST_LOCK = threading.Lock()
+
+
+@functools.cache
 def attribute_docs(cls: type) -> dict[str, str]:
     """Field name -> the docstring written under it in the class body (PEP 257 attribute docstrings), for
     configs documented that way instead of with :func:`opt`; first paragraph, on one line."""
@@ -45,7 +51,8 @@ def attribute_docs(cls: type) -> dict[str, str]:
     import textwrap
 
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+        with _AST_LOCK:  # CPython 3.11's parser is not safe to enter from two threads at once
+            tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError, SyntaxError):
         return {}
     body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []

@@ -140,6 +140,11 @@ class BenchConfig:
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
     bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
     quick: bool = opt(False, "a few-minute smoke run (see the size note below)")
+    shard: str = opt(
+        "",
+        "K/N: this process runs pairs K, K+N, ... of the plan (0-based) and shard 0 writes the results once all "
+        "are done; under 'accelerate launch --num_processes N' (or torchrun) it is set from the process rank",
+    )
 
 
 def _split(values: list[str]) -> list[str]:
@@ -257,6 +262,12 @@ def plan(cfg: BenchConfig) -> Plan:
         integer_at_least(value, option, least, problems)
     if cfg.sgd_lr is not None:
         finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
+    if cfg.shard:
+        k, sep, n = cfg.shard.partition("/")
+        if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
+            problems.append(
+                f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes"
+            )
     if problems:
         raise B4MError("; ".join(problems))
     return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)

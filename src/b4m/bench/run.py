@@ -483,23 +483,44 @@ def run_bench(
     cfg = cfg or BenchConfig()
     p = plan(cfg)  # every option checked before any model loads
     root = Path(cfg.out)
-    _claim(root)
+    rank, world = process_slot(cfg.shard)
+    started = time.time()
+    if rank == 0:
+        _claim(root)
+        shutil.rmtree(root / SHARDS, ignore_errors=True)  # failure notes of an earlier launch
+    else:
+        _wait_for(lambda: (root / STAMP).is_file(), "shard 0 to claim --out", root, started, progress)
     runs = bench_runs(p)
+    pairs = list(dict.fromkeys(r.pair for r in runs))
+    mine = [
+        r for r in runs if pairs.index(r.pair) % world == rank
+    ]  # pairs are independent: whole pairs per shard
     ctx = Context(root, p, progress)
-    records: list[dict[str, Any]] = []
-    bar = tqdm(runs, desc="bench", unit="run", disable=not progress)
+    bar = tqdm(
+        mine, desc="bench" if world == 1 else f"bench {rank}/{world}", unit="run", disable=not progress
+    )
     computed = 0
-    for run in bar:
-        bar.set_postfix_str(f"{run.pair} {run.method} {run.arm}")
-        folder = run.folder(root)
-        record = _done(folder)
-        if record is None:
-            if folder.exists():  # an interrupted run: its partial files are ours and are recomputed
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            record = _finish(folder, {"spec": run.spec, **execute(ctx, run, folder)})
-            computed += 1
-        records.append(record)
+    try:
+        for run in bar:
+            bar.set_postfix_str(f"{run.pair} {run.method} {run.arm}")
+            folder = run.folder(root)
+            if _done(folder) is None:
+                if folder.exists():  # an interrupted run: its partial files are ours and are recomputed
+                    shutil.rmtree(folder)
+                folder.mkdir(parents=True)
+                _finish(folder, {"spec": run.spec, **execute(ctx, run, folder)})
+                computed += 1
+    except Exception as err:
+        if world > 1:  # tell shard 0, which is waiting for this shard's runs
+            (root / SHARDS).mkdir(exist_ok=True)
+            atomic_write_text(root / SHARDS / f"{rank}-of-{world}.failed", f"{type(err).__name__}: {err}\n")
+        raise
+    if rank != 0:
+        return {"shard": f"{rank}/{world}", "computed": computed}
+    if world > 1:
+        _wait_for(lambda: all(_done(r.folder(root)) is not None for r in runs), "the other shards' runs", root,
+                  started, progress)  # fmt: skip
+    records = [_done(r.folder(root)) for r in runs]
     rows, reps = [], []
     for run, record in zip(runs, records, strict=True):
         row, rep = _row(run, record, p.sizes["bootstrap"], root)
@@ -524,6 +545,53 @@ def run_bench(
     atomic_write_text(root / "results.md", write_markdown(results))
     atomic_write_text(root / "report.html", write_html(results, root))
     return results
+
+
+SHARDS = "shards"
+"""Where a failing shard leaves its error for shard 0 (``<rank>-of-<world>.failed``)."""
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+             "ROLE_RANK", "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "TORCHELASTIC_RUN_ID")  # fmt: skip
+
+
+def process_slot(shard: str = "") -> tuple[int, int]:
+    """``(rank, world)`` of this bench process: from ``--shard K/N``, else from the launcher's environment
+    (``accelerate launch`` / torchrun set ``RANK`` and ``WORLD_SIZE``), else ``(0, 1)``.
+
+    Launched that way, the process then forgets the launcher's process group: every training inside a shard is
+    single-process (the shards train *different* pairs, so DDP's gradient averaging across them would be wrong),
+    on the GPU of its ``LOCAL_RANK`` when there are GPUs."""
+    import os
+
+    if shard:
+        k, _, n = shard.partition("/")
+        return int(k), int(n)
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world <= 1:
+        return 0, 1
+    rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    for key in _DIST_ENV:
+        os.environ.pop(key, None)
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local % torch.cuda.device_count())
+    return rank, world
+
+
+def _wait_for(ready: Any, what: str, root: Path, since: float, progress: bool, poll_s: float = 2.0) -> None:
+    """Block until ``ready()``; a shard's failure note written after ``since`` stops the wait with its error."""
+    shown = False
+    while not ready():
+        failed = [f for f in sorted((root / SHARDS).glob("*.failed")) if f.stat().st_mtime >= since - 1]
+        if failed:
+            note = failed[0].read_text(encoding="utf-8").strip()
+            raise B4MError(
+                f"bench shard {failed[0].stem}: {note}; fix it and rerun the same command (it resumes)"
+            )
+        if progress and not shown:
+            print(f"b4m bench: waiting for {what} ...", flush=True)
+            shown = True
+        time.sleep(poll_s)
 
 
 def _reference_folders(root: Path, p: Plan) -> dict[str, dict[str, str]]:

@@ -66,15 +66,14 @@ INSTANCE_STYLES: tuple[str, ...] = ("papercut", "knit")
 """Style families with an instance space."""
 PUBLIC_TRAITS: dict[str, tuple[tuple[int, int], ...]] = {
     # (squeeze, mark) with mark - squeeze = 0 or 1 (mod 4): every squeeze with two marks, every mark with two
-    # squeezes, so base training shows each trait value with more than one partner
+    # squeezes
     "content": ((0, 0), (0, 1), (1, 1), (1, 2), (2, 2), (2, 3), (3, 3), (3, 0)),
     "style": ((0, 0), (1, 1), (2, 2), (3, 0)),
 }
 """Trait value indices of the public codes. Content: a cyclic band of 8 of the 16 codes in which every trait
-value appears with two partners, so that base training learns the traits as parts rather than as a few fixed
-combinations (with one partner per value the base redrew a personal combination as the public one that shared a
-trait: ``benchmarks/base_model.md``). Style: the plain code and a diagonal that shows every value once. A
-personal instance is always a new *combination* of values base training knows."""
+value appears with two partners, meant to let base training learn the traits as parts rather than as a few fixed
+combinations (what that did, measured: ``benchmarks/base_model.md``). Style: the plain code and a diagonal that
+shows every value once. A personal instance is always a new *combination* of values base training knows."""
 FINISH_NAMES: dict[str, tuple[str, ...]] = {
     "papercut": ("raised", "flat", "deep"),
     "knit": ("striped", "plain", "ribbed"),
