@@ -94,7 +94,7 @@ SIZE_HELP = (
     "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
     "4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
     "100 stage-2 / merger steps: about 45-60 min on 2 CPU cores (estimated from benchmarks/methods_cost.md). "
-    "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only, 1 seed, 10 "
+    "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only + rp-sgd, 1 seed, 10 "
     "training steps, 10 sampling steps: a few minutes (it checks the machinery, not the methods). "
     "Finished runs are cached under --out: rerun the same command to resume."
 )
