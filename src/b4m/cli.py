@@ -10,6 +10,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 # The CLI prints its own errors; library chatter (e.g. "torchvision not installed") only hides them.
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -210,32 +211,23 @@ def _cmd_base_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_base_eval(args: argparse.Namespace) -> int:
-    from b4m.harness.base import BaseEvalConfig, evaluate_base
+def _base_job(config: str, job: str) -> Any:
+    """The handler of a ``b4m base`` subcommand: ``b4m.harness.base.<job>(<config> from the flags)`` (imported
+    when it runs, so ``--help`` loads no torch)."""
 
-    evaluate_base(config_from_args(BaseEvalConfig, args))
-    return 0
+    def run(args: argparse.Namespace) -> int:
+        from b4m.harness import base
 
+        getattr(base, job)(config_from_args(getattr(base, config), args))
+        return 0
 
-def _cmd_base_grid(args: argparse.Namespace) -> int:
-    from b4m.harness.base import BaseGridConfig, sample_grid
-
-    sample_grid(config_from_args(BaseGridConfig, args))
-    return 0
-
-
-def _cmd_base_diagnose(args: argparse.Namespace) -> int:
-    from b4m.harness.base import BaseDiagnoseConfig, diagnose_base
-
-    diagnose_base(config_from_args(BaseDiagnoseConfig, args))
-    return 0
+    return run
 
 
-def _cmd_base_ship(args: argparse.Namespace) -> int:
-    from b4m.harness.base import BaseShipConfig, ship_base
-
-    ship_base(config_from_args(BaseShipConfig, args))
-    return 0
+_cmd_base_eval = _base_job("BaseEvalConfig", "evaluate_base")
+_cmd_base_grid = _base_job("BaseGridConfig", "sample_grid")
+_cmd_base_diagnose = _base_job("BaseDiagnoseConfig", "diagnose_base")
+_cmd_base_ship = _base_job("BaseShipConfig", "ship_base")
 
 
 def _cmd_base_check(args: argparse.Namespace) -> int:

@@ -9,6 +9,7 @@ import json
 import string
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 from diffusers import (
@@ -98,8 +99,10 @@ def _text_config(vocab_size: int, hidden: int = 32, projection: int = 32) -> CLI
     )
 
 
-def _vae() -> AutoencoderKL:
+def _vae(**extra: Any) -> AutoencoderKL:
+    """The tiny VAE of every test pipeline; ``extra``: FLUX's settings (no quant convs, its shift and scale)."""
     return AutoencoderKL(
+        **extra,
         block_out_channels=(8, 16),
         in_channels=3,
         out_channels=3,
@@ -237,20 +240,7 @@ def tiny_flux_pipeline(
     transformer = FluxTransformer2DModel(
         **(TINY_FLUX_TRANSFORMER_CONFIG | {"guidance_embeds": guidance_embeds})
     )
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
-        latent_channels=4,
-        norm_num_groups=8,
-        sample_size=32,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
-    )
+    vae = _vae(use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
     tokenizer = write_clip_tokenizer(Path(tokenizer_dir) / "clip", words=_WORDS)
     text_encoder = CLIPTextModel(_text_config(len(tokenizer)))
     tokenizer_2 = write_t5_tokenizer(Path(tokenizer_dir) / "t5", words=_WORDS)
