@@ -305,4 +305,5 @@ def test_shipped_base_model_is_customizable(half):
 
     cfg = CustomizeCheck(styles=()) if half == "content" else CustomizeCheck(contents=())
     r = check_customizability(cfg)
+    print(half, r[half])  # the figures, for `pytest -s` (benchmarks/base_model.md records them)
     assert r["passed"][half], r[half]
