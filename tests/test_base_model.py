@@ -299,7 +299,7 @@ def test_customizability_check_runs_and_reports_both_mirrors(tmp_path, method):
 def test_shipped_base_model_is_customizable(half):
     """The world issue's customizability bar: a plain LoRA of a personal instance keeps it in other styles
     (content half), and the mirror for a personal style over other contents (style half). The halves are
-    independent (each about 20 min at one thread), so two processes can run them side by side:
+    independent (each about 14 min at one thread), so two processes can run them side by side:
     ``pytest -m slow -k "customizable and content"`` and ``... and style``."""
     from b4m.eval.customize import CustomizeCheck, check_customizability
 

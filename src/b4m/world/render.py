@@ -376,7 +376,7 @@ _PAPER_SHADOW = ((0.35, 0.0), (0.0, 0.0), (0.5, 2.2))
 """Papercut ``finish``: (strength, offset in px) of the drop shadow: raised, flat, deep."""
 _PAPER_GLOW = 0.6
 """Tone the papercut shadow blends the background toward where the background is dark (mean below
-:data:`_DARK_BG`): a darkening multiplier leaves a black card all but unchanged (6/255), so on dark cards the
+:data:`_DARK_BG`): a darkening multiplier changes a black card by at most 6/255, so on dark cards the
 raised paper's rim catches the light instead, and the finish stays visible on every background."""
 _DARK_BG = 0.25
 
