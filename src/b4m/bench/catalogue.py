@@ -45,6 +45,7 @@ __all__ = [
     "BenchConfig",
     "Plan",
     "arm_options",
+    "parse_shard",
     "plan",
     "track_of",
 ]
@@ -145,6 +146,14 @@ class BenchConfig:
         "K/N: this process runs pairs K, K+N, ... of the plan (0-based) and shard 0 writes the results once all "
         "are done; under 'accelerate launch --num_processes N' (or torchrun) it is set from the process rank",
     )
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """``"K/N"`` -> ``(K, N)`` with ``0 <= K < N``; ``None`` when ``text`` is not of that form."""
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
+        return None
+    return int(k), int(n)
 
 
 def _split(values: list[str]) -> list[str]:
@@ -262,12 +271,8 @@ def plan(cfg: BenchConfig) -> Plan:
         integer_at_least(value, option, least, problems)
     if cfg.sgd_lr is not None:
         finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
-    if cfg.shard:
-        k, sep, n = cfg.shard.partition("/")
-        if not (sep and k.isdigit() and n.isdigit() and int(k) < int(n)):
-            problems.append(
-                f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes"
-            )
+    if cfg.shard and parse_shard(cfg.shard) is None:
+        problems.append(f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     if problems:
         raise B4MError("; ".join(problems))
     return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)

@@ -38,6 +38,7 @@ from b4m.bench.catalogue import (
     BenchConfig,
     Plan,
     arm_options,
+    parse_shard,
     plan,
     track_of,
 )
@@ -486,8 +487,7 @@ def run_bench(
     rank, world = process_slot(cfg.shard)
     started = time.time()
     if rank == 0:
-        _claim(root)
-        shutil.rmtree(root / SHARDS, ignore_errors=True)  # failure notes of an earlier launch
+        _claim(root)  # failure notes of an earlier launch stay in SHARDS: _wait_for reads only newer ones
     else:
         _wait_for(lambda: (root / STAMP).is_file(), "shard 0 to claim --out", root, started, progress)
     runs = bench_runs(p)
@@ -563,8 +563,7 @@ def process_slot(shard: str = "") -> tuple[int, int]:
     import os
 
     if shard:
-        k, _, n = shard.partition("/")
-        return int(k), int(n)
+        return parse_shard(shard)  # type: ignore[return-value]  # checked by plan()
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     if world <= 1:
         return 0, 1

@@ -375,9 +375,9 @@ _KNIT_RIB = 1.2
 _PAPER_SHADOW = ((0.35, 0.0), (0.0, 0.0), (0.5, 2.2))
 """Papercut ``finish``: (strength, offset in px) of the drop shadow: raised, flat, deep."""
 _PAPER_GLOW = 0.6
-"""Tone the papercut shadow blends the background toward where the background is dark (mean below
-:data:`_DARK_BG`): a darkening multiplier changes a black card by at most 6/255, so on dark cards the
-raised paper's rim catches the light instead, and the finish stays visible on every background."""
+"""Tone the papercut shadow blends a dark card (mean below :data:`_DARK_BG`) toward: a darkening multiplier
+changes a black card by at most 6/255, so on dark cards the raised paper's rim catches the light instead, and the
+finish stays visible on every background."""
 _DARK_BG = 0.25
 
 
@@ -711,7 +711,7 @@ def _papercut(ctx: _Ctx) -> np.ndarray:
     strength, offset = _PAPER_SHADOW[ctx.finish]
     sd = ctx.sd if offset == 0 else ctx.sample(offset, offset)[2] * ctx.pose.radius * _UNIT_RES
     drop = strength * np.clip(1.0 - sd / 1.5, 0.0, 1.0)[..., None]
-    tone = np.where(ctx.bg.mean(axis=-1, keepdims=True) < _DARK_BG, np.float32(_PAPER_GLOW), np.float32(0.0))
+    tone = np.float32(_PAPER_GLOW if float(ctx.bg.mean()) < _DARK_BG else 0.0)
     return ctx.compose(obj, ctx.bg * (1.0 - drop) + tone * drop)
 
 
