@@ -17,7 +17,7 @@ from pathlib import Path
 import b4m
 
 SRC = Path(b4m.__file__).resolve().parent
-CORE = {"config", "errors", "checks", "threads", "paths", "prompts", "data"}
+CORE = {"config", "errors", "checks", "threads", "paths", "prompts", "data", "io", "owned"}
 ABOVE_WORLD = {"methods", "eval", "api", "demo", "bench", "cli"}
 
 # layer -> the layers it must not import

@@ -241,7 +241,7 @@ def test_a_killed_write_leaves_nothing_after_the_next_start(tiny_sd, data, tmp_p
     first = train_stage1(_s1(data, out, steps=4), "content", pipe=tiny_sd(), progress=False)
     (out / "checkpoints" / ".ckpt-abc123").mkdir()  # what kill -9 during a checkpoint write leaves
     (out / "checkpoints" / ".ckpt-abc123" / "state.json").write_text("{")
-    (out / ".adapter.safetensors.x1y2.tmp").write_bytes(b"partial")
+    (out / ".adapter.safetensors.x1y2.b4m-tmp").write_bytes(b"partial")
     train_stage1(_s1(data, out, steps=4, resume=True), "content", pipe=tiny_sd(), progress=False)
     assert _no_temp_files(out) and first.is_file()
 

@@ -19,9 +19,7 @@ finite are refused on load, naming the file and the first bad tensor.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,10 +27,10 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from b4m.adapters import flux_keys
-from b4m.errors import B4MError, disk_full
+from b4m.errors import B4MError
+from b4m.io import clean_temp_files, file_mode, save_safetensors
 
 __all__ = [
     "FORMAT_VERSION",
@@ -67,50 +65,12 @@ class LoraFile:
         return next(iter(self.factors.values()))[0].shape[1]
 
 
-def file_mode(folder: bool = False) -> int:
-    """The mode a plain ``open()``/``mkdir()`` would give under the current umask (``mkstemp``/``mkdtemp``
-    make 0600/0700, which a ComfyUI or A1111 service running as another user cannot read)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return (0o777 if folder else 0o666) & ~mask
-
-
-_TEMP = re.compile(r"^\..+\.safetensors\..+\.tmp$")
-
-
-def clean_temp_files(folder: str | Path) -> None:
-    """Remove the temporary files a killed :func:`atomic_save_safetensors` left in ``folder``."""
-    folder = Path(folder)
-    if folder.is_dir():
-        for p in folder.iterdir():
-            if _TEMP.match(p.name) and p.is_file():
-                p.unlink(missing_ok=True)
-
-
 def atomic_save_safetensors(
     tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str], hint: str = "rerun"
 ) -> Path:
-    """Write ``tensors`` to ``path`` through a temporary file in the same folder and an atomic rename; the file
-    gets the umask's mode. A full disk is a :class:`~b4m.errors.DiskFullError` (``hint`` says what to rerun)
-    and leaves ``path`` as it was."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:
-        raise disk_full(err, path, hint) or B4MError(f"cannot write {path} ({err.strerror})") from None
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, file_mode())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise disk_full(err, path, hint) or B4MError(f"cannot write {path} ({err.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write ``tensors`` to ``path`` atomically with the umask's mode (:func:`b4m.io.save_safetensors`); a full
+    disk is a :class:`~b4m.errors.DiskFullError` (``hint`` says what to rerun) and leaves ``path`` as it was."""
+    return save_safetensors(tensors, path, metadata, hint)
 
 
 def _lora_config_dict(rank: int, alpha: float, modules: list[str]) -> dict[str, Any]:
