@@ -7,21 +7,23 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import stat
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-import b4m.adapters.codec as codec
 import b4m.train.loop as loop_mod
 import b4m.train.stage1 as stage1_mod
 import b4m.train.stage2 as stage2_mod
 from b4m.adapters import load_lora
 from b4m.config import Stage1Config, Stage2Config
 from b4m.errors import B4MError, DiskFullError
+from b4m.owned import MANIFEST
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import train_stage2
 
@@ -104,7 +106,12 @@ def test_stage1_stops_at_a_non_finite_loss_keeping_the_last_good_checkpoint(
     ):
         train_stage1(_s1(data, out), "content", pipe=tiny_sd(), progress=False)
     assert not (out / "adapter.safetensors").exists()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]
+    assert _steps(out) == ["step-000004"]
+
+
+def _steps(out):
+    """The checkpoints in ``out`` (b4m's manifest left out)."""
+    return sorted(p.name for p in (out / "checkpoints").iterdir() if p.name != MANIFEST)
 
 
 def test_stage2_stops_at_a_non_finite_loss(tiny_sd, data, tmp_path, monkeypatch):
@@ -129,25 +136,33 @@ def test_train_log_records_null_for_nan(tmp_path):
     assert rows[0]["loss"] is None and rows[0]["other"] is None and rows[1]["loss"] == 0.5
 
 
-def _full_disk_on(monkeypatch, match, nth=1):
-    """Make the ``nth`` safetensors write whose path contains ``match`` fail with ENOSPC (after a partial write)."""
-    real = codec.save_file
+def _full_disk_on(monkeypatch, match, nth=1, rust=True):
+    """Make the ``nth`` safetensors write whose path contains ``match`` fail as a full disk does (after a partial
+    write): with the safetensors writer's own error type and message (``rust``), or an ``OSError``."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
     seen = {"n": 0}
 
     def save(tensors, filename, metadata=None):
-        if match in str(filename):
+        if match in str(filename) or match in Path(filename).name:
             seen["n"] += 1
             if seen["n"] == nth:
                 with open(filename, "wb") as f:
                     f.write(b"partial")
+                if rust:  # what safetensors 0.4-0.6 raise on a real full disk
+                    raise SafetensorError(
+                        "Error while serializing: I/O error: No space left on device (os error 28)"
+                    )
                 raise OSError(errno.ENOSPC, "No space left on device")
         return real(tensors, filename, metadata=metadata)
 
-    monkeypatch.setattr(codec, "save_file", save)
+    monkeypatch.setattr(safetensors.torch, "save_file", save)
 
 
 def _no_temp_files(folder):
-    return [p.name for p in folder.rglob("*") if p.name.startswith(".")] == []
+    return [p.name for p in folder.rglob("*") if p.name.startswith(".") and p.name != MANIFEST] == []
 
 
 def test_stage1_full_disk_at_a_checkpoint_then_resume_is_bit_identical(tiny_sd, data, tmp_path, monkeypatch):
@@ -155,38 +170,74 @@ def test_stage1_full_disk_at_a_checkpoint_then_resume_is_bit_identical(tiny_sd, 
     out = tmp_path / "b"
     _full_disk_on(monkeypatch, "state.safetensors", nth=2)  # the checkpoint at step 4
     with pytest.raises(
-        DiskFullError, match=r"no space left writing .*step-000004; free space and rerun with --resume"
+        DiskFullError, match=r"no space left writing .*step-000004; free space and rerun the same command"
     ):
         train_stage1(_s1(data, out), "content", pipe=tiny_sd(), progress=False)
     monkeypatch.undo()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"] and _no_temp_files(out)
+    assert _steps(out) == ["step-000002"] and _no_temp_files(out)
     # Another run's settings or data are refused, naming what differs.
-    with pytest.raises(B4MError, match=r"belongs to another run; differs: --lr 0.02 \(checkpoint: 0.01\)"):
+    with pytest.raises(B4MError, match=r"belongs to another run; differs: --lr 0.02 \(recorded: 0.01\)"):
         train_stage1(_s1(data, out, lr=2e-2, resume=True), "content", pipe=tiny_sd(), progress=False)
-    with pytest.raises(B4MError, match=r"differs: --rank 8 \(checkpoint: 4\)"):
+    with pytest.raises(B4MError, match=r"differs: --rank 8 \(recorded: 4\)"):
         train_stage1(_s1(data, out, rank=8, resume=True), "content", pipe=tiny_sd(), progress=False)
     caption = data["aux"][0] / "00.txt"
     caption.write_text("a photo in another style")
-    with pytest.raises(B4MError, match=r"differs: the images or captions"):
+    with pytest.raises(B4MError, match=r"differs: the images, captions"):
         train_stage1(_s1(data, out, resume=True), "content", pipe=tiny_sd(), progress=False)
     caption.write_text("a photo in style 0")
-    resumed = train_stage1(_s1(data, out, resume=True), "content", pipe=tiny_sd(), progress=False)
+    resumed = train_stage1(_s1(data, out), "content", pipe=tiny_sd(), progress=False)  # the same command
     assert _same(full, resumed)
 
 
-def test_stage1_full_disk_at_the_final_save_keeps_the_checkpoint(tiny_sd, data, tmp_path, monkeypatch):
+@pytest.mark.parametrize("rust", [True, False])
+def test_stage1_full_disk_at_the_final_save_keeps_the_trained_state(
+    tiny_sd, data, tmp_path, monkeypatch, rust
+):
     full = train_stage1(_s1(data, tmp_path / "a"), "content", pipe=tiny_sd(), progress=False)
     out = tmp_path / "b"
-    _full_disk_on(monkeypatch, "adapter.safetensors")
+    _full_disk_on(monkeypatch, "adapter.safetensors", rust=rust)
     with pytest.raises(
-        DiskFullError, match=r"no space left writing .*adapter.safetensors; free space and rerun with "
+        DiskFullError,
+        match=r"no space left writing .*adapter.safetensors; free space and rerun the same command to continue; "
+        r"the trained state is kept in .*step-000006: free space and rerun the same command",
     ):
         train_stage1(_s1(data, out), "content", pipe=tiny_sd(), progress=False)
     monkeypatch.undo()
     assert not (out / "adapter.safetensors").exists() and _no_temp_files(out)
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000004"]
-    resumed = train_stage1(_s1(data, out, resume=True), "content", pipe=tiny_sd(), progress=False)
+    assert _steps(out) == ["step-000006"]  # the last step, not the checkpoint before it
+    resumed = train_stage1(_s1(data, out), "content", pipe=tiny_sd(), progress=False)  # only saves
     assert _same(full, resumed)
+
+
+def test_full_disk_at_the_final_save_without_checkpoints_keeps_the_weights(
+    tiny_sd, data, tmp_path, monkeypatch
+):
+    """``--checkpoint-every 0`` and a disk too full for a checkpoint as well: the trained tensors go to the
+    system's temporary folder, and the message says where."""
+    full = train_stage1(
+        _s1(data, tmp_path / "a", checkpoint_every=0), "content", pipe=tiny_sd(), progress=False
+    )
+    out = tmp_path / "b"
+    _full_disk_on(monkeypatch, "adapter.safetensors")
+    _full_disk_on(monkeypatch, "state.safetensors")
+    with pytest.raises(
+        DiskFullError, match=r"the trained tensors are kept in (\S+trained_weights.safetensors)"
+    ) as err:
+        train_stage1(_s1(data, out, checkpoint_every=0), "content", pipe=tiny_sd(), progress=False)
+    monkeypatch.undo()
+    rescue = re.search(r"kept in (\S+\.safetensors)", str(err.value)).group(1)
+    from safetensors.torch import load_file
+
+    saved, want = load_file(rescue), load_lora(full).factors
+    assert len(saved) == 2 * len(want)
+    for layer, (
+        u,
+        v,
+    ) in want.items():  # U = [A; B], V = [C, D]: the learnable parts are U's last rows, V's last columns
+        b, d = saved[f"{layer}.B"], saved[f"{layer}.D"]
+        assert torch.equal(b, u[u.shape[0] - b.shape[0] :]) and torch.equal(
+            d, v[:, v.shape[1] - d.shape[1] :]
+        )
 
 
 @pytest.fixture
@@ -214,11 +265,9 @@ def test_stage2_killed_then_resumed_is_bit_identical(tiny_sd, pair, tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         train_stage2(_s2(pair, tmp_path / "b"), pipe=tiny_sd(), progress=False)
     monkeypatch.undo()
-    with pytest.raises(B4MError, match="holds checkpoints of an unfinished run; pass --resume"):
-        train_stage2(_s2(pair, tmp_path / "b"), pipe=tiny_sd(), progress=False)
     with pytest.raises(B4MError, match=r"differs: --stage2-lr 0.005"):
-        train_stage2(_s2(pair, tmp_path / "b", stage2_lr=5e-3, resume=True), pipe=tiny_sd(), progress=False)
-    resumed = train_stage2(_s2(pair, tmp_path / "b", resume=True), pipe=tiny_sd(), progress=False)
+        train_stage2(_s2(pair, tmp_path / "b", stage2_lr=5e-3), pipe=tiny_sd(), progress=False)
+    resumed = train_stage2(_s2(pair, tmp_path / "b"), pipe=tiny_sd(), progress=False)  # the same command
     assert _same(full, resumed)
 
 
@@ -227,12 +276,12 @@ def test_stage2_full_disk_at_a_checkpoint_then_resume_is_bit_identical(tiny_sd, 
     out = tmp_path / "b"
     _full_disk_on(monkeypatch, "state.safetensors", nth=2)
     with pytest.raises(
-        DiskFullError, match=r"no space left writing .*step-000004; free space and rerun with --resume"
+        DiskFullError, match=r"no space left writing .*step-000004; free space and rerun the same command"
     ):
         train_stage2(_s2(pair, out), pipe=tiny_sd(), progress=False)
     monkeypatch.undo()
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"] and _no_temp_files(out)
-    resumed = train_stage2(_s2(pair, out, resume=True), pipe=tiny_sd(), progress=False)
+    assert _steps(out) == ["step-000002"] and _no_temp_files(out)
+    resumed = train_stage2(_s2(pair, out), pipe=tiny_sd(), progress=False)
     assert _same(full, resumed)
 
 
@@ -240,6 +289,9 @@ def test_a_killed_write_leaves_nothing_after_the_next_start(tiny_sd, data, tmp_p
     out = tmp_path / "run"
     first = train_stage1(_s1(data, out, steps=4), "content", pipe=tiny_sd(), progress=False)
     (out / "checkpoints" / ".ckpt-abc123").mkdir()  # what kill -9 during a checkpoint write leaves
+    (out / "checkpoints" / ".ckpt-abc123" / MANIFEST).write_text(
+        (out / "checkpoints" / MANIFEST).read_text()
+    )  # save_checkpoint writes its manifest first
     (out / "checkpoints" / ".ckpt-abc123" / "state.json").write_text("{")
     (out / ".adapter.safetensors.x1y2.b4m-tmp").write_bytes(b"partial")
     train_stage1(_s1(data, out, steps=4, resume=True), "content", pipe=tiny_sd(), progress=False)

@@ -153,22 +153,30 @@ def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypa
     from b4m.train.checkpoint import recorded_threads
 
     assert recorded_threads(tmp_path / "b" / "checkpoints") == torch.get_num_threads()  # the run's count
-    resumed = train_stage1(replace(cfg, resume=True), "content", pipe=tiny_sd(), progress=False)
+    resumed = train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)  # the same command continues
     a, b = load_lora(full).factors, load_lora(resumed).factors
     for m in a:
         assert torch.equal(a[m][0], b[m][0]) and torch.equal(a[m][1], b[m][1])
 
 
-def test_finished_work_is_never_overwritten(tiny_sd, data, tmp_path):
+def test_a_finished_run_is_reused_and_another_run_refused(tiny_sd, data, tmp_path, capsys):
+    from dataclasses import replace
+
     cfg = _s1(data, tmp_path, "content", steps=2)
     path = train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
     before = path.read_bytes()
-    with pytest.raises(B4MError, match="holds a finished adapter.*--overwrite"):
-        train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
-    from dataclasses import replace
-
+    assert train_stage1(cfg, "content", pipe=tiny_sd(), progress=False) == path  # the same command: reused
+    assert "nothing to train" in capsys.readouterr().err
     assert train_stage1(replace(cfg, resume=True), "content", pipe=tiny_sd(), progress=False) == path
-    assert path.read_bytes() == before  # a resumed, finished run is left alone
+    assert path.read_bytes() == before
+    other = replace(cfg, lr=0.05)  # the user asked for another run: never the old adapter in its name
+    with pytest.raises(B4MError, match=r"finished adapter of another run; differs: --lr 0\.05.*--overwrite"):
+        train_stage1(other, "content", pipe=tiny_sd(), progress=False)
+    with pytest.raises(B4MError, match=r"differs: --lr 0\.05"):
+        train_stage1(replace(other, resume=True), "content", pipe=tiny_sd(), progress=False)
+    assert path.read_bytes() == before
+    train_stage1(replace(other, overwrite=True), "content", pipe=tiny_sd(), progress=False)
+    assert load_lora(path).meta["config"]["lr"] == 0.05
 
 
 def test_stage1_input_errors_name_the_option(data, tmp_path):

@@ -313,6 +313,17 @@ class AdapterOptions:
     )
 
 
+MIXED_PRECISION = ["no", "bf16", "fp16"]
+RESUME_HELP = (
+    "kept for old scripts: the same command always continues an unfinished run in --out (and returns a "
+    "finished one's adapter)"
+)
+OVERWRITE_HELP = (
+    "start over: replace the adapter, checkpoints and log b4m made in --out (files b4m did not make are never "
+    "touched; a run with other options is refused without this)"
+)
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage1Config(AdapterOptions):
     """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
@@ -338,14 +349,10 @@ class Stage1Config(AdapterOptions):
     )
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     checkpoint_every: int = opt(100, "save a resumable checkpoint every N steps (0: never)")
-    resume: bool = opt(False, "resume from the last checkpoint in the output folder")
-    overwrite: bool = opt(
-        False, "replace a finished adapter or an unfinished run already in the output folder"
-    )
+    resume: bool = opt(False, RESUME_HELP)
+    overwrite: bool = opt(False, OVERWRITE_HELP)
     mixed_precision: str = opt(
-        "no",
-        "autocast dtype on GPU: no, bf16, fp16 (adapter weights stay fp32)",
-        choices=["no", "bf16", "fp16"],
+        "no", "autocast dtype on GPU: no, bf16, fp16 (adapter weights stay fp32)", choices=MIXED_PRECISION
     )
     gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
     trigger_words: list[str] = opt(
@@ -383,10 +390,10 @@ class Stage2Config:
     delta_rel: float = opt(1e-2, "ridge relative to tr(G)/r; bounds the preconditioner's condition number")
     resolution: int | None = opt(None, "training resolution in pixels")
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
-    mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=["no", "bf16", "fp16"])
+    mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=MIXED_PRECISION)
     checkpoint_every: int = opt(50, "save a resumable checkpoint every N fine-tuning steps (0: never)")
-    resume: bool = opt(False, "resume from the last checkpoint in the output folder")
-    overwrite: bool = opt(False, "replace a fused adapter or an unfinished run already in the output folder")
+    resume: bool = opt(False, RESUME_HELP)
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 @dataclasses.dataclass(frozen=True)

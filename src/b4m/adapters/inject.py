@@ -78,6 +78,14 @@ class PLPAdapter:
                 params.append(self.down(layer).learnable)
         return params
 
+    def named_parts(self) -> dict[str, nn.Parameter]:
+        """``{"<layer>.B": B, "<layer>.D": D}``: the learnable parts by name (what checkpoints record)."""
+        return {
+            f"{layer}.{part}": p
+            for layer in self.layers
+            for part, p in (("B", self.up(layer).learnable), ("D", self.down(layer).learnable))
+        }
+
     def frozen(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """``{layer: (A, C)}``, the frozen parts."""
         return {layer: (self.up(layer).frozen, self.down(layer).frozen) for layer in self.layers}

@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from b4m.adapters.codec import load_lora
+from b4m.checks import check_out_folder
 from b4m.config import Stage1Config, Stage2Config
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, B4MOfficialOptions, B4MOptions
-from b4m.methods.common import check_folders, claim_out
+from b4m.methods.common import check_folders
+from b4m.owned import Folder, claim
+from b4m.train.session import ADAPTER, CHECKPOINTS, LOG
 
 __all__ = ["B4MOfficialOptions", "B4MOptions", "fit_b4m", "stage_configs"]
 
@@ -40,6 +43,7 @@ def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Confi
         seed=cfg.seed,
         checkpoint_every=cfg.checkpoint_every,
         overwrite=cfg.overwrite,
+        mixed_precision=cfg.mixed_precision,
     )
     content = Stage1Config(
         images=cfg.content_images,
@@ -75,6 +79,7 @@ def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Confi
         resolution=cfg.resolution,
         seed=cfg.seed,
         overwrite=cfg.overwrite,
+        mixed_precision=cfg.mixed_precision,
     )
     return content, style, stage2
 
@@ -83,7 +88,9 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
     from b4m.train.stage1 import train_stage1
     from b4m.train.stage2 import train_stage2
 
-    out = claim_out(cfg, method_id)
+    out = Path(cfg.out or Path("runs") / method_id)
+    check_out_folder(out)
+    claim(out, (ADAPTER, CHECKPOINTS, LOG, "content", "style"), overwrite=cfg.overwrite)
     check_folders(cfg, ["content", "style"])
     content, style, stage2 = stage_configs(cfg, out)
 
@@ -91,6 +98,9 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
         return None if pipe is None else copy.deepcopy(pipe)
 
     official = {"routing": cfg.routing, "aux_lr_scale": cfg.aux_lr_scale}
+    folder = Folder(out)
+    if not folder.known:
+        folder.save()  # the stages' folders are then recorded as b4m's sub-folders
     train_stage1(content, "content", pipe=fresh(), progress=progress, **official)
     train_stage1(style, "style", pipe=fresh(), progress=progress, **official)
     path = train_stage2(stage2, pipe=fresh(), progress=progress, reinit_every=cfg.reinit_every)

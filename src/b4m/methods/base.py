@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from b4m.config import opt, preset_key
+from b4m.config import OVERWRITE_HELP, opt, preset_key
 from b4m.errors import B4MError
 
 __all__ = [
@@ -104,7 +104,7 @@ class MethodOptions:
         "adapt only these blocks, e.g. transformer_blocks.0-9 (FLUX) or up_blocks.0.attentions.1; default: all",
     )
     seed: int = opt(0, "seed for initialisation, images, timesteps and noise")
-    overwrite: bool = opt(False, "replace an adapter already in the output folder")
+    overwrite: bool = opt(False, OVERWRITE_HELP)
 
 
 def resolve_options(cfg: Any) -> Any:

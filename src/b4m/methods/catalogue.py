@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
+from b4m.config import MIXED_PRECISION, opt
 from b4m.config import PRESETS as B4M_PRESETS
-from b4m.config import opt
 from b4m.methods.base import MethodInfo, MethodOptions
 
 __all__ = [
@@ -45,6 +45,9 @@ class TrainedOptions(MethodOptions):
     checkpoint_every: int = opt(
         100, "save a resumable checkpoint every N steps in <out>/checkpoints (0: never)"
     )
+    mixed_precision: str = opt(
+        "no", "autocast dtype on a GPU: no, bf16, fp16 (the frozen base loads in it)", choices=MIXED_PRECISION
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,6 +70,9 @@ class B4MOptions(MethodOptions):
     mcp: bool = opt(True, "multi-correspondence learning; --no-mcp: target images only (w/o MCP)")
     weight_decay: float = opt(1e-2, "stage-1 AdamW weight decay")
     checkpoint_every: int = opt(100, "stage 1: save a resumable checkpoint every N steps (0: never)")
+    mixed_precision: str = opt(
+        "no", "autocast dtype on a GPU: no, bf16, fp16 (the frozen base loads in it)", choices=MIXED_PRECISION
+    )
     stage2_steps: int | None = opt(None, "stage-2 fine-tuning steps (B4M preset; 0: fuse only)")
     stage2_lr: float | None = opt(None, "stage-2 learning rate (B4M preset)")
     optimizer: str = opt(

@@ -5,15 +5,12 @@ plain LoRA.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from b4m import threads
 from b4m.adapters.codec import load_lora
 from b4m.adapters.compose import Factors, pad_ranks
 from b4m.adapters.files import save_file_for
@@ -21,93 +18,49 @@ from b4m.adapters.flux_keys import is_flux_layout
 from b4m.checks import check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
-from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, freeze, load_pipeline, predict
+from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, predict
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.paths import portable_config
-from b4m.train.checkpoint import (
-    claim_output,
-    clean_stale,
-    latest_checkpoint,
-    read_checkpoint_info,
-    recorded_threads,
-)
-from b4m.train.identity import check_same_run, data_fingerprint, run_settings
+from b4m.train.checkpoint import RESUME_HINT
+from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import (
     CachedSet,
     Checkpoints,
     StepFn,
-    TrainLog,
     cache_set,
-    make_accelerator,
     run_steps,
     trigger_words_of,
 )
+from b4m.train.session import ADAPTER, CHECKPOINTS
+from b4m.train.session import Session as TrainSession
 
 __all__ = [
     "ADAPTER",
     "CHECKPOINTS",
     "MERGE_INPUTS",
-    "Run",
+    "MERGE_SOURCES",
     "Session",
-    "claim_out",
-    "claim_run",
     "fit_method",
     "named_params",
     "predict",
     "read_source",
+    "reused",
     "run_method",
     "save_adapter",
     "train_steps",
 ]
 
-ADAPTER = "adapter.safetensors"
-CHECKPOINTS = "checkpoints"
-MERGE_INPUTS = ("content_lora", "style_lora", "content_images", "style_images")
+MERGE_SOURCES = ("content_lora", "style_lora")
+"""What the merging methods (direct merge, NP-LoRA, K-LoRA) are made from: a run's identity covers both files."""
+MERGE_INPUTS = (*MERGE_SOURCES, "content_images", "style_images")
 """What the trained merging methods (ZipLoRA, DuoLoRA) learn from: a run's identity covers all four."""
 
 
-def claim_out(cfg: Any, method_id: str) -> Path:
-    """The output folder, checked as the stages check theirs (:func:`~b4m.checks.check_out_folder`,
-    :func:`~b4m.train.checkpoint.claim_output`): never a file or an unwritable place, and a finished adapter
-    is replaced only with ``--overwrite``."""
-    out = _out_folder(cfg, method_id)
-    claim_output(out, resume=False, overwrite=cfg.overwrite)
-    return out
-
-
-def _out_folder(cfg: Any, method_id: str) -> Path:
-    """``--out`` (default ``runs/<method>``), checked to be a folder b4m may write."""
-    out = Path(cfg.out or Path("runs") / method_id)
-    check_out_folder(out)
-    return out
-
-
-@dataclass
-class Run:
-    """A trained method's run in ``out``: the checkpoint it continues from (``resume``, ``None`` for a fresh
-    start) and, once :meth:`identify` has run, what makes it this run (checkpoints record both)."""
-
-    out: Path
-    method_id: str
-    resume: Path | None = None
-    settings: dict[str, Any] = field(default_factory=dict)
-    data: str = ""
-    info: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def folder(self) -> Path:
-        return self.out / CHECKPOINTS
-
-    def identify(self, cfg: Any, inputs: Sequence[str]) -> None:
-        """Record the run's settings and the fingerprint of ``inputs`` (names of :data:`~b4m.methods.base.NEEDS`:
-        image folders with their prompts, source LoRA files); refuse a checkpoint of another run, naming what
-        differs."""
-        self.settings = run_settings(to_dict(cfg) | {"method": self.method_id})
-        self.data = data_fingerprint(_input_sets(cfg, inputs))
-        if self.resume is not None:
-            self.info = read_checkpoint_info(self.resume)
-            check_same_run(self.info, self.settings, self.data, self.resume, asked=f"--out {self.out}")
+def reused(path: Path) -> Fitted:
+    """A finished run's adapter, returned without training (the one resume rule, :mod:`b4m.train.session`)."""
+    lora = load_lora(path)
+    return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in lora.factors.items()})
 
 
 def _input_sets(cfg: Any, inputs: Sequence[str]) -> list[tuple[list[Path], list[str]]]:
@@ -125,20 +78,6 @@ def _input_sets(cfg: Any, inputs: Sequence[str]) -> list[tuple[list[Path], list[
     return sets
 
 
-def claim_run(cfg: Any, method_id: str) -> Run:
-    """:func:`claim_out` for a method that trains: an unfinished run in the output folder (checkpoints, no
-    adapter) is continued rather than refused, unless ``--overwrite`` starts it over. Whether it is this
-    command's run is checked by :meth:`Run.identify`, once the inputs are known to be readable."""
-    problems: list[str] = []
-    integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
-    raise_problems(problems)
-    out = _out_folder(cfg, method_id)
-    resume = None if cfg.overwrite or (out / ADAPTER).is_file() else latest_checkpoint(out / CHECKPOINTS)
-    if resume is None:
-        claim_output(out, resume=False, overwrite=cfg.overwrite)
-    return Run(out, method_id, resume)
-
-
 def check_folders(cfg: Any, which: Iterable[str]) -> None:
     """Fail in a second on a missing or empty image folder, before the (slow) model load."""
     for name in which:
@@ -147,48 +86,42 @@ def check_folders(cfg: Any, which: Iterable[str]) -> None:
             read_image_folder(folder, f"--{name}-images")
 
 
-class Session:
-    """One trained method's run: the accelerator, the frozen pipeline on its device, and the output folder's
-    log and checkpoints (``inputs``: what :meth:`Run.identify` fingerprints, checked before the model loads)."""
+class Session(TrainSession):
+    """A method's run in ``--out`` (default ``runs/<method>``): :class:`b4m.train.session.Session` with the
+    method's identity (its options and the bytes of ``inputs``: image folders with their prompts, source LoRA
+    files), so that every method follows the one resume rule. ``writes``: the files it writes besides the
+    adapter. :attr:`finished` set: return :func:`reused`; else :meth:`start` (trained methods: accelerator,
+    pipeline) or :meth:`begin` (merges: the folder only)."""
 
-    def __init__(self, cfg: Any, run: Run, pipe: Any = None, inputs: Sequence[str] = ()) -> None:
-        run.identify(cfg, inputs)
-        self.cfg = cfg
-        self.run = run
-        self.out = run.out
-        self.threads = threads.apply(recorded=recorded_threads(run.folder) if run.resume else None)
-        self.accelerator = make_accelerator("no")
-        self.pipe = pipe if pipe is not None else load_pipeline(cfg.base)
-        freeze(self.pipe)
-        self.pipe.to(self.accelerator.device)
-        self.out.mkdir(parents=True, exist_ok=True)
-        clean_stale(run.folder)  # what a killed checkpoint write left behind
-        if run.resume is None:  # claim_run allowed it: --overwrite, or no checkpoint there
-            shutil.rmtree(run.folder, ignore_errors=True)
-            (self.out / "train_log.jsonl").unlink(missing_ok=True)
-        self.log = TrainLog(self.out / "train_log.jsonl", enabled=self.accelerator.is_main_process)
-
-    def checkpoints(
+    def __init__(
         self,
-        params: dict[str, torch.Tensor],
-        gen: torch.Generator,
-        extra: Mapping[str, Any] | None = None,
-        resume: bool = True,
-        offset: int = 0,
-    ) -> Checkpoints:
-        """Checkpoints of ``params`` and ``gen`` every ``--checkpoint-every`` steps, recording the run's identity
-        and ``extra`` (values are read when each checkpoint is written); ``resume``: continue from the run's
-        checkpoint, if it has one."""
-        identity = {"threads": self.threads, "settings": self.run.settings, "data": self.run.data}
-        return Checkpoints(
-            self.run.folder,
-            params,
-            gen,
-            self.cfg.checkpoint_every,
-            identity | dict(extra or {}),
-            resume=self.run.resume if resume else None,
-            offset=offset,
+        cfg: Any,
+        method_id: str,
+        inputs: Sequence[str] = (),
+        writes: tuple[str, ...] = (),
+        policy: str | None = None,
+    ) -> None:
+        problems: list[str] = []
+        every = getattr(cfg, "checkpoint_every", 0)
+        integer_at_least(every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+        raise_problems(problems)
+        out = Path(cfg.out or Path("runs") / method_id)
+        check_out_folder(out)
+        super().__init__(
+            out,
+            run_settings(to_dict(cfg) | {"method": method_id}),
+            data_fingerprint(_input_sets(cfg, inputs)),
+            policy=policy or ("overwrite" if cfg.overwrite else "continue"),
+            checkpoint_every=every,
+            writes=writes,
         )
+        self.cfg = cfg
+
+    def start(self, base: Any = None, pipe: Any = None, mixed_precision: str | None = None) -> Any:  # noqa: ARG002
+        """The accelerator (``--mixed-precision``) and the frozen pipeline, as every trainer starts."""
+        cfg = self.cfg
+        mp = getattr(cfg, "mixed_precision", "no") if mixed_precision is None else mixed_precision
+        return super().start(cfg.base, pipe, mp)
 
     def generator(self, stream: int) -> torch.Generator:
         """The sampling generator of one of the method's streams (images, noise, timesteps): seeded from
@@ -295,34 +228,40 @@ def named_params(
 
 
 def save_adapter(
-    session_or_out: Session | Path,
+    session: Session,
     factors: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
     method: str,
     cfg: Any,
+    name: str = ADAPTER,
+    checkpoints: Checkpoints | None = None,
     **meta: Any,
 ) -> Path:
-    """Write one plain LoRA (every layer padded to one rank, scale 1) atomically to ``<out>/adapter.safetensors``,
-    in kohya spelling like every b4m adapter: the one file diffusers, ComfyUI and A1111 open as it is (FLUX:
-    diffusers spelling, :func:`~b4m.adapters.files.save_file_for`)."""
-    out = session_or_out.out if isinstance(session_or_out, Session) else Path(session_or_out)
-    main = not isinstance(session_or_out, Session) or session_or_out.accelerator.is_main_process
-    path = out / ADAPTER
-    if main:
-        if isinstance(session_or_out, Session):
-            family: str | None = base_family(session_or_out.pipe, cfg.base)
-        else:  # merged from files: FLUX layers keep FLUX's spelling
-            family = "flux" if is_flux_layout(factors) else None
-        header = {
-            "method": method,
-            "base_model": base_model_name(cfg.base),
-            **({"base_family": family} if family else {}),
-            "target_modules": sorted(factors),
-            "config": portable_config(to_dict(cfg), out),
-            **meta,
-        }
-        save_file_for(family, path, pad_ranks(factors), header)
-    if isinstance(session_or_out, Session):
-        session_or_out.accelerator.wait_for_everyone()
+    """Write one plain LoRA (every layer padded to one rank, scale 1) atomically to ``<out>/<name>`` (default
+    the run's adapter, recorded as its finished result), in kohya spelling like every b4m adapter: the one file
+    diffusers, ComfyUI and A1111 open as it is (FLUX: diffusers spelling, :func:`~b4m.adapters.files.save_file_for`).
+    ``checkpoints``: the trained state to keep if the write fails."""
+    if session.pipe is not None:
+        family: str | None = base_family(session.pipe, cfg.base)
+    else:  # merged from files: FLUX layers keep FLUX's spelling
+        family = "flux" if is_flux_layout(factors) else None
+    header = {
+        "method": method,
+        "base_model": base_model_name(cfg.base),
+        **({"base_family": family} if family else {}),
+        "target_modules": sorted(factors),
+        "config": portable_config(to_dict(cfg), session.out),
+        **meta,
+    }
+
+    def write(path: Path, hint: str) -> Path:
+        return save_file_for(family, path, pad_ranks(factors), header, hint)
+
+    if name == ADAPTER:
+        return session.finish(write, checkpoints)
+    path = session.out / name
+    if session.is_main_process:
+        write(path, RESUME_HINT)
+        session.folder.record(name)
     return path
 
 
@@ -341,7 +280,3 @@ def run_method(
 ) -> Path:
     """Run a registered method by id (``b4m methods`` lists them); returns the adapter file."""
     return fit_method(method_id, config, progress=progress, **options).path
-
-
-def remove_tree(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)

@@ -13,7 +13,7 @@ from b4m.adapters.compose import concat
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, DirectMergeOptions
-from b4m.methods.common import align_sources, claim_out, read_source, save_adapter
+from b4m.methods.common import MERGE_SOURCES, Session, align_sources, read_source, reused, save_adapter
 
 __all__ = ["DirectMergeOptions", "check_same_base", "fit_direct_merge"]
 
@@ -29,8 +29,11 @@ def check_same_base(cfg: Any) -> None:
 
 
 def fit_direct_merge(cfg: DirectMergeOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "direct-merge")
     check_same_base(cfg)
+    session = Session(cfg, "direct-merge", inputs=MERGE_SOURCES)
+    if session.finished is not None:
+        return reused(session.finished)
+    session.begin()
     content = read_source(cfg.content_lora, "--content-lora")
     style = read_source(cfg.style_lora, "--style-lora")
     names, content, style = align_sources(content, style)
@@ -43,7 +46,7 @@ def fit_direct_merge(cfg: DirectMergeOptions, pipe: Any = None, progress: bool =
         }
 
     path = save_adapter(
-        out,
+        session,
         factors,
         "direct-merge",
         cfg,

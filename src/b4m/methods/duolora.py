@@ -48,10 +48,10 @@ from b4m.methods.common import (
     Session,
     align_sources,
     check_folders,
-    claim_run,
     named_params,
     predict,
     read_source,
+    reused,
     save_adapter,
     train_steps,
 )
@@ -158,10 +158,12 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
     refuse_flux(cfg, pipe)
     if cfg.steps > 100:
         raise B4MError(f"--steps {cfg.steps}: DuoLoRA merges in at most 100 steps")
-    run = claim_run(cfg, "duolora")
     check_same_base(cfg)
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, run, pipe, inputs=MERGE_INPUTS)
+    session = Session(cfg, "duolora", inputs=MERGE_INPUTS)
+    if session.finished is not None:
+        return reused(session.finished)
+    session.start(pipe=pipe)
     content = read_source(cfg.content_lora, "--content-lora", session.unet)
     style = read_source(cfg.style_lora, "--style-lora", session.unet)
     names, content, style = align_sources(content, style)
@@ -214,6 +216,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         }
 
     params = named_params(deltas, ("m_c", "m_s"))
+    checkpoints = session.checkpoints(params, gen)
     train_steps(
         session,
         list(params.values()),
@@ -222,7 +225,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         cfg.lr,
         "duolora (rank masks)",
         progress,
-        checkpoints=session.checkpoints(params, gen),
+        checkpoints=checkpoints,
     )
     exported, worst = {}, 0.0
     for n, d in deltas.items():
@@ -235,6 +238,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         exported,
         "duolora",
         cfg,
+        checkpoints=checkpoints,
         role="fused",
         sources={"content": str(cfg.content_lora), "style": str(cfg.style_lora)},
         trigger_words=_words(cfg),

@@ -11,7 +11,7 @@ from b4m.adapters.deltas import attach, factors_of
 from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, JointOptions
-from b4m.methods.common import Session, check_folders, claim_run, named_params, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, named_params, reused, save_adapter, train_steps
 from b4m.methods.lora import denoising_step, plain_deltas
 from b4m.paths import portable
 
@@ -19,9 +19,11 @@ __all__ = ["JointOptions", "fit_joint"]
 
 
 def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    run = claim_run(cfg, "joint")
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
+    session = Session(cfg, "joint", inputs=["content_images", "style_images"])
+    if session.finished is not None:
+        return reused(session.finished)
+    session.start(pipe=pipe)
     sets = [session.images("content"), session.images("style")]
     deltas = plain_deltas(
         session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
@@ -29,6 +31,7 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
     attach(session.unet, deltas)
     gen = session.generator(2)
     params = named_params(deltas)
+    checkpoints = session.checkpoints(params, gen)
     train_steps(
         session,
         list(params.values()),
@@ -38,7 +41,7 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
         "joint (content + style)",
         progress,
         weight_decay=cfg.weight_decay,
-        checkpoints=session.checkpoints(params, gen),
+        checkpoints=checkpoints,
     )
     factors = factors_of(deltas)
     path = save_adapter(
@@ -46,6 +49,7 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
         factors,
         "joint",
         cfg,
+        checkpoints=checkpoints,
         role="fused",
         content={"prompt": sets[0].prompts[0], "images": portable(sets[0].folder, session.out)},
         style={"prompt": sets[1].prompts[0], "images": portable(sets[1].folder, session.out)},

@@ -33,7 +33,7 @@ from b4m.diffusion.pipeline import base_model_name
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, KLoRAOptions
-from b4m.methods.common import align_sources, claim_out, read_source
+from b4m.methods.common import MERGE_SOURCES, Session, align_sources, read_source
 from b4m.methods.direct_merge import _words, check_same_base
 
 __all__ = [
@@ -101,14 +101,14 @@ class KLoRADelta(Delta):
         return self.u_s, self.v_s
 
 
-def _save(path: Path, content: dict, style: dict, meta: dict) -> Path:
+def _save(path: Path, content: dict, style: dict, meta: dict, hint: str = "rerun") -> Path:
     tensors = {}
     for role, src in (("content", content), ("style", style)):
         for n, (u, v) in src.items():
             tensors[f"{role}.{n}.lora_A.weight"] = v.float()
             tensors[f"{role}.{n}.lora_B.weight"] = u.float()
     header = {"format": "pt", "b4m": json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True)}
-    return atomic_save_safetensors(tensors, path, header)
+    return atomic_save_safetensors(tensors, path, header, hint)
 
 
 def read_klora(path: str | Path) -> tuple[dict, dict, dict]:
@@ -158,10 +158,13 @@ def install_klora(pipe: Any, path: str | Path) -> dict[str, KLoRADelta]:
 
 
 def fit_klora(cfg: KLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "klora")
     if cfg.k < 1:
         raise B4MError(f"--k {cfg.k}: give K >= 1")
     check_same_base(cfg)
+    session = Session(cfg, "klora", inputs=MERGE_SOURCES)
+    if session.finished is not None:
+        return Fitted(session.finished, hook=install_klora)
+    session.begin()
     content = read_source(cfg.content_lora, "--content-lora")
     style = read_source(cfg.style_lora, "--style-lora")
     names, content, style = align_sources(content, style)
@@ -184,7 +187,7 @@ def fit_klora(cfg: KLoRAOptions, pipe: Any = None, progress: bool = True) -> Fit
         "trigger_words": _words(cfg),
         "sources": {"content": str(cfg.content_lora), "style": str(cfg.style_lora)},
     }
-    path = _save(out / "adapter.safetensors", content, style, meta)
+    path = session.finish(lambda path, hint: _save(path, content, style, meta, hint))
     return Fitted(path, merged_delta=None, info={"gamma": gamma, "ratios": ratios}, hook=install_klora)
 
 

@@ -17,7 +17,7 @@ from b4m.diffusion.pipeline import default_targets, per_sample_loss, training_sc
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, LoRAOptions
-from b4m.methods.common import Session, check_folders, claim_run, named_params, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, named_params, reused, save_adapter, train_steps
 from b4m.paths import portable
 from b4m.train.loop import CachedSet, sample_batch
 
@@ -48,11 +48,13 @@ def denoising_step(
 
 
 def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    run = claim_run(cfg, "lora")
     if getattr(cfg, f"{cfg.concept}_images") is None:
         raise B4MError(f"lora --concept {cfg.concept}: give --{cfg.concept}-images")
     check_folders(cfg, [cfg.concept])
-    session = Session(cfg, run, pipe, inputs=[f"{cfg.concept}_images"])
+    session = Session(cfg, "lora", inputs=[f"{cfg.concept}_images"])
+    if session.finished is not None:
+        return reused(session.finished)
+    session.start(pipe=pipe)
     images = session.images(cfg.concept)
     deltas = plain_deltas(
         session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
@@ -60,6 +62,7 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
     attach(session.unet, deltas)
     gen = session.generator(1)
     params = named_params(deltas)
+    checkpoints = session.checkpoints(params, gen)
     train_steps(
         session,
         list(params.values()),
@@ -69,7 +72,7 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
         f"lora ({cfg.concept})",
         progress,
         weight_decay=cfg.weight_decay,
-        checkpoints=session.checkpoints(params, gen),
+        checkpoints=checkpoints,
     )
     factors = factors_of(deltas)
     path = save_adapter(
@@ -77,6 +80,7 @@ def fit_lora(cfg: LoRAOptions, pipe: Any = None, progress: bool = True) -> Fitte
         factors,
         "lora",
         cfg,
+        checkpoints=checkpoints,
         role=cfg.concept,
         prompt=images.prompts[0],
         images=portable(images.folder, session.out),  # no user folder names in a shared file

@@ -19,7 +19,7 @@ import torch
 from b4m.adapters.compose import concat
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, NPLoRAOptions
-from b4m.methods.common import align_sources, claim_out, read_source, save_adapter
+from b4m.methods.common import MERGE_SOURCES, Session, align_sources, read_source, reused, save_adapter
 from b4m.methods.direct_merge import _words, check_same_base
 
 __all__ = ["NPLoRAOptions", "fit_nplora", "project_content", "strength", "style_row_basis"]
@@ -45,8 +45,11 @@ def project_content(v_c: torch.Tensor, q: torch.Tensor, mu: float) -> torch.Tens
 
 
 def fit_nplora(cfg: NPLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    out = claim_out(cfg, "nplora")
     check_same_base(cfg)
+    session = Session(cfg, "nplora", inputs=MERGE_SOURCES)
+    if session.finished is not None:
+        return reused(session.finished)
+    session.begin()
     content = read_source(cfg.content_lora, "--content-lora")
     style = read_source(cfg.style_lora, "--style-lora")
     names, content, style = align_sources(content, style)
@@ -68,7 +71,7 @@ def fit_nplora(cfg: NPLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         return result
 
     path = save_adapter(
-        out,
+        session,
         factors,
         "nplora",
         cfg,

@@ -27,11 +27,14 @@ from b4m.adapters.deltas import Delta, attach, factors_of, target_linears
 from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, QRLoRAOptions
-from b4m.methods.common import Session, check_folders, claim_run, save_adapter, train_steps
+from b4m.methods.common import Session, check_folders, reused, save_adapter, train_steps
 from b4m.methods.lora import denoising_step
 from b4m.train.checkpoint import read_checkpoint_params
 
-__all__ = ["QRDelta", "QRLoRAOptions", "fit_qrlora", "qr_basis"]
+__all__ = ["PARTS", "QRDelta", "QRLoRAOptions", "fit_qrlora", "qr_basis"]
+
+PARTS = ("content.safetensors", "style.safetensors")
+"""The two trained parts QR-LoRA writes beside its merged adapter (the merge coefficients can be changed later)."""
 
 
 def qr_basis(w0: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,9 +66,11 @@ class QRDelta(Delta):
 
 
 def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
-    run = claim_run(cfg, "qrlora")
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, run, pipe, inputs=["content_images", "style_images"])
+    session = Session(cfg, "qrlora", inputs=["content_images", "style_images"], writes=PARTS)
+    if session.finished is not None:
+        return reused(session.finished)
+    session.start(pipe=pipe)
     layers = target_linears(session.unet, default_targets(session.pipe, cfg.targets), cfg.blocks)
     deltas: dict[str, QRDelta] = {}
     for name, layer in sorted(layers.items()):
@@ -74,7 +79,8 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         deltas[name] = QRDelta(q, (cfg.alpha if cfg.alpha is not None else r) / r)
     attach(session.unet, deltas)
     trained: dict[str, dict[str, torch.Tensor]] = {}
-    resumed_at = run.info.get("step", 0)  # counted over both loops: content steps, then style steps
+    resumed_at = session.resume_info.get("step", 0)
+    checkpoints = None  # counted over both loops: content steps, then style steps
     for i, concept in enumerate(("content", "style")):
         images = session.images(concept)
         for name, d in deltas.items():
@@ -83,9 +89,12 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
         offset = i * cfg.steps
         params = {f"{concept}.{n}": d.d_r for n, d in deltas.items()}
         if resumed_at > offset + cfg.steps:  # the checkpoint is of the style loop: this one had finished
-            _restore(params, read_checkpoint_params(run.resume, list(params)))
+            _restore(params, read_checkpoint_params(session.resume, list(params)))
         else:
             earlier = {f"{c}.{n}": t for c, done in trained.items() for n, t in done.items()}
+            checkpoints = session.checkpoints(
+                params | earlier, gen, resume=resumed_at > offset, offset=offset
+            )
             train_steps(
                 session,
                 list(params.values()),
@@ -94,22 +103,19 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
                 cfg.lr,
                 f"qrlora ({concept})",
                 progress,
-                checkpoints=session.checkpoints(
-                    params | earlier, gen, resume=resumed_at > offset, offset=offset
-                ),
+                checkpoints=checkpoints,
             )
         trained[concept] = {n: d.d_r.detach().cpu().clone() for n, d in deltas.items()}
         save_adapter(
-            session.out / concept,
+            session,
             factors_of(deltas),
             "qrlora",
             cfg,
+            name=f"{concept}.safetensors",
             role=concept,
             prompt=images.prompts[0],
             trigger_words=session.trigger_words(images),
         )
-        (session.out / concept / "adapter.safetensors").replace(session.out / f"{concept}.safetensors")
-        (session.out / concept).rmdir()
     with torch.no_grad():
         for name, d in deltas.items():
             d.d_r.copy_(cfg.lambda_s * trained["style"][name] + cfg.lambda_c * trained["content"][name])
@@ -123,7 +129,15 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
             for n, d in deltas.items()
         }
 
-    path = save_adapter(session, factors, "qrlora", cfg, role="fused", trigger_words=_all_words(session))
+    path = save_adapter(
+        session,
+        factors,
+        "qrlora",
+        cfg,
+        checkpoints=checkpoints,
+        role="fused",
+        trigger_words=_all_words(session),
+    )
     return Fitted(
         path, merged_delta=merged, info={"d_r": trained, "q": {n: d.q.cpu() for n, d in deltas.items()}}
     )

@@ -31,10 +31,10 @@ from b4m.methods.common import (
     Session,
     align_sources,
     check_folders,
-    claim_run,
     named_params,
     predict,
     read_source,
+    reused,
     save_adapter,
     train_steps,
 )
@@ -78,10 +78,12 @@ def teacher_targets(session: Session, scheduler: Any, batch: tuple) -> torch.Ten
 def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) -> Fitted:
     if cfg.steps > 100:
         raise B4MError(f"--steps {cfg.steps}: ZipLoRA merges in at most 100 steps")
-    run = claim_run(cfg, "ziplora")
     check_same_base(cfg)
     check_folders(cfg, ["content", "style"])
-    session = Session(cfg, run, pipe, inputs=MERGE_INPUTS)
+    session = Session(cfg, "ziplora", inputs=MERGE_INPUTS)
+    if session.finished is not None:
+        return reused(session.finished)
+    session.start(pipe=pipe)
     content = read_source(cfg.content_lora, "--content-lora", session.unet)
     style = read_source(cfg.style_lora, "--style-lora", session.unet)
     names, content, style = align_sources(content, style)
@@ -90,7 +92,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     sets = [session.images("content"), session.images("style")]
     scheduler = training_scheduler(session.pipe)
     gen = session.generator(3)
-    history: list[float] = list(session.run.info.get("max_move_per_step", []))  # the steps before a resume
+    history: list[float] = list(session.resume_info.get("max_move_per_step", []))  # the steps before a resume
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = sample_batch(sets, [1, 1], gen, scheduler)
@@ -111,6 +113,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         )
 
     params = named_params(deltas, ("m_c", "m_s"))
+    checkpoints = session.checkpoints(params, gen, extra={"max_move_per_step": history})
     train_steps(
         session,
         list(params.values()),
@@ -120,7 +123,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         "ziplora (merger coefficients)",
         progress,
         after_step=track,
-        checkpoints=session.checkpoints(params, gen, extra={"max_move_per_step": history}),
+        checkpoints=checkpoints,
     )
     factors = factors_of(deltas)
     coefficients = {
@@ -131,6 +134,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         factors,
         "ziplora",
         cfg,
+        checkpoints=checkpoints,
         role="fused",
         sources={"content": str(cfg.content_lora), "style": str(cfg.style_lora)},
         trigger_words=_words(cfg),

@@ -2,8 +2,9 @@
 
 A run killed at any point resumes from its last checkpoint to the same result as an uninterrupted run. Only the
 newest checkpoint is kept. Each records what makes the run this run (its settings and a fingerprint of its
-data, :mod:`b4m.train.identity`), so ``--resume`` refuses another run's checkpoint and says what differs; a
-damaged checkpoint, or a full disk while writing one, is one line, and the checkpoint before it is kept.
+data, :mod:`b4m.train.identity`), so a rerun refuses another run's checkpoint and says what differs; a
+damaged checkpoint, or a full disk while writing one, is one line, and the checkpoint before it is kept. A
+checkpoint folder is b4m's own (:mod:`b4m.owned`): only the checkpoints b4m recorded there are read or pruned.
 """
 
 from __future__ import annotations
@@ -11,18 +12,18 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import safe_open
 
-from b4m.adapters.codec import atomic_save_safetensors, clean_temp_files, file_mode
-from b4m.errors import B4MError, DiskFullError, disk_full
+from b4m.errors import B4MError, DiskFullError
+from b4m.io import clean_temp_files, fs_error, make_temp_dir, save_safetensors, write_json
+from b4m.owned import Folder
 
 __all__ = [
-    "claim_output",
+    "RESUME_HINT",
     "clean_stale",
     "latest_checkpoint",
     "load_checkpoint",
@@ -32,7 +33,8 @@ __all__ = [
     "save_checkpoint",
 ]
 
-_RESUME = "rerun with --resume"
+RESUME_HINT = "rerun the same command to continue"
+"""What a stopped run's messages say: the same command continues it (:mod:`b4m.train.session`)."""
 _START_OVER = "it is the only checkpoint kept: pass --overwrite to start the run over"
 
 
@@ -68,52 +70,72 @@ def save_checkpoint(
     generator: torch.Generator,
     extra: dict[str, Any] | None = None,
 ) -> Path:
-    """Write ``folder/step-XXXXXX`` atomically (a temp folder renamed into place) and prune older ones.
+    """Write ``folder/step-XXXXXX`` atomically (a temp folder renamed into place), record it in ``folder``'s
+    manifest (:mod:`b4m.owned`) and prune b4m's older checkpoints there (nothing else in ``folder`` is touched).
 
     A full disk raises :class:`~b4m.errors.DiskFullError` and keeps the previous checkpoint."""
     folder = Path(folder)
     final = folder / f"step-{step:06d}"
     tmp = None
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".ckpt-", dir=folder))
-        os.chmod(tmp, file_mode(folder=True))
+        owner = _checkpoints_folder(folder)
+        tmp = make_temp_dir(folder, ".ckpt-", RESUME_HINT)
+        mine = Folder(tmp)
+        mine.save()  # a killed write leaves a folder that says it is b4m's
         opt_tensors, opt_info = _flatten_optimizer(optimizer.state_dict())
         tensors = {f"param.{k}": v for k, v in params.items()} | opt_tensors
         tensors["rng"] = generator.get_state()
-        atomic_save_safetensors(tensors, tmp / "state.safetensors", {"format": "pt"}, hint=_RESUME)
-        (tmp / "state.json").write_text(json.dumps({"step": step, "optimizer": opt_info, **(extra or {})}))
-        if final.exists():
-            shutil.rmtree(final)
+        save_safetensors(tensors, tmp / "state.safetensors", {"format": "pt"}, hint=RESUME_HINT)
+        write_json(
+            tmp / "state.json", {"step": step, "optimizer": opt_info, **(extra or {})}, RESUME_HINT, None
+        )
+        mine.record("state.safetensors", "state.json")
+        if owner.remove(final.name):
+            raise B4MError(f"{final}: holds files b4m did not make; move them away and {RESUME_HINT}")
         os.replace(tmp, final)
-    except DiskFullError:
-        shutil.rmtree(tmp, ignore_errors=True)  # type: ignore[arg-type]
-        raise DiskFullError(f"no space left writing {final}; free space and {_RESUME}") from None
+        tmp = None
+        owner.record(final.name)
+    except DiskFullError:  # named by the checkpoint, not by its temporary folder
+        raise DiskFullError(f"no space left writing {final}; free space and {RESUME_HINT}") from None
     except OSError as err:
+        raise fs_error(err, final, RESUME_HINT) from None  # type: ignore[misc]
+    finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        raise disk_full(err, final, _RESUME) or B4MError(f"cannot write {final} ({err.strerror})") from None
-    except BaseException:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    for old in sorted(folder.glob("step-*"))[:-1]:
-        shutil.rmtree(old, ignore_errors=True)
+    for old in _owned_steps(owner)[:-1]:
+        owner.remove(old.name)
     return final
 
 
+def _checkpoints_folder(folder: Path) -> Folder:
+    """``folder``'s :class:`~b4m.owned.Folder`, made (and recorded in its parent's manifest, if the parent is
+    b4m's) on the first checkpoint."""
+    owner = Folder(folder)
+    if not owner.known:
+        parent = Folder(folder.parent)
+        owner = parent.child(folder.name) if parent.known else owner
+        owner.save()
+    return owner
+
+
+def _owned_steps(owner: Folder) -> list[Path]:
+    return sorted(owner.path / n for n in owner.entries if n.startswith("step-") and owner.owns(n))
+
+
 def latest_checkpoint(folder: str | Path) -> Path | None:
-    found = sorted(p for p in Path(folder).glob("step-*") if p.is_dir())
+    """The newest checkpoint b4m wrote in ``folder`` (folders it did not make are never read)."""
+    found = _owned_steps(Folder(folder))
     return found[-1] if found else None
 
 
 def clean_stale(folder: str | Path) -> None:
-    """Remove what a killed checkpoint write left in ``folder`` (``.ckpt-*`` temp folders, temp files)."""
+    """Remove what a killed checkpoint write left in ``folder`` (b4m's ``.ckpt-*`` temp folders, temp files)."""
     folder = Path(folder)
-    if not folder.is_dir():
+    if not Folder(folder).known:
         return
     for tmp in folder.glob(".ckpt-*"):
-        shutil.rmtree(tmp, ignore_errors=True)
+        if tmp.is_dir() and Folder(tmp).known:
+            shutil.rmtree(tmp, ignore_errors=True)
     clean_temp_files(folder)
 
 
@@ -196,18 +218,3 @@ def load_checkpoint(
     except (KeyError, ValueError, RuntimeError, TypeError) as err:
         raise B4MError(f"{path}: damaged checkpoint ({type(err).__name__}: {err}); {_START_OVER}") from None
     return info
-
-
-def claim_output(out: Path, resume: bool, overwrite: bool, what: str = "a finished adapter") -> bool:
-    """Refuse to clobber earlier work in a training stage's ``out`` (``what`` names its adapter in the
-    message); ``True`` if ``out`` already holds the finished result of a resumed run."""
-    adapter, ckpts = out / "adapter.safetensors", latest_checkpoint(out / "checkpoints")
-    if resume:
-        return ckpts is None and adapter.is_file()
-    if overwrite:
-        return False
-    if adapter.is_file():
-        raise B4MError(f"--out {out}: holds {what}; choose another --out, or pass --overwrite")
-    if ckpts is not None:
-        raise B4MError(f"--out {out}: holds checkpoints of an unfinished run; pass --resume or --overwrite")
-    return False

@@ -1,6 +1,6 @@
 """What makes a training run *this* run: its settings and a fingerprint of its data.
 
-Checkpoints record both; ``--resume`` compares them with the run being started and refuses another run's
+Checkpoints and finished runs record both; a rerun compares them with the run being started and refuses another run's
 checkpoint, naming what differs (another ``--lr``, ``--steps``, ``--rank``, other images or captions).
 Folder and file paths are not part of it (the same images or LoRAs moved elsewhere are the same data);
 their bytes are.
@@ -57,21 +57,29 @@ def _flag(key: str) -> str:
     return "-n" if key == "n" else "--" + key.replace("_", "-")
 
 
-def check_same_run(
-    info: Mapping[str, Any], settings: Mapping[str, Any], data: str, ckpt: Path, asked: str = "--resume"
-) -> None:
-    """Refuse to resume checkpoint ``ckpt`` (its JSON ``info``) for a run with other settings or data; the
-    message starts with ``asked``, what made the run resume (``--resume``, or the output folder)."""
-    recorded = info.get("settings")
+def differences(recorded: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """What differs between two run identities (``{"settings": ..., "data": ...}``), as options to show."""
     diffs = []
-    if isinstance(recorded, dict):
-        for key in sorted(set(recorded) | set(settings)):
-            if recorded.get(key) != settings.get(key):
-                diffs.append(f"{_flag(key)} {settings.get(key)!r} (checkpoint: {recorded.get(key)!r})")
-    if info.get("data") not in (None, data):
-        diffs.append("the images or captions (their bytes or prompts changed)")
+    was, now = recorded.get("settings"), wanted.get("settings") or {}
+    if isinstance(was, dict):
+        for key in sorted(set(was) | set(now)):
+            if was.get(key) != now.get(key):
+                diffs.append(f"{_flag(key)} {now.get(key)!r} (recorded: {was.get(key)!r})")
+    elif was is None and not recorded:
+        diffs.append("nothing recorded")
+    if recorded.get("data") not in (None, wanted.get("data")):
+        diffs.append("the images, captions or source files (their bytes or prompts changed)")
+    return diffs
+
+
+def check_same_run(
+    info: Mapping[str, Any], settings: Mapping[str, Any], data: str, ckpt: Path, asked: str = "--out"
+) -> None:
+    """Refuse to continue from checkpoint ``ckpt`` (its JSON ``info``) a run with other settings or data; the
+    message starts with ``asked``, the folder that holds it."""
+    diffs = differences(info, {"settings": settings, "data": data})
     if diffs:
         raise B4MError(
             f"{asked}: {ckpt} belongs to another run; differs: {', '.join(diffs)}; rerun with the options "
-            "and data it was made with, or pass --overwrite to start over"
+            "and data it was made with, or pass --overwrite to start over (only files b4m made are replaced)"
         )

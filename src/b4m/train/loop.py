@@ -5,9 +5,6 @@ training sets, batch sampling, logging, and the one step loop (:func:`run_steps`
 from __future__ import annotations
 
 import contextlib
-import json
-import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,8 +17,9 @@ from tqdm.auto import tqdm
 from b4m.data.folders import load_images, read_image_folder
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.errors import DivergedError
+from b4m.io import JsonlLog
 from b4m.prompts import check_prompts
-from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from b4m.train.checkpoint import RESUME_HINT, latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = [
     "RESUME_HINT",
@@ -40,8 +38,8 @@ __all__ = [
     "trigger_words_of",
 ]
 
-RESUME_HINT = "rerun with --resume"
-"""What a full disk's message tells a training run to do (its last checkpoint is kept)."""
+TrainLog = JsonlLog
+"""The training log (``train_log.jsonl``): :class:`b4m.io.JsonlLog`."""
 
 
 def base_dtype(mixed_precision: str) -> torch.dtype:
@@ -146,28 +144,6 @@ def check_finite_params(
             )
 
 
-def _json_safe(value: Any) -> Any:
-    """NaN and infinity are not JSON: the log records ``null`` for them."""
-    return None if isinstance(value, float) and not math.isfinite(value) else value
-
-
-class TrainLog:
-    """JSON-lines training log (``train_log.jsonl``), appended so a resumed run continues it."""
-
-    def __init__(self, path: Path, enabled: bool = True) -> None:
-        self.path = path
-        self.enabled = enabled
-        self.t0 = time.perf_counter()
-
-    def write(self, **record: Any) -> None:
-        if not self.enabled:
-            return
-        record["time_s"] = round(time.perf_counter() - self.t0, 3)
-        line = json.dumps({k: _json_safe(v) for k, v in record.items()}, allow_nan=False)
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
 def maybe(condition: bool, ctx: Any) -> Any:
     return ctx if condition else contextlib.nullcontext()
 
@@ -206,6 +182,10 @@ class Checkpoints:
     extra: dict[str, Any] = field(default_factory=dict)
     resume: Path | None = None
     offset: int = 0
+    optimizer: Any = None
+    """Set by :func:`run_steps`: what a rescue checkpoint after a failed final save needs."""
+    done: int = 0
+    """Set by :func:`run_steps`: the run's step count when the loop ended."""
 
 
 def run_steps(
@@ -279,6 +259,7 @@ def run_steps(
     model.eval()
     if checkpoints is not None:
         check_finite_params(checkpoints.params, steps, name, folder)
+        checkpoints.optimizer, checkpoints.done = optimizer, checkpoints.offset + steps
 
 
 def average_gradients(params: Sequence[torch.Tensor], accelerator: Accelerator) -> None:

@@ -9,15 +9,12 @@ the official code runs four passes and leaks gradients between the groups (compe
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from b4m import threads
 from b4m.adapters.blocks import parse_blocks
-from b4m.adapters.codec import clean_temp_files
 from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec, mcp_routing
@@ -36,35 +33,22 @@ from b4m.diffusion.pipeline import (
     base_model_name,
     default_targets,
     denoiser,
-    freeze,
-    load_pipeline,
     per_sample_loss,
     training_scheduler,
 )
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config
-from b4m.train.checkpoint import (
-    claim_output,
-    clean_stale,
-    latest_checkpoint,
-    read_checkpoint_info,
-    recorded_threads,
-)
-from b4m.train.identity import check_same_run, data_fingerprint, run_settings
+from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import (
-    RESUME_HINT,
     CachedSet,
-    Checkpoints,
     StepFn,
-    TrainLog,
-    base_dtype,
     cache_set,
-    make_accelerator,
     maybe,
     run_steps,
     sample_batch,
     trigger_words_of,
 )
+from b4m.train.session import Session
 
 __all__ = ["ROLES", "train_stage1"]
 
@@ -141,33 +125,35 @@ def train_stage1(
     progress: bool = True,
     routing: str = "strict",
     aux_lr_scale: float = 1.0,
+    policy: str | None = None,
 ) -> Path:
     """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path.
 
     ``routing="leaky"`` and ``aux_lr_scale`` reproduce the official code (``b4m run b4m-official``): both losses
     reach both parts, and the auxiliary part learns at ``aux_lr_scale`` times the rate (official: 0.1).
+    ``policy``: what to do with an earlier run in ``cfg.out`` (:class:`~b4m.train.session.Session`; default
+    from ``cfg.overwrite``).
     """
     if routing not in ("strict", "leaky"):
         raise B4MError(f"routing must be 'strict' (Eq. 12) or 'leaky' (official code), got {routing!r}")
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
     files = _check(cfg, role, out, pipe)
-    if claim_output(out, cfg.resume, cfg.overwrite, "a finished adapter"):
-        return out / "adapter.safetensors"
+    official = {"routing": routing, "aux_lr_scale": aux_lr_scale}
+    session = Session(
+        out,
+        run_settings(to_dict(cfg) | {"role": role} | official),
+        data_fingerprint((s.paths, prompts) for s, prompts in files),
+        policy=policy or ("overwrite" if cfg.overwrite else "continue"),
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    if session.finished is not None:
+        return session.finished
     target_part, aux_opt = ROLES[role]
     other_part = "D" if target_part == "B" else "B"
-    ckpt_dir = out / "checkpoints"
-    settings = run_settings(to_dict(cfg) | {"role": role})
-    fingerprint = data_fingerprint((s.paths, prompts) for s, prompts in files)
-    ckpt = latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if ckpt is not None:  # same run? checked before the model loads
-        check_same_run(read_checkpoint_info(ckpt), settings, fingerprint, ckpt)
 
-    n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    pipe = pipe if pipe is not None else load_pipeline(cfg.base, dtype=base_dtype(cfg.mixed_precision))
-    freeze(pipe)
-    pipe.to(accelerator.device)
+    pipe = session.start(cfg.base, pipe, cfg.mixed_precision)
+    accelerator = session.accelerator
     target = cache_set(pipe, cfg.images, cfg.prompt, cfg.resolution, "--images")
     aux = []
     if cfg.mcp:
@@ -198,20 +184,7 @@ def train_stage1(
     unet, optimizer = accelerator.prepare(model, optimizer)
     scheduler = training_scheduler(pipe)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
-    named = {
-        f"{layer}.{part}": p
-        for layer in adapter.module_names
-        for part, p in (("B", adapter.up(layer).learnable), ("D", adapter.down(layer).learnable))
-    }
-
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale(ckpt_dir)  # what a killed run's checkpoint or final write left behind
-    clean_temp_files(out)
-    if ckpt is None and not cfg.resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # claim_output allowed it: --overwrite, or nothing there
-        (out / "train_log.jsonl").unlink(missing_ok=True)
-    log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-    extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
+    checkpoints = session.checkpoints(adapter.named_parts(), gen)
 
     strict = cfg.mcp and routing == "strict"
     step_fn = _step_fn(unet, scheduler, [target, *aux], gen, cfg.mcp, strict, target_part)
@@ -221,18 +194,17 @@ def train_stage1(
         accelerator=accelerator,
         model=unet,
         optimizer=optimizer,
-        log=log,
+        log=session.log,
         name=f"stage 1 ({role})",
         progress=progress,
-        checkpoints=Checkpoints(ckpt_dir, named, gen, cfg.checkpoint_every, extra, resume=ckpt),
+        checkpoints=checkpoints,
     )
 
-    path = out / "adapter.safetensors"
-    if accelerator.is_main_process:
-        save_plp(
+    def write(path: Path, hint: str) -> Path:
+        return save_plp(
             adapter,
             path,
-            hint=RESUME_HINT,
+            hint=hint,
             method="b4m",
             stage=1,
             role=role,
@@ -244,11 +216,7 @@ def train_stage1(
             base_model=base_model_name(cfg.base),
             base_family=base_family(pipe, cfg.base),
             config=portable_config(to_dict(cfg), out),
-            **(
-                {"routing": routing, "aux_lr_scale": aux_lr_scale}
-                if (routing, aux_lr_scale) != ("strict", 1.0)
-                else {}
-            ),
+            **(official if (routing, aux_lr_scale) != ("strict", 1.0) else {}),
         )
-    accelerator.wait_for_everyone()
-    return path
+
+    return session.finish(write, checkpoints)

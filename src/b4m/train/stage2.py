@@ -9,51 +9,25 @@ of the fused layers; b4m does neither.
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from b4m import threads
-from b4m.adapters.codec import LoraFile, clean_temp_files
+from b4m.adapters.codec import LoraFile
 from b4m.adapters.files import check_fusable, read_plp_file, save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec
 from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
 from b4m.config import Stage2Config, resolve_preset, to_dict
 from b4m.data.folders import check_images, read_image_folder
-from b4m.diffusion.pipeline import (
-    base_model_name,
-    denoiser,
-    freeze,
-    load_pipeline,
-    per_sample_loss,
-    training_scheduler,
-)
+from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.paths import portable, portable_config, resolve_recorded
-from b4m.train.checkpoint import (
-    claim_output,
-    clean_stale,
-    latest_checkpoint,
-    read_checkpoint_info,
-    recorded_threads,
-)
-from b4m.train.identity import check_same_run, data_fingerprint, run_settings
-from b4m.train.loop import (
-    RESUME_HINT,
-    CachedSet,
-    Checkpoints,
-    StepFn,
-    TrainLog,
-    base_dtype,
-    cache_set,
-    make_accelerator,
-    run_steps,
-    sample_batch,
-)
+from b4m.train.identity import data_fingerprint, run_settings
+from b4m.train.loop import CachedSet, StepFn, cache_set, run_steps, sample_batch
 from b4m.train.riemannian import make_stage2_optimizer
+from b4m.train.session import Session
 
 __all__ = ["fuse", "train_stage2"]
 
@@ -124,7 +98,13 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     raise_problems(problems)
 
 
-def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, reinit_every: int = 0) -> Path:
+def train_stage2(
+    cfg: Stage2Config,
+    pipe: Any = None,
+    progress: bool = True,
+    reinit_every: int = 0,
+    policy: str | None = None,
+) -> Path:
     """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
 
     Everything (options, output folder, both adapters, the training images) is checked before the model
@@ -154,21 +134,20 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
             images = read_image_folder(folder, option)
             check_images(images)
             sources.append((folder, prompt, option, images, images.prompts(prompt, option)))
-    if claim_output(out, cfg.resume, cfg.overwrite, "a fused adapter"):
-        return out / "adapter.safetensors"
-    ckpt_dir = out / "checkpoints"
-    settings = run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id")}
-    fingerprint = data_fingerprint([(imgs.paths, prompts) for *_, imgs, prompts in sources])
-    fingerprint += "-" + _factors_digest(fused)
-    ckpt = latest_checkpoint(ckpt_dir) if cfg.resume else None
-    if ckpt is not None:
-        check_same_run(read_checkpoint_info(ckpt), settings, fingerprint, ckpt)
+    session = Session(
+        out,
+        run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id"), "reinit_every": reinit_every},
+        data_fingerprint([(imgs.paths, prompts) for *_, imgs, prompts in sources])
+        + "-"
+        + _factors_digest(fused),
+        policy=policy or ("overwrite" if cfg.overwrite else "continue"),
+        checkpoint_every=cfg.checkpoint_every,
+    )
+    if session.finished is not None:
+        return session.finished
 
-    n_threads = threads.apply(recorded=recorded_threads(ckpt_dir) if cfg.resume else None)
-    accelerator = make_accelerator(cfg.mixed_precision)
-    pipe = pipe if pipe is not None else load_pipeline(cfg.base, dtype=base_dtype(cfg.mixed_precision))
-    freeze(pipe)
-    pipe.to(accelerator.device)
+    pipe = session.start(cfg.base, pipe, cfg.mixed_precision)
+    accelerator = session.accelerator
     adapter = inject_plp(denoiser(pipe), spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
     if reinit_every > 0:
@@ -177,13 +156,8 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
                 if i % reinit_every == 0:
                     adapter.up(module).learnable.zero_()
                     adapter.down(module).learnable.zero_()
-    out.mkdir(parents=True, exist_ok=True)
-    clean_stale(ckpt_dir)
-    clean_temp_files(out)
-    if not cfg.resume:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)  # claim_output allowed it: --overwrite, or nothing there
-        (out / "train_log.jsonl").unlink(missing_ok=True)
 
+    checkpoints = None
     if cfg.stage2_steps > 0:
         sets = [
             cache_set(pipe, folder, prompt, cfg.resolution, option) for folder, prompt, option, *_ in sources
@@ -205,43 +179,37 @@ def train_stage2(cfg: Stage2Config, pipe: Any = None, progress: bool = True, rei
         unet = accelerator.prepare(denoiser(pipe))
         scheduler = training_scheduler(pipe)
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + accelerator.process_index)
-        named = {
-            f"{layer}.{part}": p
-            for layer in adapter.module_names
-            for part, p in (("B", adapter.up(layer).learnable), ("D", adapter.down(layer).learnable))
-        }
-        log = TrainLog(out / "train_log.jsonl", enabled=accelerator.is_main_process)
-        extra = {"threads": n_threads, "settings": settings, "data": fingerprint}
+        checkpoints = session.checkpoints(adapter.named_parts(), gen)
         run_steps(
             _step_fn(unet, scheduler, sets, gen),
             steps=cfg.stage2_steps,
             accelerator=accelerator,
             model=unet,
             optimizer=optimizer,
-            log=log,
+            log=session.log,
             name="stage 2",
             desc="stage 2 (fuse + RP)",
             progress=progress,
-            checkpoints=Checkpoints(ckpt_dir, named, gen, cfg.checkpoint_every, extra, resume=ckpt),
+            checkpoints=checkpoints,
         )
 
-    path = out / "adapter.safetensors"
-    if accelerator.is_main_process:
-        extra_meta = {
-            k: v
-            for k, v in fused.meta.items()
-            if k not in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules")
-        }
-        for part in ("content", "style"):
-            images = extra_meta[part].get("images")
-            extra_meta[part] = extra_meta[part] | {"images": images and portable(images, out)}
-        if reinit_every > 0:
-            extra_meta["reinit_every"] = reinit_every
-        save_plp(
-            adapter, path, hint=RESUME_HINT, stage=2, config=portable_config(to_dict(cfg), out), **extra_meta
+    extra_meta = {
+        k: v
+        for k, v in fused.meta.items()
+        if k not in ("rank", "rho", "orth", "basis_seed", "basis_id", "target_modules")
+    }
+    for part in ("content", "style"):
+        images = extra_meta[part].get("images")
+        extra_meta[part] = extra_meta[part] | {"images": images and portable(images, out)}
+    if reinit_every > 0:
+        extra_meta["reinit_every"] = reinit_every
+
+    def write(path: Path, hint: str) -> Path:
+        return save_plp(
+            adapter, path, hint=hint, stage=2, config=portable_config(to_dict(cfg), out), **extra_meta
         )
-    accelerator.wait_for_everyone()
-    return path
+
+    return session.finish(write, checkpoints)
 
 
 def _step_fn(unet: torch.nn.Module, scheduler: Any, sets: list[CachedSet], gen: torch.Generator) -> StepFn:
