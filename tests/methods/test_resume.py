@@ -11,6 +11,7 @@ import b4m.train.loop as loop_mod
 from b4m.adapters.codec import load_lora
 from b4m.errors import B4MError
 from b4m.methods import fit_method
+from b4m.owned import MANIFEST
 
 QUICK = {"lr": 1e-2, "rank": 4, "resolution": 32, "base": "tiny", "steps": 6, "checkpoint_every": 2}
 _LORA = ("content_images", "content_prompt")
@@ -48,6 +49,10 @@ def _same_files(a, b):
             assert torch.equal(fa[m][0], fb[m][0]) and torch.equal(fa[m][1], fb[m][1]), (name, m)
 
 
+def _steps(out):
+    return sorted(p.name for p in (out / "checkpoints").iterdir() if p.name != MANIFEST)
+
+
 def _log(out):
     rows = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k != "time_s"} for row in rows]
@@ -74,7 +79,7 @@ def test_a_killed_run_resumes_to_the_same_adapter(world, tiny_sdxl, tmp_path, mo
         _fit(method, data, tiny_sdxl, tmp_path / "run")
     monkeypatch.undo()
     assert not (tmp_path / "run" / "adapter.safetensors").exists()
-    assert [p.name for p in (tmp_path / "run" / "checkpoints").iterdir()] == [f"step-{step:06d}"]
+    assert _steps(tmp_path / "run") == [f"step-{step:06d}"]
     resumed = _fit(method, data, tiny_sdxl, tmp_path / "run")  # the same command, run again
     _same_files(tmp_path / "full", tmp_path / "run")
     assert _log(tmp_path / "full") == _log(tmp_path / "run")
@@ -93,31 +98,34 @@ def test_another_runs_checkpoint_is_refused_and_overwrite_starts_over(
     monkeypatch.undo()
     ckpt = r".*checkpoints/step-000002 belongs to another run; differs: "
     with pytest.raises(
-        B4MError, match=rf"--out {re.escape(str(out))}: {ckpt}--lr 0.02 \(checkpoint: 0.01\);"
+        B4MError, match=rf"--out {re.escape(str(out))}: {ckpt}--lr 0.02 \(recorded: 0.01\);"
     ):
         _fit("lora", data, tiny_sdxl, out, lr=2e-2)
-    with pytest.raises(B4MError, match=r"differs: --rank 8 \(checkpoint: 4\)"):
+    with pytest.raises(B4MError, match=r"differs: --rank 8 \(recorded: 4\)"):
         _fit("lora", data, tiny_sdxl, out, rank=8)
     image = data["content_images"] / "00.png"
     original = image.read_bytes()
     image.write_bytes((data["style_images"] / "00.png").read_bytes())
-    with pytest.raises(B4MError, match=r"differs: the images or captions \(their bytes or prompts changed\)"):
+    with pytest.raises(B4MError, match=r"differs: the images, captions or source files \(their bytes or prompts changed\)"):
         _fit("lora", data, tiny_sdxl, out)
     image.write_bytes(original)
-    with pytest.raises(B4MError, match=r"--method 'joint' \(checkpoint: 'lora'\)"):
+    with pytest.raises(B4MError, match=r"--method 'joint' \(recorded: 'lora'\)"):
         _fit("joint", data, tiny_sdxl, out)
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-000002"]  # refused: nothing touched
+    assert _steps(out) == ["step-000002"]  # refused: nothing touched
     _fit("lora", data, tiny_sdxl, out, lr=2e-2, overwrite=True)  # starts over with the new setting
     _fit("lora", data, tiny_sdxl, tmp_path / "fresh", lr=2e-2)
     _same_files(tmp_path / "fresh", out)
     assert _log(tmp_path / "fresh") == _log(out)
 
 
-def test_a_finished_run_is_not_resumed_and_checkpoint_every_0_writes_none(world, tiny_sdxl, tmp_path):
+def test_a_finished_run_is_reused_and_checkpoint_every_0_writes_none(world, tiny_sdxl, tmp_path, capsys):
     data = world(tiny_sdxl().unet)
-    _fit("lora", data, tiny_sdxl, tmp_path / "a")
-    with pytest.raises(B4MError, match="holds a finished adapter.*--overwrite"):
-        _fit("lora", data, tiny_sdxl, tmp_path / "a")
+    first = _fit("lora", data, tiny_sdxl, tmp_path / "a").path
+    before = first.read_bytes()
+    assert _fit("lora", data, tiny_sdxl, tmp_path / "a").path == first  # the same command: nothing to train
+    assert "nothing to train" in capsys.readouterr().err and first.read_bytes() == before
+    with pytest.raises(B4MError, match=r"finished adapter of another run; differs: --lr 0.02.*--overwrite"):
+        _fit("lora", data, tiny_sdxl, tmp_path / "a", lr=2e-2)
     _fit("lora", data, tiny_sdxl, tmp_path / "b", checkpoint_every=0)
     assert not (tmp_path / "b" / "checkpoints").exists()
     with pytest.raises(B4MError, match="--checkpoint-every"):
