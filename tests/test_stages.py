@@ -148,7 +148,6 @@ def test_killed_run_resumes_to_the_same_result(tiny_sd, data, tmp_path, monkeypa
     with pytest.raises(KeyboardInterrupt):
         train_stage1(cfg, "content", pipe=tiny_sd(), progress=False)
     monkeypatch.setattr(loop_mod, "save_checkpoint", real_save)
-    from dataclasses import replace
 
     from b4m.train.checkpoint import recorded_threads
 

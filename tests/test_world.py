@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from b4m.errors import B4MError
+from b4m.owned import MANIFEST, Folder
 from b4m.world.concepts import (
     ATTRIBUTES,
     CONTENTS,
@@ -120,6 +122,7 @@ def test_export_folder_roundtrip(tmp_path):
     scenes = [Scene("cup", "dots"), Scene("teddy", "photo", size="small")]
     out = export_folder(tmp_path / "set", scenes, [5, 6], content_word="snq teddy")
     assert sorted(p.name for p in out.iterdir()) == [
+        MANIFEST,
         "0000.png",
         "0000.txt",
         "0001.png",
@@ -132,11 +135,17 @@ def test_export_folder_roundtrip(tmp_path):
         assert (out / f"{i:04d}.txt").read_text().strip() == caption(scene, content_word="snq teddy")
     meta = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert meta[1]["content"] == "teddy" and meta[1]["size"] == "small" and meta[1]["seed"] == 6
-    with pytest.raises(FileExistsError, match="not empty"):
+    with pytest.raises(B4MError, match="holds an earlier export; pass --overwrite"):
         export_folder(out, scenes, [1, 2])
     export_folder(out, scenes[:1], [1], overwrite=True)
     assert len(list(out.glob("*.png"))) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
+    (out / "my_photo.jpg").write_bytes(
+        b"the user's"
+    )  # a user's file in it: never replaced, even with overwrite
+    with pytest.raises(B4MError, match="holds my_photo.jpg, which b4m did not make"):
+        export_folder(out, scenes, [1, 2], overwrite=True)
+    assert (out / "my_photo.jpg").read_bytes() == b"the user's" and len(list(out.glob("*.png"))) == 1
 
 
 def test_export_concept(tmp_path):
@@ -157,9 +166,12 @@ def test_sheets():
 
 def test_export_cleans_what_a_killed_export_left_and_nothing_else(tmp_path):
     out = tmp_path / "refs"
-    for name in (".refs.tmp-abc123", ".refs.old-def456", ".other.tmp-1"):
+    for name in (".refs.tmp-abc123", ".refs.old-def456", ".other.tmp-1", ".refs.tmp-users"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "0000.png").write_bytes(b"x")
+    for name in (".refs.tmp-abc123", ".refs.old-def456", ".other.tmp-1"):  # what a killed export left
+        Folder(tmp_path / name).record("0000.png")
     (tmp_path / "mine.txt").write_text("user file")
     export_folder(out, [Scene("cup", "dots")], [0])
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".other.tmp-1", "mine.txt", "refs"]
+    kept = [".other.tmp-1", ".refs.tmp-users", "mine.txt", "refs"]  # another export's; one b4m did not make
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept

@@ -17,7 +17,7 @@ os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, add_config_args, config_from_args
-from b4m.errors import B4MError, disk_full
+from b4m.errors import B4MError
 
 EPILOG = """examples:
   b4m demo                                          # the whole pipeline on the built-in world
@@ -164,7 +164,7 @@ def _cmd_world_export(args: argparse.Namespace) -> int:
             style_word=args.style_word,
             overwrite=args.overwrite,
         )
-    except (ValueError, FileExistsError) as err:
+    except ValueError as err:
         raise B4MError(f"world export: {err}") from None
     print(path)
     return 0
@@ -599,21 +599,23 @@ def run_command(args: argparse.Namespace) -> int:
     except B4MError as err:
         print(f"b4m: error: {err}", file=sys.stderr)
         return 2
-    except OSError as err:
-        full = disk_full(err, err.filename or "a file")
-        if full is None:
-            raise
-        print(f"b4m: error: {full}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "b4m: interrupted (finished stages and checkpoints are kept; rerun with --resume)",
-            file=sys.stderr,
-        )
-        return 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
+    except Exception as err:  # a file-system fault no writer named (OSError, or the safetensors writer's own)
+        from b4m.io import storage_fault
+
+        fault = storage_fault(err)
+        if fault is None:
+            raise
+        print(f"b4m: error: {fault}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "b4m: interrupted (finished stages and checkpoints are kept; the same command continues the run)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

@@ -9,23 +9,23 @@
 4. generate the new subject in the new style under several prompts, with the base model for comparison;
 5. score both with the judges and write ``report.html``, ``results.json`` and PNG grids.
 
-A second run reuses every finished stage whose settings are unchanged. The demo writes only into a folder it
-made (``b4m_demo.json`` records that, and a hash of each adapter it trained): a folder with other files, an
-adapter it did not train or an image folder it did not export is refused unless ``--overwrite``.
+A second run reuses every finished stage whose options and inputs are unchanged (the training session's
+identity: settings and the bytes of every file a stage was made from) and trains again whatever changed, the
+stages after it included. The demo writes only names it owns (:mod:`b4m.owned`): a folder whose ``content/``,
+``data/``, ``report.html``... b4m did not make is refused before any work, with or without ``--overwrite``, and
+everything else in the folder is left as it is.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from b4m import threads
-from b4m.config import Stage1Config, Stage2Config, opt, resolve_preset, to_dict
+from b4m.config import Stage1Config, Stage2Config, opt, to_dict
 from b4m.errors import B4MError
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
@@ -83,7 +83,9 @@ class DemoConfig:
         choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
     )
     overwrite: bool = opt(
-        False, "write into --out even if it holds files the demo did not make (replacing those it writes)"
+        False,
+        "export and train everything again, replacing only what the demo made (files it did not make are never "
+        "touched; without this, unchanged stages are reused)",
     )
 
 
@@ -142,136 +144,89 @@ def _check_concepts(cfg: DemoConfig) -> None:
         raise B4MError("; ".join(problems))
 
 
-def export_world_data(cfg: DemoConfig, data: Path) -> dict[str, Any]:
-    """Export the demo's reference and auxiliary folders from the world into ``data`` (re-exported only when
-    their settings changed); returns the folders and prompts the methods are given."""
+def _data_folders(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
+    """Every folder the demo exports under ``data/``, with what it is exported from."""
     from b4m.world.concepts import HELD_IN_CONTENTS
+
+    folders: dict[str, dict[str, Any]] = {
+        "content": {"content": cfg.content, "n": cfg.n_content, "content_word": content_phrase(cfg)},
+        "style": {
+            "style": cfg.style,
+            "n": cfg.n_style,
+            "style_word": style_phrase(cfg),
+            # the style references must not show the content being learned (content leakage)
+            "contents": [c for c in HELD_IN_CONTENTS if c != _class(cfg.content)],
+        },
+    }
+    folders |= {f"aux-style-{s}": {"style": s, "n": 1} for s in cfg.aux_styles}
+    folders |= {f"aux-content-{c}": {"content": c, "n": 1} for c in cfg.aux_contents}
+    return folders
+
+
+def export_world_data(cfg: DemoConfig, data: Path, fresh: bool = False) -> dict[str, Any]:
+    """Export the demo's reference and auxiliary folders from the world into ``data`` (again only when what
+    they are made from changed, or ``fresh``); returns the folders and prompts the methods are given."""
+    from b4m.owned import Folder
     from b4m.world.export import export_concept
 
-    def once(folder: Path, **kw: Any) -> Path:
-        # Re-export when the settings changed (e.g. another trigger word), never reuse stale captions.
-        stamp = folder / "b4m_export.json"
-        want = json.dumps({"seed": cfg.seed, **kw}, sort_keys=True)
-        if not (folder / "metadata.jsonl").is_file() or not stamp.is_file() or stamp.read_text() != want:
+    Folder(data.parent).child(data.name)
+    folders = {}
+    for name, kw in _data_folders(cfg).items():
+        folder = data / name
+        want = {"seed": cfg.seed, **kw}
+        if fresh or Folder(folder).info.get("demo") != json.loads(json.dumps(want)):
             export_concept(folder, seed=cfg.seed, overwrite=True, **kw)
-            stamp.write_text(want)
-        return folder
-
-    content_word = content_phrase(cfg)
+            Folder(folder).set_info(demo=want)
+        Folder(data).child(name)
+        folders[name] = folder
     return {
-        "content": once(data / "content", content=cfg.content, n=cfg.n_content, content_word=content_word),
-        "style": once(
-            data / "style",
-            style=cfg.style,
-            n=cfg.n_style,
-            style_word=style_phrase(cfg),
-            # the style references must not show the content being learned (content leakage)
-            contents=[c for c in HELD_IN_CONTENTS if c != _class(cfg.content)],
-        ),
-        "aux_styles": [once(data / f"aux-style-{s}", style=s, n=1) for s in cfg.aux_styles],
-        "aux_contents": [once(data / f"aux-content-{c}", content=c, n=1) for c in cfg.aux_contents],
-        "content_prompt": f"a photo of a {content_word}",
+        "content": folders["content"],
+        "style": folders["style"],
+        "aux_styles": [folders[f"aux-style-{s}"] for s in cfg.aux_styles],
+        "aux_contents": [folders[f"aux-content-{c}"] for c in cfg.aux_contents],
+        "content_prompt": f"a photo of a {content_phrase(cfg)}",
         "style_prompt": None,  # each style image has its own caption: "a cup in wzk papercut style"
     }
 
 
-STAMP = "b4m_demo.json"
-"""The demo's claim on its folder: written when it starts in an empty one, with a hash of each adapter it trains."""
 _STAGES = ("content", "style", "fused")
+_FILES = (
+    "results.json",
+    "report.html",
+    "ref_content.png",
+    "ref_style.png",
+    "grid_0.png",
+    "grid_1.png",
+    "grid_2.png",
+)
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_stamp(out: Path) -> dict[str, Any] | None:
-    try:
-        stamp = json.loads((out / STAMP).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return stamp if isinstance(stamp, dict) and stamp.get("made_by") == "b4m demo" else None
-
-
-def _write_stamp(out: Path, stamp: dict[str, Any]) -> None:
-    tmp = out / f".{STAMP}.tmp"
-    tmp.write_text(json.dumps(stamp, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, out / STAMP)
-
-
-def _foreign(out: Path, stamp: dict[str, Any] | None) -> str | None:
-    """The first thing in ``out`` the demo did not make (``None``: the demo may write there)."""
-    entries = sorted(p.name for p in out.iterdir())
-    if stamp is None:
-        return entries[0] if entries else None
-    adapters = stamp.get("adapters", {})
-    for stage in _STAGES:
-        path = out / stage / "adapter.safetensors"
-        if path.is_file() and adapters.get(stage) != _sha256(path):
-            return f"{stage}/adapter.safetensors"
-    data = out / "data"
-    if data.is_dir():
-        for folder in sorted(data.iterdir()):
-            if not folder.is_dir() or (any(folder.iterdir()) and not (folder / "b4m_export.json").is_file()):
-                return f"data/{folder.name}"
-    return None
-
-
-def _claim(out: Path, overwrite: bool) -> dict[str, Any]:
-    """Check that the demo may write into ``out`` before it writes anything; returns its stamp."""
+def _claim(cfg: DemoConfig) -> Any:
+    """Check, before any work, that every name the demo writes in ``--out`` is absent or the demo's own;
+    returns the folder's :class:`~b4m.owned.Folder`, made."""
     from b4m.checks import check_out_folder
+    from b4m.owned import claim
 
+    out = Path(cfg.out)
     check_out_folder(out)
-    stamp = _read_stamp(out) if out.is_dir() else None
-    foreign = _foreign(out, stamp) if out.is_dir() else None
-    if foreign is not None and not overwrite:
-        raise B4MError(
-            f"--out {out}: holds {foreign}, which b4m demo did not make; choose another --out (the demo "
-            "never writes over your files), or pass --overwrite to let it replace what it writes"
-        )
-    stamp = stamp or {"made_by": "b4m demo", "adapters": {}}
-    out.mkdir(parents=True, exist_ok=True)
-    _write_stamp(out, stamp)
-    return stamp
-
-
-def _record(out: Path, stamp: dict[str, Any], stage: str, adapter: Path) -> None:
-    stamp["adapters"][stage] = _sha256(adapter)
-    _write_stamp(out, stamp)
-
-
-def _done(adapter: Path, config: Any, stamp: dict[str, Any], stage: str) -> bool:
-    """A stage is reusable if the demo trained its adapter (the stamp's hash) with exactly this
-    (preset-resolved) config. Paths are compared relative to the adapter's folder (as stored), so a renamed
-    or copied demo folder still reuses its finished stages."""
-    if not adapter.is_file() or stamp["adapters"].get(stage) != _sha256(adapter):
-        return False
-    from b4m.adapters.codec import load_lora
-    from b4m.paths import portable_config
-
-    try:
-        stored = load_lora(adapter).meta.get("config")
-    except B4MError:
-        return False
-    if not isinstance(stored, dict):
-        return False
-    return stored == portable_config(to_dict(resolve_preset(config)), adapter.parent)
+    folder = claim(out, ("data", *_STAGES, *_FILES), overwrite=cfg.overwrite, what="b4m demo")
+    if folder.owns("data"):
+        claim(out / "data", tuple(_data_folders(cfg)), "--out", cfg.overwrite, "b4m demo")
+    folder.save()
+    return folder
 
 
 def _save_grid(images: list[torch.Tensor], path: Path, scale: int = 3) -> str:
     from PIL import Image
 
+    from b4m.io import save_image
     from b4m.world.sheet import image_grid
 
     flat = [img for row in images for img in row]
     ncols = images[0].shape[0]
     grid = image_grid(flat, ncols=ncols)
     grid = grid.resize((grid.width * scale, grid.height * scale), Image.Resampling.NEAREST)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path)
+    save_image(grid, path)
     return path.name
 
 
@@ -305,6 +260,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     from b4m.eval.judges import WorldJudges
     from b4m.eval.metrics import score_world
     from b4m.eval.report import write_report
+    from b4m.io import write_text
     from b4m.train.stage1 import train_stage1
     from b4m.train.stage2 import train_stage2
     from b4m.world.render import Scene, caption
@@ -313,10 +269,11 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     threads.apply()  # once for the whole demo: its stages and scores then run with the same count
     out = Path(cfg.out)
     _check_concepts(cfg)
-    stamp = _claim(out, cfg.overwrite)
+    folder = _claim(cfg)
+    policy = "overwrite" if cfg.overwrite else "refresh"  # the demo owns its stages: reuse or train again
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    data = export_world_data(cfg, out / "data")
+    data = export_world_data(cfg, out / "data", fresh=cfg.overwrite)
     timings["export references"] = time.perf_counter() - t0
 
     shared = {
@@ -326,7 +283,6 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "rank": cfg.rank,
         "orth": cfg.orth,
         "mcp": cfg.mcp,
-        "overwrite": True,  # the demo owns its folder; _done() reuses what is still valid
     }
     s1 = {
         "content": Stage1Config(
@@ -348,12 +304,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     }
     paths = {}
     for role, s1cfg in s1.items():
-        path = out / role / "adapter.safetensors"
         t = time.perf_counter()
-        if not _done(path, s1cfg, stamp, role):
-            path = train_stage1(s1cfg, role, progress=progress)
-            _record(out, stamp, role, path)
-        paths[role] = path
+        paths[role] = train_stage1(s1cfg, role, progress=progress, policy=policy)
         timings[f"stage 1: {role}"] = time.perf_counter() - t
 
     s2cfg = Stage2Config(
@@ -364,13 +316,9 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         seed=cfg.seed,
         optimizer=cfg.optimizer,
         stage2_lr=cfg.stage2_lr,
-        overwrite=True,  # the demo owns its folder; _done() already reused what is still valid
     )
-    fused = out / "fused" / "adapter.safetensors"
     t = time.perf_counter()
-    if not _done(fused, s2cfg, stamp, "fused"):
-        fused = train_stage2(s2cfg, progress=progress)
-        _record(out, stamp, "fused", fused)
+    fused = train_stage2(s2cfg, progress=progress, policy=policy)  # trained again when stage 1 changed
     timings["stage 2: fuse + RP"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -413,6 +361,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "content references": _save_grid([content_refs], out / "ref_content.png"),
         "style references": _save_grid([style_refs], out / "ref_style.png"),
     }
+    folder.record(*grids.values(), *refs.values())
     results = {
         "title": f"b4m demo: '{content_phrase(cfg)}' ({cfg.content}) in "
         f"'{style_phrase(cfg)}' style ({cfg.style})",
@@ -426,6 +375,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "config": to_dict(cfg),
         "commands": ["b4m demo" + (f" --out {cfg.out}" if str(cfg.out) != "demo" else "")],
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_text(out / "results.json", json.dumps(results, indent=2))
     write_report(out / "results.json")
+    folder.record("results.json", "report.html")
     return results

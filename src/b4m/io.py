@@ -32,6 +32,7 @@ __all__ = [
     "make_temp_dir",
     "save_image",
     "save_safetensors",
+    "storage_fault",
     "write_json",
     "write_text",
 ]
@@ -71,6 +72,17 @@ def fs_error(err: BaseException, path: str | Path, hint: str = "rerun") -> B4MEr
         why = getattr(err, "strerror", None) or str(err).splitlines()[0]
         return B4MError(f"cannot write {path} ({why}); {hint}")
     return None
+
+
+_STORAGE = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def storage_fault(err: BaseException) -> B4MError | None:
+    """:func:`fs_error` for an error raised far from its writer, if it is a full disk, a read-only file system
+    or a permission problem (other errors are bugs, and keep their traceback)."""
+    if _errno_of(err) not in _STORAGE:
+        return None
+    return fs_error(err, getattr(err, "filename", None) or "a file")
 
 
 _TEMP_SUFFIX = ".b4m-tmp"

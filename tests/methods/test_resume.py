@@ -97,16 +97,16 @@ def test_another_runs_checkpoint_is_refused_and_overwrite_starts_over(
         _fit("lora", data, tiny_sdxl, out)
     monkeypatch.undo()
     ckpt = r".*checkpoints/step-000002 belongs to another run; differs: "
-    with pytest.raises(
-        B4MError, match=rf"--out {re.escape(str(out))}: {ckpt}--lr 0.02 \(recorded: 0.01\);"
-    ):
+    with pytest.raises(B4MError, match=rf"--out {re.escape(str(out))}: {ckpt}--lr 0.02 \(recorded: 0.01\);"):
         _fit("lora", data, tiny_sdxl, out, lr=2e-2)
     with pytest.raises(B4MError, match=r"differs: --rank 8 \(recorded: 4\)"):
         _fit("lora", data, tiny_sdxl, out, rank=8)
     image = data["content_images"] / "00.png"
     original = image.read_bytes()
     image.write_bytes((data["style_images"] / "00.png").read_bytes())
-    with pytest.raises(B4MError, match=r"differs: the images, captions or source files \(their bytes or prompts changed\)"):
+    with pytest.raises(
+        B4MError, match=r"differs: the images, captions or source files \(their bytes or prompts changed\)"
+    ):
         _fit("lora", data, tiny_sdxl, out)
     image.write_bytes(original)
     with pytest.raises(B4MError, match=r"--method 'joint' \(recorded: 'lora'\)"):

@@ -22,7 +22,6 @@ import copy
 import dataclasses
 import hashlib
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +43,8 @@ from b4m.bench.catalogue import (
 )
 from b4m.errors import B4MError, DivergedError
 from b4m.eval.scoring import atomic_write_text
+from b4m.io import save_image
+from b4m.owned import Folder
 
 __all__ = ["BENCH_VERSION", "Run", "bench_runs", "run_bench"]
 
@@ -189,7 +190,20 @@ def _done(folder: Path) -> dict[str, Any] | None:
 
 def _finish(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
     atomic_write_text(folder / DONE, json.dumps(record) + "\n")
+    Folder(folder).record(DONE)
     return record
+
+
+def _start_run(folder: Path) -> None:
+    """A run's folder, empty: what an interrupted run left there is removed, if b4m made it (:mod:`b4m.owned`);
+    anything else is refused."""
+    if folder.exists():
+        kept = Folder(folder).clear() if Folder(folder).known else sorted(p.name for p in folder.iterdir())
+        if kept:
+            raise B4MError(
+                f"{folder}: holds {', '.join(kept[:3])}, which b4m did not make; move it away and rerun"
+            )
+    Folder(folder).save()
 
 
 # --------------------------------------------------------------------------------------------- heavy work
@@ -282,7 +296,6 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
     from b4m.config import load_config, to_dict
     from b4m.methods.b4m import stage_configs
     from b4m.methods.base import get_method, resolve_options
-    from b4m.methods.common import ADAPTER
     from b4m.train.stage1 import train_stage1
     from b4m.train.stage2 import train_stage2
 
@@ -309,12 +322,10 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
     shared = ctx.root / "stage1" / slug(run.pair) / f"{run.method}_{_hash([BENCH_VERSION, s1_spec])}"
     paths = {}
     for role, s1 in (("content", content), ("style", style)):
-        folder = shared / role
-        if _done(folder) is None:
-            train_stage1(dataclasses.replace(s1, out=folder, overwrite=True), role, pipe=ctx.fresh_pipe(),
-                         progress=False, routing=cfg.routing, aux_lr_scale=cfg.aux_lr_scale)  # fmt: skip
-            _finish(folder, {"spec": s1_spec})
-        paths[role] = folder / ADAPTER
+        folder = shared / role  # reused when its identity (options, data, base) is unchanged
+        paths[role] = train_stage1(dataclasses.replace(s1, out=folder), role, pipe=ctx.fresh_pipe(),
+                                   progress=False, routing=cfg.routing, aux_lr_scale=cfg.aux_lr_scale,
+                                   policy="refresh")  # fmt: skip
     stage2 = dataclasses.replace(
         stage2, content=paths["content"], style=paths["style"], out=out, overwrite=True
     )
@@ -355,7 +366,7 @@ def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) 
             ok = losses and all(x is not None for x in losses)  # the log writes NaN as null
             mean = float(np.mean(losses)) if ok else float("inf")
             mean_loss[f"{lr:g}"] = mean if np.isfinite(mean) else float("inf")
-        shutil.rmtree(folder, ignore_errors=True)
+        Folder(folder).clear()
     best = min(SGD_LR_GRID, key=lambda lr: mean_loss[f"{lr:g}"])
     result = {"grid": list(SGD_LR_GRID), "mean_loss": mean_loss, "chosen": best}
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
@@ -408,7 +419,8 @@ def execute(ctx: Context, run: Run, folder: Path) -> dict[str, Any]:
                                [a for a in sample["attributes"] for _ in range(seeds)],
                                [q for q in sample["prompts"] for _ in range(seeds)])  # fmt: skip
     grid = image_grid(list(images), ncols=seeds)
-    grid.save(folder / "samples.png")
+    save_image(grid, folder / "samples.png")
+    Folder(folder).record("samples.png")
     return {
         "per_image": {k: [float(x) for x in v] for k, v in per.items()},
         "fit_s": fit_s,
@@ -505,9 +517,7 @@ def run_bench(
             bar.set_postfix_str(f"{run.pair} {run.method} {run.arm}")
             folder = run.folder(root)
             if _done(folder) is None:
-                if folder.exists():  # an interrupted run: its partial files are ours and are recomputed
-                    shutil.rmtree(folder)
-                folder.mkdir(parents=True)
+                _start_run(folder)  # an interrupted run's partial files are b4m's and are recomputed
                 _finish(folder, {"spec": run.spec, **execute(ctx, run, folder)})
                 computed += 1
     except Exception as err:

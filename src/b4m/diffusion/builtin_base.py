@@ -9,6 +9,8 @@ nor diffusers (configs and the command line read it); :func:`load_base_pipeline`
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,3 +80,15 @@ def read_base_info(path: str | Path | None = None) -> BaseModelInfo:
         return BASE_INFO
     d = json.loads(f.read_text())
     return BaseModelInfo(**{k.name: d[k.name] for k in dataclasses.fields(BaseModelInfo) if k.name in d})
+
+
+@functools.cache
+def weights_digest(path: str | None = None) -> str:
+    """A short SHA-256 of the built-in base model's weights: part of every run's identity on it
+    (:mod:`b4m.train.session`), so that a result made on other shipped weights is never reused."""
+    h = hashlib.sha256()
+    folder = Path(path) if path is not None else default_base_path()
+    for file in sorted(folder.rglob("*.safetensors")):
+        h.update(file.relative_to(folder).as_posix().encode())
+        h.update(file.read_bytes())
+    return h.hexdigest()[:16]

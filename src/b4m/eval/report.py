@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import html
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from b4m.io import write_text
 
 __all__ = ["write_report"]
 
@@ -75,8 +75,4 @@ def write_report(results_path: str | Path, out: str | Path | None = None) -> Pat
         parts.append(f"<h2>Time</h2><table><tr><th>stage</th><th>wall time</th></tr>{rows}</table>")
     if results.get("commands"):
         parts.append("<h2>Reproduce</h2><pre>" + html.escape("\n".join(results["commands"])) + "</pre>")
-    fd, tmp = tempfile.mkstemp(dir=out.parent, suffix=".html.tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(parts))
-    os.replace(tmp, out)
-    return out
+    return write_text(out, "\n".join(parts))

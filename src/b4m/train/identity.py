@@ -54,6 +54,8 @@ def data_fingerprint(sets: Iterable[tuple[Iterable[Path], Iterable[str]]]) -> st
 
 
 def _flag(key: str) -> str:
+    if key == "base_weights":
+        return "the built-in base model's weights"
     return "-n" if key == "n" else "--" + key.replace("_", "-")
 
 

@@ -66,6 +66,13 @@ class Session:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.out = Path(out)
         self.option = option
+        if str(settings.get("base", "builtin")) in (
+            "builtin",
+            "None",
+        ):  # results of other shipped weights differ
+            from b4m.diffusion.builtin_base import weights_digest
+
+            settings = {**settings, "base_weights": weights_digest()}
         self.identity = {"settings": dict(settings), "data": data}
         self.folder = claim(self.out, (ADAPTER, CHECKPOINTS, LOG, *writes), option, policy == "overwrite")
         self.finished: Path | None = None

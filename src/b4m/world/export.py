@@ -2,7 +2,9 @@
 
 ``out_dir/0000.png`` + ``out_dir/0000.txt`` (the caption) per image, and ``out_dir/metadata.jsonl`` with the scene
 fields, the seed, the file name and the caption of every image. Folders are written into a temporary sibling
-directory and renamed into place, so a reader never sees a half-written folder.
+directory and renamed into place, so a reader never sees a half-written folder; the folder's b4m manifest
+(:mod:`b4m.owned`) records every file and what the export was made from, so that only an export b4m made is
+ever replaced.
 """
 
 from __future__ import annotations
@@ -10,12 +12,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from b4m.errors import B4MError
+from b4m.io import fs_error, make_dir, make_temp_dir, save_image, write_text
+from b4m.owned import Folder
 from b4m.world.concepts import HELD_IN_CONTENTS
 from b4m.world.render import Scene, caption, render
 
@@ -25,11 +30,11 @@ __all__ = ["export_concept", "export_folder"]
 def _clean_stale(out: Path) -> None:
     """Remove the hidden siblings an export of ``out`` killed mid-way left behind (its half-written
     ``.<name>.tmp-*`` folder, or the ``.<name>.old-*`` folder it was about to delete): only names this
-    module makes, only for this ``out``."""
+    module makes, only for this ``out``, only folders that are b4m's (:mod:`b4m.owned`)."""
     for pattern in (f".{out.name}.tmp-*", f".{out.name}.old-*"):
         for stale in out.parent.glob(pattern):
-            if stale.is_dir():
-                shutil.rmtree(stale, ignore_errors=True)
+            if stale.is_dir() and Folder(stale).known:
+                Folder(stale).clear()
 
 
 def export_folder(
@@ -40,36 +45,47 @@ def export_folder(
     content_word: str | None = None,
     style_word: str | None = None,
     overwrite: bool = False,
+    settings: dict[str, Any] | None = None,
 ) -> Path:
     """Render ``scenes[i]`` with ``seeds[i]`` into ``out_dir`` as ``{i:04d}.png`` + ``{i:04d}.txt``, plus
-    ``metadata.jsonl``. ``content_word``/``style_word`` go into the captions (see :func:`caption`).
+    ``metadata.jsonl`` and b4m's manifest (recording ``settings``, what the export was made from, as
+    ``info["export"]``). ``content_word``/``style_word`` go into the captions (see :func:`caption`).
 
-    Raises ``FileExistsError`` if ``out_dir`` exists and is not empty, unless ``overwrite=True`` (then the old
-    folder is replaced once the new one is complete). Returns ``out_dir`` as a ``Path``.
+    An existing ``out_dir`` that is not empty is refused (:class:`~b4m.errors.B4MError`) unless ``overwrite``
+    *and* everything in it is an earlier export's (then the old folder is replaced once the new one is
+    complete); a folder holding anything b4m did not make is never replaced. Returns ``out_dir`` as a ``Path``.
     """
     out = Path(out_dir)
     if len(scenes) != len(seeds):
         raise ValueError(f"got {len(scenes)} scenes and {len(seeds)} seeds; pass one seed per scene")
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"{out} exists and is not a directory; pass another out_dir")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(
-            f"{out} exists and is not empty; pass overwrite=True to replace it or choose another out_dir"
-        )
-    out.parent.mkdir(parents=True, exist_ok=True)
+        raise B4MError(f"--out {out}: is a file, not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()):
+        theirs = Folder(out).others()
+        if theirs:
+            raise B4MError(
+                f"--out {out}: holds {', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}, which b4m did "
+                "not make; choose another --out (b4m never removes or replaces files it did not make)"
+            )
+        if not overwrite:
+            raise B4MError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
+    make_dir(out.parent)
     _clean_stale(out)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
     try:
+        folder = Folder(tmp)
+        folder.info = {"export": settings or {}}
+        folder.save()  # a killed export leaves a folder that says it is b4m's
         records = []
         for i, (scene, seed) in enumerate(zip(scenes, seeds, strict=True)):
             stem = f"{i:04d}"
             text = caption(scene, content_word=content_word, style_word=style_word)
-            Image.fromarray(render(scene, int(seed), resolution)).save(tmp / f"{stem}.png")
-            (tmp / f"{stem}.txt").write_text(text + "\n", encoding="utf-8")
+            save_image(Image.fromarray(render(scene, int(seed), resolution)), tmp / f"{stem}.png")
+            write_text(tmp / f"{stem}.txt", text + "\n")
             records.append({"file": f"{stem}.png", **scene.as_dict(), "seed": int(seed), "caption": text})
-        with open(tmp / "metadata.jsonl", "w", encoding="utf-8") as f:
-            for rec in records:
-                f.write(json.dumps(rec) + "\n")
+            folder.record(f"{stem}.png", f"{stem}.txt")
+        write_text(tmp / "metadata.jsonl", "".join(json.dumps(rec) + "\n" for rec in records))
+        folder.record("metadata.jsonl")
         if out.exists():
             old = out.parent / f".{out.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
             out.rename(old)
@@ -77,9 +93,11 @@ def export_folder(
             shutil.rmtree(old)
         else:
             tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    except OSError as err:
+        raise fs_error(err, out) from None  # type: ignore[misc]
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -117,6 +135,16 @@ def export_concept(
     else:
         scenes = [Scene.of(contents[int(rng.integers(len(contents)))], style) for _ in range(n)]
     seeds = [seed * 1000 + i for i in range(n)]
+    settings = {
+        "content": content,
+        "style": style,
+        "n": n,
+        "seed": seed,
+        "resolution": resolution,
+        "content_word": content_word,
+        "style_word": style_word,
+        "contents": list(contents) if content is None else None,
+    }
     return export_folder(
         out_dir,
         scenes,
@@ -125,4 +153,5 @@ def export_concept(
         content_word=content_word,
         style_word=style_word,
         overwrite=overwrite,
+        settings=settings,
     )
