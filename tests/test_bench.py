@@ -17,6 +17,7 @@ from b4m.bench import run as bench_run
 from b4m.bench.catalogue import METRICS, SGD_LR_GRID, BenchConfig, plan
 from b4m.cli import main
 from b4m.eval.stats import aggregate, bootstrap, pair_bootstrap, point
+from b4m.owned import Folder
 
 PAIRS = ["teddy#3:papercut#5", "cat#2:knit#1", "mushroom:glass"]
 
@@ -256,6 +257,7 @@ def _fake_execute(calls):
         Image.new("RGB", (34 * run.spec["sample"]["seeds"], 34 * 5), (200, 100, 50)).save(
             folder / "samples.png"
         )
+        Folder(folder).record("samples.png")  # as execute() records what it writes
         per = _fake_per_image(5 * run.spec["sample"]["seeds"], int(run.key[:6], 16), inst="#" in run.pair)
         return {"per_image": {k: v.tolist() for k, v in per.items()}, "fit_s": 1.0, "sample_s": 2.0,
                 "adapter": None}  # fmt: skip
@@ -427,6 +429,7 @@ def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, m
         cfg.out.mkdir(parents=True)
         rows = [{"step": 10 * i, "loss": loss_of(cfg.stage2_lr) + 0.01 * i} for i in range(1, 4)]
         (cfg.out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        Folder(cfg.out).record("train_log.jsonl")  # as the training session records its log
         return cfg.out / "adapter.safetensors"
 
     @dataclasses.dataclass(frozen=True)

@@ -15,6 +15,7 @@ from b4m.errors import B4MError
 
 __all__ = [
     "MAX_RANK",
+    "check_base",
     "check_out_file",
     "check_out_folder",
     "check_rank",
@@ -151,3 +152,22 @@ def check_out_file(path: str | Path, option: str = "--out") -> None:
     if path.suffix != ".safetensors":
         raise B4MError(f"{option} {path}: give a file name ending in .safetensors")
     _check_writable_folder(path.parent, option, path)
+
+
+def check_base(base: str | Path | None, problems: list[str]) -> None:
+    """A ``--base`` that reads as a local path (absolute, ``./``, ``~``, more than one ``/``) must be a folder:
+    it is not tried as a hub id, whose form is ``org/name``."""
+    if base is None or str(base) == "builtin":
+        return
+    text = str(base)
+    local = text.startswith(("/", ".", "~")) or "\\" in text or text.count("/") > 1 or Path(text).exists()
+    path = Path(text).expanduser()
+    if local and path.is_file():
+        problems.append(
+            f"--base {base}: is a file; give a pipeline folder (with model_index.json) or a hub id"
+        )
+    elif local and not path.exists():
+        problems.append(
+            f"--base {base}: no such folder; give a local pipeline folder (with model_index.json) or a hub id "
+            "such as stabilityai/stable-diffusion-xl-base-1.0"
+        )

@@ -334,7 +334,7 @@ def kohya_base_version(lora: LoraFile) -> str | None:
         if width in _CROSS_WIDTH:
             return _CROSS_WIDTH[width]
     base = str(lora.meta.get("base_model") or "").lower()
-    if base == "builtin":
+    if base == "builtin" or (widths and not base):  # a text width no public base has: not SD's, not SDXL's
         return None
     if "xl" in base:
         return "sdxl_base_v1-0"

@@ -77,7 +77,7 @@ DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", "delta", "delta_rel"})
 """Options that stage 1 never reads: arms changing only these reuse the stage-1 adapters of ``full``."""
 
-#: What ``--quick`` sets (options given explicitly keep their value, except the sizes).
+#: What ``--quick`` sets (options given explicitly keep their value, the sizes too).
 QUICK: dict[str, Any] = {
     "methods": ["b4m", "lora", "direct-merge", "ziplora"],
     "arms": ["full", "fusion-only", "rp-sgd"],
@@ -90,6 +90,18 @@ QUICK: dict[str, Any] = {
     "n_style": 2,
     "bootstrap": 500,
 }
+
+DEFAULT_SIZES: dict[str, int | None] = {
+    "seeds": 4,
+    "steps": 400,
+    "stage2_steps": None,  # B4M's preset
+    "merge_steps": None,  # the mergers' presets
+    "sample_steps": None,  # the base model's
+    "n_content": 4,
+    "n_style": 3,
+    "bootstrap": 2000,
+}
+"""The bench's sizes when neither an option nor ``--quick`` sets them."""
 
 SIZE_HELP = (
     "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
@@ -124,9 +136,11 @@ class BenchConfig:
     rho: list[str] = opt(
         [], "rho sweep values (paper Fig. 11), e.g. 1/8,3/8 or 'sweep' for 1/8..7/8 (default: none)"
     )
-    seeds: int = opt(4, "sampling seeds per prompt (5 prompts per pair)")
-    steps: int = opt(
-        400, "training steps of B4M's stage 1 and of every trained baseline (lora, joint, qrlora)"
+    seeds: int | None = opt(None, "sampling seeds per prompt (5 prompts per pair; default 4, --quick 1)")
+    steps: int | None = opt(
+        None,
+        "training steps of B4M's stage 1 and of every trained baseline (lora, joint, qrlora; default 400, "
+        "--quick 10)",
     )
     stage2_steps: int | None = opt(None, "B4M stage-2 steps (default: B4M's preset, 100)")
     merge_steps: int | None = opt(None, "ziplora / duolora merger steps (default: their preset, 100)")
@@ -136,10 +150,10 @@ class BenchConfig:
         "stage-2 learning rate of the rp-sgd arm (default: tuned per pair, the value of "
         f"{', '.join(f'{x:g}' for x in SGD_LR_GRID)} with the lowest stage-2 training loss)",
     )
-    n_content: int = opt(4, "content reference images per pair")
-    n_style: int = opt(3, "style reference images per pair")
+    n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
+    n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
-    bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
+    bootstrap: int | None = opt(None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)")
     quick: bool = opt(False, "a few-minute smoke run (see the size note below)")
     shard: str = opt(
         "",
@@ -223,10 +237,10 @@ def plan(cfg: BenchConfig) -> Plan:
 
     problems: list[str] = []
     explicit = {k for k in ("methods", "arms", "pairs") if getattr(cfg, k)}
-    sizes = {k: getattr(cfg, k) for k in ("seeds", "steps", "stage2_steps", "merge_steps", "sample_steps",
-                                          "n_content", "n_style", "bootstrap")}  # fmt: skip
-    if cfg.quick:
-        sizes.update({k: v for k, v in QUICK.items() if k in sizes})
+    sizes = {}  # an option given explicitly wins, with or without --quick
+    for k, default in DEFAULT_SIZES.items():
+        given = getattr(cfg, k)
+        sizes[k] = given if given is not None else QUICK[k] if cfg.quick else default
     pairs_text = _split(cfg.pairs)
     if not pairs_text:
         tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)

@@ -52,9 +52,19 @@ class ImageSet:
         if missing:
             raise B4MError(
                 f"{option} {self.folder}: no prompt given and {len(missing)} images have no caption file "
-                f"(e.g. {missing[0]} needs {Path(missing[0]).stem}.txt); add captions or pass a prompt"
+                f"(e.g. {missing[0]} needs {Path(missing[0]).stem}.txt); add captions or pass "
+                f"{prompt_option(option)}"
             )
         return [c for c in self.captions if c]
+
+
+def prompt_option(option: str) -> str:
+    """The option that gives the prompt of the image folder named by ``option``."""
+    if option in ("--aux-styles", "--aux-contents"):
+        return "--aux-prompts"
+    if option.endswith("-images"):
+        return option.removesuffix("-images") + "-prompt"
+    return "--prompt"
 
 
 def _read_caption(txt: Path) -> str | None:
@@ -69,6 +79,8 @@ def _read_caption(txt: Path) -> str | None:
 def read_image_folder(folder: str | Path, option: str = "--images") -> ImageSet:
     """List the images of ``folder``; a missing or empty folder is an error naming ``option``."""
     folder = Path(folder)
+    if folder.is_file():
+        raise B4MError(f"{option} {folder}: is a file, not a folder; give the folder that holds the images")
     if not folder.is_dir():
         raise B4MError(f"{option} {folder}: no such folder; give a folder of images (png/jpg/webp)")
     paths = tuple(
@@ -118,8 +130,15 @@ def open_rgb(path: Path) -> Image.Image:
             f"{path}: image too large to decode safely (over Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit); "
             "downscale it"
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
-        raise B4MError(f"{path}: cannot read this image ({err}); remove it or convert it to PNG") from None
+    except UnidentifiedImageError as err:
+        raise B4MError(
+            f"{path}: cannot read this image ({err}); convert it to PNG or JPEG, or remove it"
+        ) from None
+    except (OSError, ValueError, SyntaxError) as err:  # a known format whose data ends early or is corrupt
+        raise B4MError(
+            f"{path}: cannot read this image: the file is damaged or cut short ({err}); copy it again from its "
+            "source, or remove it"
+        ) from None
 
 
 def load_images(paths: tuple[Path, ...] | list[Path], resolution: int) -> torch.Tensor:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipeline
 
+from b4m.checks import check_base, raise_problems
 from b4m.diffusion import flux
 from b4m.diffusion.builtin_base import load_base_pipeline
 from b4m.errors import B4MError
@@ -68,6 +69,9 @@ def load_pipeline(base: str | Path | None = None, dtype: torch.dtype = torch.flo
         except FileNotFoundError as err:
             raise B4MError(f"built-in base model: {err}") from None
     else:
+        problems: list[str] = []
+        check_base(base, problems)
+        raise_problems(problems)
         try:
             pipe = from_pretrained(base, dtype)
         except (OSError, ValueError) as err:

@@ -15,7 +15,7 @@ from b4m.adapters.codec import load_lora
 from b4m.adapters.compose import Factors, pad_ranks
 from b4m.adapters.files import save_file_for
 from b4m.adapters.flux_keys import is_flux_layout
-from b4m.checks import check_out_folder, integer_at_least, raise_problems
+from b4m.checks import check_base, check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
 from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, predict
@@ -104,6 +104,7 @@ class Session(TrainSession):
         problems: list[str] = []
         every = getattr(cfg, "checkpoint_every", 0)
         integer_at_least(every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+        check_base(cfg.base, problems)
         raise_problems(problems)
         out = Path(cfg.out or Path("runs") / method_id)
         check_out_folder(out)

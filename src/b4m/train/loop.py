@@ -123,24 +123,26 @@ def _last_checkpoint_note(ckpt_dir: Path | None) -> str:
     return f"kept the last good checkpoint {ckpt} (the adapter was not saved)"
 
 
-def check_finite_loss(loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None) -> None:
+def check_finite_loss(
+    loss: torch.Tensor, step: int, stage: str, ckpt_dir: Path | None, lr_option: str = "--lr"
+) -> None:
     """Stop the run at a NaN/infinite loss, saying so, before it can reach the weights or a checkpoint."""
     if not bool(torch.isfinite(loss.detach()).all()):
         raise DivergedError(
             f"{stage}: the loss is not finite at step {step}; stopped and {_last_checkpoint_note(ckpt_dir)}; "
-            "lower --lr (or check the images) and rerun with --overwrite"
+            f"lower {lr_option} (or check the images) and rerun with --overwrite"
         )
 
 
 def check_finite_params(
-    params: Mapping[str, torch.Tensor], step: int, stage: str, ckpt_dir: Path | None
+    params: Mapping[str, torch.Tensor], step: int, stage: str, ckpt_dir: Path | None, lr_option: str = "--lr"
 ) -> None:
     """Stop before a checkpoint or the adapter would hold NaN/infinite weights."""
     for name, p in params.items():
         if not bool(torch.isfinite(p.detach()).all()):
             raise DivergedError(
                 f"{stage}: weight {name} is not finite after step {step}; stopped and "
-                f"{_last_checkpoint_note(ckpt_dir)}; lower --lr and rerun with --overwrite"
+                f"{_last_checkpoint_note(ckpt_dir)}; lower {lr_option} and rerun with --overwrite"
             )
 
 
@@ -202,6 +204,7 @@ def run_steps(
     after_step: Callable[[int], None] | None = None,
     checkpoints: Checkpoints | None = None,
     average: Sequence[torch.Tensor] | None = None,
+    lr_option: str = "--lr",
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
     ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
@@ -215,7 +218,7 @@ def run_steps(
     only and never at the last step, a checkpoint every ``checkpoints.every`` steps, after checking that every
     parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
     the loop and in eval mode after; the progress bar (``desc``, default ``name``) shows on the main process
-    when ``progress``. The caller builds the optimizer, owns the log file and saves the final adapter.
+    when ``progress``; ``lr_option`` names the learning-rate option in a diverged run's message. The caller builds the optimizer, owns the log file and saves the final adapter.
     """
     start = 0
     if checkpoints is not None and checkpoints.resume is not None:
@@ -234,7 +237,7 @@ def run_steps(
         with accelerator.autocast():
             loss, record = step_fn(step)
         done = step + 1
-        check_finite_loss(loss, done, name, folder)
+        check_finite_loss(loss, done, name, folder, lr_option)
         accelerator.backward(loss)
         if average is not None:
             average_gradients(average, accelerator)
@@ -247,7 +250,7 @@ def run_steps(
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             log.write(**entry)
         if checkpoints is not None and _checkpoint_due(checkpoints.every, done, steps, accelerator):
-            check_finite_params(checkpoints.params, done, name, folder)
+            check_finite_params(checkpoints.params, done, name, folder, lr_option)
             save_checkpoint(
                 checkpoints.folder,
                 checkpoints.offset + done,
@@ -258,7 +261,7 @@ def run_steps(
             )
     model.eval()
     if checkpoints is not None:
-        check_finite_params(checkpoints.params, steps, name, folder)
+        check_finite_params(checkpoints.params, steps, name, folder, lr_option)
         checkpoints.optimizer, checkpoints.done = optimizer, checkpoints.offset + steps
 
 

@@ -19,6 +19,7 @@ from b4m.adapters.files import save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec, mcp_routing
 from b4m.checks import (
+    check_base,
     check_out_folder,
     check_rank,
     check_resolution,
@@ -77,6 +78,8 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     finite(cfg.weight_decay, "--weight-decay", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
+    if pipe is None:
+        check_base(cfg.base, problems)
     if not cfg.targets:
         problems.append("--targets: give at least one module-name suffix, e.g. to_q to_k to_v to_out.0")
     try:

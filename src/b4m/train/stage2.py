@@ -18,7 +18,14 @@ from b4m.adapters.codec import LoraFile
 from b4m.adapters.files import check_fusable, read_plp_file, save_plp
 from b4m.adapters.inject import inject_plp
 from b4m.adapters.plp import PLPSpec
-from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
+from b4m.checks import (
+    check_base,
+    check_out_folder,
+    check_resolution,
+    finite,
+    integer_at_least,
+    raise_problems,
+)
 from b4m.config import Stage2Config, resolve_preset, to_dict
 from b4m.data.folders import check_images, read_image_folder
 from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
@@ -95,6 +102,8 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     finite(cfg.delta_rel, "--delta-rel", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
+    if pipe is None:
+        check_base(cfg.base, problems)
     raise_problems(problems)
 
 
@@ -191,6 +200,7 @@ def train_stage2(
             desc="stage 2 (fuse + RP)",
             progress=progress,
             checkpoints=checkpoints,
+            lr_option="--stage2-lr",
         )
 
     extra_meta = {
