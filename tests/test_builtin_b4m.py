@@ -76,3 +76,22 @@ def test_demo_runs_end_to_end_and_a_moved_folder_reuses_its_stages(tmp_path):
     changed = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
     assert changed["content"] == before["content"] and changed["style"] == before["style"]
     assert changed["fused"] != before["fused"]
+
+    # A changed stage-1 setting retrains stage 1 and everything made from it: the fused adapter reported is
+    # this run's, never the old one (its own settings did not change).
+    old = (tmp_path / "b" / "fused" / "adapter.safetensors").read_bytes()
+    run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", lr=5e-3, **quick), progress=False)
+    again = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
+    assert all(again[s] != changed[s] for s in stages)
+    assert (tmp_path / "b" / "fused" / "adapter.safetensors").read_bytes() != old
+
+    # --overwrite replaces what the demo made, and nothing else.
+    (tmp_path / "b" / "notes.txt").write_text("mine")
+    (tmp_path / "b" / "data" / "content" / "my_photo.png").write_bytes(b"mine")
+    from b4m.errors import B4MError
+
+    with pytest.raises(B4MError, match=r"data/content.*did not make"):
+        run_demo(DemoConfig(out=tmp_path / "b", overwrite=True, **quick), progress=False)
+    (tmp_path / "b" / "data" / "content" / "my_photo.png").unlink()
+    run_demo(DemoConfig(out=tmp_path / "b", overwrite=True, **quick), progress=False)
+    assert (tmp_path / "b" / "notes.txt").read_text() == "mine"

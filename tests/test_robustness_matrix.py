@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -23,6 +22,22 @@ from b4m.cli import main
 DOC = Path(__file__).resolve().parents[1] / "docs" / "robustness.md"
 TRAIN = "train content --images {d}/content --aux-styles {d}/aux0 {d}/aux1 --prompt 'a photo of snq teddy' "
 TRAIN += "--steps 4 --rank 4 --lr 0.001 --resolution 32"
+FUSE = "fuse --content {d}/content.safetensors --style {d}/style.safetensors --stage2-steps 0"
+_IMAGES = "--content-images {d}/content --content-prompt 'a photo of snq teddy' --style-images {d}/aux0 "
+_IMAGES += "--steps 2 --rank 4 --resolution 32"
+_SOURCES = "--content-lora {d}/content.safetensors --style-lora {d}/style.safetensors"
+RUN = {
+    "lora": "run lora " + _IMAGES,
+    "joint": "run joint " + _IMAGES,
+    "qrlora": "run qrlora " + _IMAGES,
+    "ziplora": f"run ziplora {_IMAGES} {_SOURCES}",
+    "duolora": f"run duolora {_IMAGES} {_SOURCES}",
+    "direct-merge": f"run direct-merge {_SOURCES}",
+    "nplora": f"run nplora {_SOURCES}",
+    "klora": f"run klora {_SOURCES}",
+    "b4m": f"run b4m {_IMAGES} --aux-styles {{d}}/aux0 --aux-contents {{d}}/aux1",
+}
+"""Every ``b4m run`` method with inputs that pass its checks (the cases stop at the output folder)."""
 
 
 def _png(path: Path, seed: int, size: int = 32) -> None:
@@ -40,8 +55,11 @@ def _folder(path: Path, seed: int, n: int, caption: bytes | None = None) -> Path
 
 
 def _checkpoint(folder: Path, lr: float, damaged: bool = False) -> None:
-    """A checkpoint as the TRAIN command (with this ``lr``) would leave it, optionally truncated."""
+    """A checkpoint as the TRAIN command (with this ``lr``) would leave it (killed after it), optionally
+    truncated."""
     from b4m.config import Stage1Config, resolve_preset, to_dict
+    from b4m.diffusion.builtin_base import weights_digest
+    from b4m.owned import Folder
     from b4m.train.checkpoint import save_checkpoint
     from b4m.train.identity import run_settings
 
@@ -49,7 +67,10 @@ def _checkpoint(folder: Path, lr: float, damaged: bool = False) -> None:
         Stage1Config(prompt="a photo of snq teddy", aux=["a", "b"], steps=4, rank=4, lr=lr, resolution=32)
     )
     p = torch.nn.Parameter(torch.zeros(2))
-    extra = {"settings": run_settings(to_dict(cfg) | {"role": "content"}), "data": "0" * 16}
+    official = {"role": "content", "routing": "strict", "aux_lr_scale": 1.0}
+    settings = run_settings(to_dict(cfg) | official) | {"base_weights": weights_digest()}
+    extra = {"settings": settings, "data": "0" * 16}
+    Folder(folder).save()  # the run's folder is b4m's, as the training session leaves it
     ckpt = save_checkpoint(
         folder / "checkpoints", 2, {"x": p}, torch.optim.SGD([p], lr=lr), torch.Generator(), extra=extra
     )
@@ -77,6 +98,8 @@ def world(tmp_path_factory):
     (d / "config_latin1.yaml").write_bytes("prompt: caf\u00e9\n".encode("latin-1"))
     (d / "afile").write_text("a file where a folder should be")
     (d / "ro").mkdir()
+    (d / "rofs").mkdir()
+    (d / "df").mkdir()
     (d / "weights.bin").write_bytes(b"pickled weights would be here")
 
     pipe = load_pipeline(None)  # adapters for the built-in model, whose layers generate checks
@@ -97,6 +120,13 @@ def world(tmp_path_factory):
     save_lora(d / "foreign.safetensors", {"down_blocks.7.attentions.0.proj_in": (u, v)})
     (d / "truncated.safetensors").write_bytes((d / "content.safetensors").read_bytes()[:100])
     (d / "kohya_out").mkdir()
+    (d / "truncated_png").mkdir()
+    _png(d / "truncated_png" / "00.png", 5)
+    data = (d / "truncated_png" / "00.png").read_bytes()
+    (d / "truncated_png" / "00.png").write_bytes(data[: len(data) // 2])  # a copy cut short
+    (d / "usergen").mkdir()
+    _png(d / "usergen" / "00_00.png", 6)
+    _png(d / "usergen" / "grid.png", 7)
     (d / "exists.safetensors").write_bytes((d / "content.safetensors").read_bytes())
 
     _checkpoint(d / "runs" / "other", lr=0.01)
@@ -105,10 +135,29 @@ def world(tmp_path_factory):
     (d / "demo_user" / "content" / "adapter.safetensors").write_bytes(
         (d / "content.safetensors").read_bytes()
     )
-    stamped = d / "demo_stamped"
+    from b4m.owned import Folder
+
+    stamped = d / "demo_stamped"  # a demo folder whose data/content holds the user's photos
+    Folder(stamped).child("data")
     _folder(stamped / "data" / "content", 30, 2)
-    (stamped / "b4m_demo.json").write_text(json.dumps({"made_by": "b4m demo", "adapters": {}}))
+    _user_project(d / "userproj")
+    _user_project(d / "userdemo", demo=True)
     return d
+
+
+def _user_project(root: Path, demo: bool = False) -> None:
+    """A user's project folder: their checkpoints, training log, photos and dot-files (``demo``: also names the
+    demo writes: a content/ folder and a report.html)."""
+    (root / "checkpoints" / "epoch10").mkdir(parents=True)
+    (root / "checkpoints" / "epoch10" / "model.ckpt").write_bytes(b"the user's weights")
+    (root / "train_log.jsonl").write_text('{"epoch": 10, "loss": 0.1}\n')
+    _png(root / "photo.png", 99)
+    (root / ".hidden").write_text("the user's settings")
+    (root / "scores.json").write_text('{"fid": 12.3}')
+    if demo:
+        (root / "content").mkdir()
+        _png(root / "content" / "my_teddy.png", 98)
+        (root / "report.html").write_text("<p>the user's report</p>")
 
 
 def _patch_read_only(monkeypatch, d):
@@ -123,16 +172,61 @@ def _patch_bomb(monkeypatch, d):
 
 
 def _patch_disk_full(monkeypatch, d):
-    import b4m.adapters.codec as codec
+    """What the safetensors writer raises on a real full disk: its own error type, not an OSError."""
+    import safetensors.torch
+    from safetensors import SafetensorError
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(codec, "save_file", full)
+    monkeypatch.setattr(safetensors.torch, "save_file", full)
 
 
-PATCHES = {"read-only": _patch_read_only, "bomb": _patch_bomb, "disk-full": _patch_disk_full}
+def _patch_disk_full_text(monkeypatch, d):
+    """A full disk for every text, JSON, HTML and PNG writer (b4m.io.atomic_write's temporary file)."""
+    import b4m.io as io
+
+    real = io.atomic_write
+
+    def full(path, write, hint="rerun"):
+        if Path(path).suffix in (".json", ".jsonl", ".png", ".html", ".txt"):
+
+            def write_then_fail(tmp, write=write):
+                write(tmp)
+                raise OSError(errno.ENOSPC, "No space left on device")
+
+            return real(path, write_then_fail, hint)
+        return real(path, write, hint)
+
+    monkeypatch.setattr(io, "atomic_write", full)
+
+
+def _patch_read_only_fs(monkeypatch, d):
+    """A read-only file system under the case's output (the tests run as root, whom chmod does not stop)."""
+    import tempfile
+
+    real = tempfile.mkstemp, tempfile.mkdtemp
+
+    def refuse(kind):
+        def make(*args, dir=None, **kw):
+            if dir is not None and "rofs" in str(dir):
+                raise OSError(errno.EROFS, "Read-only file system", str(dir))
+            return real[kind](*args, dir=dir, **kw)
+
+        return make
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse(0))
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse(1))
+
+
+PATCHES = {
+    "read-only": _patch_read_only,
+    "bomb": _patch_bomb,
+    "disk-full": _patch_disk_full,
+    "disk-full-text": _patch_disk_full_text,
+    "read-only-fs": _patch_read_only_fs,
+}
 
 # (id, command line, regex of the one stderr line, patch)
 CASES = [
@@ -208,7 +302,13 @@ CASES = [
     (
         "resume-other-run",
         TRAIN + " --out {d}/runs/other --resume",
-        r"--resume: .*belongs to another run; differs: --lr 0.001 \(checkpoint: 0.01\), the images",
+        r"--out .*runs/other: .*belongs to another run; differs: --lr 0.001 \(recorded: 0.01\), the images",
+        None,
+    ),
+    (
+        "rerun-other-run",
+        TRAIN + " --out {d}/runs/other",
+        r"--out .*runs/other: .*step-000002 belongs to another run; differs: --lr 0.001 \(recorded: 0.01\)",
         None,
     ),
     (
@@ -319,7 +419,7 @@ CASES = [
     (
         "export-exists",
         "export {d}/content.safetensors --out {d}/exists.safetensors",
-        r"exists; choose another",
+        r"exists, and b4m did not make it; choose another path",
         None,
     ),
     (
@@ -337,16 +437,141 @@ CASES = [
     (
         "demo-user-adapter",
         "demo --out {d}/demo_user",
-        r"--out .*demo_user: holds content, which b4m demo did not make",
+        r"--out .*demo_user: holds content/, which b4m demo did not make",
         None,
     ),
     (
         "demo-user-images",
         "demo --out {d}/demo_stamped",
-        r"holds data/content, which b4m demo did not make",
+        r"--out .*demo_stamped/data: holds content/, which b4m demo did not make",
         None,
     ),
     ("demo-n-0", "demo --out {d}/demo_new -n 0", r"-n 0: give 1 or more", None),
+    *[
+        (
+            f"user-out-{name}",
+            f"{command} --out {{d}}/userproj{extra}",
+            r"--out .*userproj: holds checkpoints/, train_log.jsonl, which b4m did not make; choose another --out: "
+            r"b4m never removes or replaces files it did not make",
+            None,
+        )
+        for name, command, extra in (
+            ("train-content", TRAIN, ""),
+            ("train-content-overwrite", TRAIN, " --overwrite"),
+            (
+                "train-style",
+                TRAIN.replace("train content", "train style").replace("aux-styles", "aux-contents"),
+                "",
+            ),
+            ("fuse", FUSE, ""),
+            ("fuse-overwrite", FUSE, " --overwrite"),
+            *[(f"run-{m}", RUN[m], "") for m in RUN],
+            ("run-lora-overwrite", RUN["lora"], " --overwrite"),
+        )
+    ],  # fmt: skip
+    (
+        "user-out-demo",
+        "demo --out {d}/userdemo",
+        r"--out .*userdemo: holds content/, report.html, which b4m demo did not make",
+        None,
+    ),
+    (
+        "user-out-demo-overwrite",
+        "demo --out {d}/userdemo --overwrite",
+        r"holds content/, report.html, which b4m demo did not make.*\(--overwrite too replaces only files b4m made\)",
+        None,
+    ),
+    (
+        "user-out-bench",
+        "bench --quick --out {d}/userproj",
+        r"--out .*userproj: holds .*, which b4m bench did not make",
+        None,
+    ),
+    (
+        "user-out-world-export",
+        "world export --out {d}/userproj --content teddy#3 -n 2",
+        r"--out .*userproj: holds \.hidden, checkpoints, photo.png ..., which b4m did not make",
+        None,
+    ),
+    (
+        "user-out-world-export-overwrite",
+        "world export --out {d}/userproj --content teddy#3 -n 2 --overwrite",
+        r"--out .*userproj: holds \.hidden, checkpoints, photo.png ..., which b4m did not make",
+        None,
+    ),
+    (
+        "user-out-eval",
+        "eval --adapter {d}/content.safetensors --content-images {d}/content --style-images {d}/content "
+        "--prompts x --out {d}/userproj/scores.json --overwrite",
+        r"--out .*userproj/scores.json: exists, and b4m did not make it; choose another path",
+        None,
+    ),
+    (
+        "user-file-convert",
+        "convert {d}/content.safetensors {d}/exists.safetensors --to kohya --overwrite",
+        r"OUT .*exists.safetensors: exists, and b4m did not make it; choose another path",
+        None,
+    ),
+    (
+        "user-file-export",
+        "export {d}/content.safetensors --out {d}/exists.safetensors --overwrite",
+        r"--out .*exists.safetensors: exists, and b4m did not make it",
+        None,
+    ),
+    (
+        "user-out-generate",
+        "generate --prompt x -n 1 --out {d}/usergen --overwrite",
+        r"--out .*usergen: holds 00_00.png, grid.png, which b4m did not make",
+        None,
+    ),
+    (
+        "disk-full-world-export",
+        "world export --out {d}/df/export --content teddy#3 -n 2",
+        r"no space left writing .*df/export; free space and rerun",
+        "disk-full-text",
+    ),
+    (
+        "read-only-world-export",
+        "world export --out {d}/rofs/export --content teddy#3 -n 2",
+        r"cannot write .*rofs.*: read-only file system; choose a writable place",
+        "read-only-fs",
+    ),
+    (
+        "direct-merge-other-base",
+        "run direct-merge --content-lora {d}/sdxl.safetensors --style-lora {d}/style.safetensors --out {d}/dm",
+        r"--content-lora .*sdxl.safetensors: made for the base model 'stabilityai/sdxl-base', not 'builtin'",
+        None,
+    ),
+    (
+        "prompt-missing-aux",
+        TRAIN.replace("{d}/aux0 {d}/aux1", "{d}/content") + " --out {d}/o",
+        r"--aux-styles .*content: no prompt given and 3 images have no caption file .*pass --aux-prompts",
+        None,
+    ),
+    (
+        "images-is-file",
+        TRAIN + " --images {d}/afile --out {d}/o",
+        r"--images .*afile: is a file, not a folder",
+        None,
+    ),
+    (
+        "image-truncated",
+        TRAIN + " --images {d}/truncated_png --out {d}/o",
+        r"truncated_png/00.png: cannot read this image: the file is damaged or cut short .*copy it again",
+        None,
+    ),
+    (
+        "base-missing-local",
+        TRAIN + " --base ./no/such/pipeline --out {d}/o",
+        r"--base ./no/such/pipeline: no such folder",
+        None,
+    ),
+    (
+        "bench-quick-seeds",
+        "bench --quick --seeds 0 --out {d}/b",
+        r"--seeds 0: give 1 or more",
+        None,
+    ),
 ]
 
 
@@ -386,3 +611,66 @@ def test_the_docs_table_lists_exactly_these_cases():
     rows = re.findall(r"^\| `([a-z0-9.-]+)` \|", DOC.read_text(encoding="utf-8"), flags=re.M)
     assert rows == [c[0] for c in CASES]
     assert len(CASES) >= 30
+
+
+USED_AS_IS = [
+    ("train", TRAIN),
+    ("fuse", FUSE),
+    ("run-lora", RUN["lora"]),
+    ("generate", "generate --prompt x -n 1"),
+    ("demo", "demo --steps 2 --stage2-steps 1 -n 1 --n-content 2 --n-style 2"),
+]
+
+
+@pytest.mark.parametrize(("case", "command"), USED_AS_IS, ids=[c[0] for c in USED_AS_IS])
+def test_an_out_folder_with_other_files_is_used_without_touching_them(
+    world, tmp_path, monkeypatch, case, command
+):
+    """A user's photos, notes and dot-files in ``--out`` (none of them a name the command writes) stay exactly as
+    they were: the command writes beside them, and ``--overwrite`` replaces only what it made."""
+    out = tmp_path / "project"
+    out.mkdir()
+    _png(out / "photo.png", 1)
+    (out / "notes.txt").write_text("mine")
+    (out / ".hidden").write_text("mine too")
+    (out / "sub").mkdir()
+    (out / "sub" / "x.bin").write_bytes(b"\x00\x01")
+    before = _tree(out)
+    monkeypatch.chdir(world)
+    assert main([*_argv(command, world), "--out", str(out)]) == 0
+    assert main([*_argv(command, world), "--out", str(out), "--overwrite"]) == 0
+    after = _tree(out)
+    assert {k: after[k] for k in before} == before
+
+
+def test_a_full_disk_at_the_final_save_keeps_the_trained_state_and_the_same_command_finishes(
+    world, tmp_path, monkeypatch, capsys
+):
+    """``--checkpoint-every 0``, the disk full (the safetensors writer's own error) as the adapter is written: one
+    line that says where the trained state is, and the same command run again only saves it."""
+    out = tmp_path / "run"
+    argv = [*_argv(TRAIN, world), "--checkpoint-every", "0", "--out", str(out)]
+    with monkeypatch.context() as mp:
+        real = PATCHES["disk-full"]
+        import safetensors.torch
+
+        original = safetensors.torch.save_file
+        real(mp, world)
+        failing = safetensors.torch.save_file
+        mp.setattr(
+            safetensors.torch,
+            "save_file",
+            lambda t, f, metadata=None: (failing if "adapter" in str(f) else original)(
+                t, f, metadata=metadata
+            ),
+        )
+        capsys.readouterr()
+        assert main(argv) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(
+        r"b4m: error: no space left writing .*adapter.safetensors; free space and rerun the same command to "
+        r"continue; the trained state is kept in .*step-000004",
+        last,
+    ), last
+    assert main(argv) == 0
+    assert (out / "adapter.safetensors").is_file()

@@ -324,13 +324,48 @@ def test_shared_files_hold_no_absolute_paths(tiny_sd, data, tmp_path):
     assert load_lora(path).meta["images"] == "../../content"  # relative to the adapter's folder
 
 
-def test_demo_done_ignores_a_default_out_run_and_files_it_did_not_train(tiny_sd, data, tmp_path, monkeypatch):
-    """A content run made with the default --out (config out = None) used to crash ``_done`` with a TypeError."""
-    from b4m.demo import _done, _sha256
+def test_reports_and_exports_follow_the_umask(tmp_path):
+    """``report.html`` used to be created 0600 and world exports 0700 whatever the umask."""
+    from b4m.eval.report import write_report
+    from b4m.world.export import export_concept
 
-    monkeypatch.chdir(tmp_path)
-    path = train_stage1(_s1(data, None, steps=2), "content", pipe=tiny_sd(), progress=False)
-    assert path.resolve() == (tmp_path / "runs" / "content" / "adapter.safetensors").resolve()
-    cfg = _s1(data, tmp_path / "runs" / "content", steps=2)
-    assert _done(path, cfg, {"adapters": {}}, "content") is False  # not the demo's: never reused
-    assert _done(path, replace(cfg, out=None), {"adapters": {"content": _sha256(path)}}, "content") is True
+    (tmp_path / "results.json").write_text(json.dumps({"title": "t", "scores": {}, "grids": {}}))
+    old = os.umask(0o022)
+    try:
+        report = write_report(tmp_path / "results.json")
+        refs = export_concept(tmp_path / "refs", content="teddy#3", n=1)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(report.stat().st_mode) == 0o644
+    assert stat.S_IMODE(refs.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in refs.iterdir()} == {0o644}
+
+
+def test_a_resumed_run_logs_every_step_once(tiny_sd, data, tmp_path, monkeypatch):
+    """Killed after logging step 20 but before its checkpoint: the run continues from step 10, and its log holds
+    steps 10, 20, 30 once each, as an uninterrupted run's does."""
+    full = tmp_path / "a"
+    train_stage1(_s1(data, full, steps=30, checkpoint_every=10), "content", pipe=tiny_sd(), progress=False)
+    real, calls = loop_mod.save_checkpoint, {"n": 0}
+
+    def die_before_the_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop_mod, "save_checkpoint", die_before_the_second)
+    out = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        train_stage1(_s1(data, out, steps=30, checkpoint_every=10), "content", pipe=tiny_sd(), progress=False)
+    monkeypatch.undo()
+    assert [r["step"] for r in _strict_json_lines(out / "train_log.jsonl")] == [10, 20]
+    train_stage1(_s1(data, out, steps=30, checkpoint_every=10), "content", pipe=tiny_sd(), progress=False)
+
+    def steps(folder):
+        return [
+            {k: v for k, v in r.items() if k != "time_s"}
+            for r in _strict_json_lines(folder / "train_log.jsonl")
+        ]
+
+    assert [r["step"] for r in steps(out)] == [10, 20, 30] and steps(out) == steps(full)

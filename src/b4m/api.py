@@ -16,7 +16,9 @@ from typing import Any
 from b4m import threads
 from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
 from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
-from b4m.errors import B4MError, disk_full
+from b4m.errors import B4MError
+from b4m.io import save_image
+from b4m.owned import claim
 from b4m.prompts import check_prompts
 
 __all__ = ["demo", "fuse", "generate", "run_method", "train_content", "train_style"]
@@ -67,10 +69,12 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
     out = Path(cfg.out)
     check_out_folder(out)
     names = [out / f"{i:02d}_{j:02d}.png" for i in range(len(cfg.prompt)) for j in range(cfg.n)]
+    folder = claim(out, [p.name for p in (*names, out / "grid.png")], "--out", cfg.overwrite)
     clash = [p for p in [*names, out / "grid.png"] if p.exists()]
     if clash and not cfg.overwrite:
         raise B4MError(
-            f"--out {out}: {clash[0].name} and others exist; choose another --out or pass --overwrite"
+            f"--out {out}: {clash[0].name} and others exist (b4m made them); choose another --out or pass "
+            "--overwrite to replace them"
         )
     from b4m.methods.base import sampling_hook_for
 
@@ -106,11 +110,8 @@ def generate(config: str | Path | None = None, progress: bool = True, **options:
         grid = grid.resize((grid.width * k, grid.height * k), Image.Resampling.NEAREST)
     pictures = [Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype("uint8")) for img in flat]
     for path, picture in zip([*names, out / "grid.png"], [*pictures, grid], strict=True):
-        try:
-            picture.save(path)
-        except OSError as err:
-            path.unlink(missing_ok=True)
-            raise disk_full(err, path) or B4MError(f"cannot write {path} ({err.strerror})") from None
+        save_image(picture, path)
+        folder.record(path.name)
     return names
 
 

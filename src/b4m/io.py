@@ -108,14 +108,17 @@ def make_dir(path: str | Path, hint: str = "rerun") -> Path:
     return path
 
 
-def make_temp_dir(parent: str | Path, prefix: str, hint: str = "rerun") -> Path:
-    """A new hidden folder in ``parent`` with the umask's mode (``mkdtemp`` alone makes it 0700)."""
+def make_temp_dir(
+    parent: str | Path, prefix: str, hint: str = "rerun", shown: str | Path | None = None
+) -> Path:
+    """A new hidden folder in ``parent`` with the umask's mode (``mkdtemp`` alone makes it 0700); a fault names
+    ``shown`` (what the folder will become), else the parent."""
     make_dir(parent, hint)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
         os.chmod(tmp, file_mode(folder=True))
     except OSError as err:
-        raise fs_error(err, Path(parent) / prefix, hint) from None  # type: ignore[misc]
+        raise fs_error(err, shown or parent, hint) from None  # type: ignore[misc]
     return tmp
 
 

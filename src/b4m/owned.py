@@ -22,7 +22,7 @@ from typing import Any
 from b4m.errors import B4MError
 from b4m.io import clean_temp_files, fs_error, make_dir, write_json
 
-__all__ = ["MANIFEST", "Folder", "claim", "sha256_of"]
+__all__ = ["MANIFEST", "Folder", "check_file", "claim", "record_file", "sha256_of"]
 
 MANIFEST = ".b4m-manifest.json"
 _KIND = "b4m manifest"
@@ -178,3 +178,25 @@ def claim(
             f"removes or replaces files it did not make{extra}"
         )
     return f
+
+
+def check_file(path: str | Path, option: str, overwrite: bool) -> None:
+    """A file a command is about to write at ``path`` (a name the user gave): refused in one line if it exists and
+    b4m did not make it, or if it is b4m's and ``overwrite`` is not set."""
+    path = Path(path)
+    if not (path.exists() or path.is_symlink()):
+        return
+    if not Folder(path.parent).owns(path.name):
+        raise B4MError(
+            f"{option} {path}: exists, and b4m did not make it; choose another path (b4m never replaces files it "
+            "did not make, with or without --overwrite)"
+        )
+    if not overwrite:
+        raise B4MError(f"{option} {path}: exists; choose another path, or pass --overwrite to replace it")
+
+
+def record_file(path: str | Path) -> Path:
+    """Record ``path``, just written, as b4m's (in its folder's manifest); returns it."""
+    path = Path(path)
+    Folder(path.parent).record(path.name)
+    return path

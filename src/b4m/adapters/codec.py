@@ -317,7 +317,9 @@ def file_family(lora: LoraFile) -> str | None:
     if str(lora.meta.get("base_model") or "") == "builtin":
         return "builtin"
     version = kohya_base_version(lora)
-    if version is None:
+    widths = {v.shape[1] for m, (_, v) in lora.factors.items() if m.endswith("attn2.to_k")}
+    known = version == "flux1" or widths & set(_CROSS_WIDTH) or lora.meta.get("base_model")
+    if version is None or not known:  # the UNet layout alone is a guess (the built-in model has one too)
         return None
     return {"flux1": "flux", "sdxl_base_v1-0": "sdxl"}.get(version, "sd")
 
@@ -334,7 +336,7 @@ def kohya_base_version(lora: LoraFile) -> str | None:
         if width in _CROSS_WIDTH:
             return _CROSS_WIDTH[width]
     base = str(lora.meta.get("base_model") or "").lower()
-    if base == "builtin" or (widths and not base):  # a text width no public base has: not SD's, not SDXL's
+    if base == "builtin":
         return None
     if "xl" in base:
         return "sdxl_base_v1-0"

@@ -12,6 +12,7 @@ from b4m.adapters.codec import load_lora, save_kohya, save_lora
 from b4m.adapters.flux_keys import is_flux_layout
 from b4m.checks import check_out_file
 from b4m.errors import B4MError
+from b4m.owned import check_file, record_file
 
 __all__ = ["SPELLINGS", "convert"]
 
@@ -34,12 +35,13 @@ def convert(
         raise B4MError(f"--to {to}: give one of {', '.join(SPELLINGS)}")
     src, out = Path(src), Path(out)
     check_out_file(out, option)
-    if out.exists() and not overwrite:
-        raise B4MError(f"{option} {out}: exists; choose another path or pass --overwrite")
-    lora = load_lora(src)
-    if out.resolve() == src.resolve():
+    if out.exists() and out.resolve() == src.resolve():
         raise B4MError(f"{option} {out}: is the input file; choose another path")
+    check_file(out, option, overwrite)
+    lora = load_lora(src)
     if to == "kohya":
-        return save_kohya(out, lora.factors, base_model_version=version, meta=lora.meta)
-    prefix = "transformer" if is_flux_layout(lora.factors) else "unet"  # FluxPipeline reads transformer.*
-    return save_lora(out, lora.factors, meta=lora.meta, prefix=prefix)
+        save_kohya(out, lora.factors, base_model_version=version, meta=lora.meta)
+    else:
+        prefix = "transformer" if is_flux_layout(lora.factors) else "unet"  # FluxPipeline reads transformer.*
+        save_lora(out, lora.factors, meta=lora.meta, prefix=prefix)
+    return record_file(out)

@@ -153,7 +153,9 @@ class BenchConfig:
     n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
     n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
-    bootstrap: int | None = opt(None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)")
+    bootstrap: int | None = opt(
+        None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)"
+    )
     quick: bool = opt(False, "a few-minute smoke run (see the size note below)")
     shard: str = opt(
         "",

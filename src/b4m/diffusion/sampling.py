@@ -20,15 +20,16 @@ from b4m.errors import B4MError
 __all__ = ["check_base_model", "check_layers", "describe", "generation_defaults", "load_adapter", "sample"]
 
 
-def check_base_model(lora: LoraFile, base: str | Path | None) -> None:
-    """Refuse (before the model loads) a b4m adapter that records another base model than ``base``."""
+def check_base_model(lora: LoraFile, base: str | Path | None, option: str = "") -> None:
+    """Refuse (before the model loads) a b4m adapter that records another base model than ``base``
+    (``option``: the option that named the file, shown first)."""
     from b4m.diffusion.pipeline import base_model_name
 
     recorded = lora.meta.get("base_model")
     if recorded is not None and recorded != base_model_name(base):
         raise B4MError(
-            f"{lora.path}: made for the base model {recorded!r}, not {base_model_name(base)!r}; "
-            f"pass --base {recorded}"
+            f"{option + ' ' if option else ''}{lora.path}: made for the base model {recorded!r}, not "
+            f"{base_model_name(base)!r}; pass --base {recorded}, or a LoRA trained on {base_model_name(base)!r}"
         )
 
 

@@ -32,6 +32,7 @@ import numpy as np
 from b4m.config import opt
 from b4m.errors import B4MError
 from b4m.io import write_text
+from b4m.owned import check_file, record_file
 
 __all__ = [
     "EncoderScorer",
@@ -85,7 +86,7 @@ class EvalConfig:
     device: str = opt("cpu", "device of the generation and of the encoders: cpu, cuda, cuda:1...")
     bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
     out: Path = opt(Path("eval.json"), "output JSON file")
-    overwrite: bool = opt(False, "replace --out if it exists")
+    overwrite: bool = opt(False, "replace --out if it exists and b4m made it")
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -354,11 +355,10 @@ def _check(cfg: EvalConfig) -> tuple[list[str], list[dict[str, str]], str | None
     out = Path(cfg.out)
     if out.is_dir() or out.suffix != ".json":
         problems.append(f"--out {out}: give the path of a .json file")
-    elif out.exists() and not cfg.overwrite:
-        problems.append(f"--out {out}: exists; choose another file or pass --overwrite")
     if problems:
         raise B4MError("; ".join(problems))
     check_out_folder(out.parent)
+    check_file(out, "--out", cfg.overwrite)
     read_image_folder(cfg.content_images, "--content-images")
     read_image_folder(cfg.style_images, "--style-images")
     prompts, attributes = read_prompts(cfg.prompts)
@@ -408,7 +408,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "attributes": attributes,
         "config": to_dict(cfg),
     }
-    atomic_write_text(Path(cfg.out), json.dumps(results, indent=2) + "\n")
+    record_file(atomic_write_text(Path(cfg.out), json.dumps(results, indent=2) + "\n"))
     return results
 
 

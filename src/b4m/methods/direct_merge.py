@@ -19,7 +19,13 @@ __all__ = ["DirectMergeOptions", "check_same_base", "fit_direct_merge"]
 
 
 def check_same_base(cfg: Any) -> None:
-    """Refuse sources trained on different base models (where both files record one)."""
+    """Refuse sources trained on another base model than ``--base``, or on different ones (where the files
+    record one)."""
+    from b4m.diffusion.sampling import check_base_model
+
+    for option, path in (("--content-lora", cfg.content_lora), ("--style-lora", cfg.style_lora)):
+        if path is not None:
+            check_base_model(load_lora(path), cfg.base, option)
     bases = {str(p): load_lora(p).meta.get("base_model") for p in (cfg.content_lora, cfg.style_lora)}
     known = {b for b in bases.values() if b is not None}
     if len(known) > 1:

@@ -77,9 +77,10 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     finite(cfg.lr, "--lr", problems, positive=True)
     finite(cfg.weight_decay, "--weight-decay", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
-    check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     if pipe is None:
         check_base(cfg.base, problems)
+    if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
+        check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     if not cfg.targets:
         problems.append("--targets: give at least one module-name suffix, e.g. to_q to_k to_v to_out.0")
     try:

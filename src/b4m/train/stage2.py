@@ -101,9 +101,10 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     finite(cfg.delta, "--delta", problems)
     finite(cfg.delta_rel, "--delta-rel", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
-    check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     if pipe is None:
         check_base(cfg.base, problems)
+    if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
+        check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     raise_problems(problems)
 
 

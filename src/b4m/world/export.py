@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from b4m.errors import B4MError
+from b4m.errors import B4MError, DiskFullError
 from b4m.io import fs_error, make_dir, make_temp_dir, save_image, write_text
 from b4m.owned import Folder
 from b4m.world.concepts import HELD_IN_CONTENTS
@@ -71,7 +71,7 @@ def export_folder(
             raise B4MError(f"--out {out}: holds an earlier export; pass --overwrite to replace it")
     make_dir(out.parent)
     _clean_stale(out)
-    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-")
+    tmp = make_temp_dir(out.parent, f".{out.name}.tmp-", shown=out)
     try:
         folder = Folder(tmp)
         folder.info = {"export": settings or {}}
@@ -93,6 +93,8 @@ def export_folder(
             shutil.rmtree(old)
         else:
             tmp.rename(out)
+    except DiskFullError:  # named by the folder, not by its temporary sibling
+        raise DiskFullError(f"no space left writing {out}; free space and rerun") from None
     except OSError as err:
         raise fs_error(err, out) from None  # type: ignore[misc]
     finally:
