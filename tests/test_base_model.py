@@ -170,6 +170,35 @@ def test_a_finished_run_continues_when_train_steps_grow_and_refuses_other_change
     assert json.loads((tmp_path / "pipeline" / INFO_FILE).read_text())["diffusion_steps"] == 4
 
 
+def test_ema_follows_the_previous_formula_and_diffusers_decay_schedule():
+    """The EMA of phase 2 (b4m.models.base.ema): bit for bit the formula the shipped model was trained with; its
+    decay is diffusers' EMAModel's with update_after_step=-1 at every step, and EMAModel's update agrees up to
+    rounding (not bit for bit: the reason the update is kept)."""
+    from diffusers.training_utils import EMAModel
+
+    from b4m.models.base.ema import ema_decay, ema_update
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((7,), (33, 17), (5, 3, 3, 3))]
+    ours = [p.detach().clone() for p in params]
+    previous = [p.detach().clone() for p in params]
+    theirs = EMAModel(params, decay=0.999, update_after_step=-1, foreach=True)
+    for step in range(1, 16):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        decay = min(0.999, (1 + step) / (10 + step))  # the code before the refactor, inline in the loop
+        assert ema_decay(step, 0.999) == decay == theirs.get_decay(step)
+        ema_update(ours, params, ema_decay(step, 0.999))
+        with torch.no_grad():
+            torch._foreach_lerp_(previous, [p.detach() for p in params], 1.0 - decay)
+        theirs.step(params)
+        for a, b, c in zip(ours, previous, theirs.shadow_params, strict=True):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+    assert ema_decay(20_000, 0.999) == 0.999 == theirs.get_decay(20_000)
+
+
 def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embeddings():
     tok = build_tokenizer(WORDS, max_length=12)
     ids = tok(
