@@ -6,7 +6,7 @@
     python benchmarks/base_model.py ship --path runs/base/pipeline   # copies into src/b4m/assets/base
     python benchmarks/base_model.py diagnose --path runs/base/pipeline   # where style errors arise
 
-``--set key=value`` overrides any :class:`b4m.world.base_config.BaseModelConfig` field (JSON values). A thin
+``--set key=value`` overrides any :class:`b4m.models.base.config.BaseModelConfig` field (JSON values). A thin
 shell over ``b4m base ...`` (:mod:`b4m.harness.base`): the same subcommands and flags, ``--help`` for each.
 """
 

@@ -12,13 +12,24 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline, StableDiffusionPipeline
 
-from b4m.world import base_model as bm
+from b4m.diffusion.builtin_base import (
+    BASE_INFO,
+    INFO_FILE,
+    default_base_path,
+    load_base_pipeline,
+    read_base_info,
+)
+from b4m.models.base.build import build_components, build_pipeline, init_from_pipeline
+from b4m.models.base.config import BaseModelConfig
+from b4m.models.base.data import filler_hook, insert_fillers, render_pool, world_words
+from b4m.models.base.ship import save_pipeline
+from b4m.models.base.tokenizer import build_tokenizer, save_tokenizer
+from b4m.models.base.train import train_base_model
 from b4m.world.concepts import CONTENTS, STYLES
-from b4m.world.tokenizer import build_tokenizer, save_tokenizer
 
 WORDS = ["a", "cat", "car", "cart", "in", "style", "stripes", "photo", "of", "on", "the", "left", "at"]
 
-TINY = bm.BaseModelConfig(
+TINY = BaseModelConfig(
     vae_block_out_channels=(8, 16),
     vae_norm_num_groups=8,
     text_hidden_size=16,
@@ -55,16 +66,16 @@ def test_tokenizer_rejects_bad_words():
 
 def test_config_errors_are_reported_together():
     with pytest.raises(ValueError) as e:
-        bm.BaseModelConfig(cfg_dropout=1.5, text_hidden_size=30, text_heads=4)
+        BaseModelConfig(cfg_dropout=1.5, text_hidden_size=30, text_heads=4)
     assert "cfg_dropout" in str(e.value) and "text_hidden_size" in str(e.value)
     with pytest.raises(ValueError, match="unknown keys"):
-        bm.BaseModelConfig.from_dict({"nope": 1})
+        BaseModelConfig.from_dict({"nope": 1})
 
 
 def test_tiny_pipeline_saves_and_loads_as_stock_stable_diffusion(tmp_path):
-    pipe = bm.build_pipeline(TINY, words=WORDS)
+    pipe = build_pipeline(TINY, words=WORDS)
     assert isinstance(pipe, StableDiffusionPipeline)
-    bm.save_pipeline(pipe, tmp_path / "pipe")
+    save_pipeline(pipe, tmp_path / "pipe")
     index = json.loads((tmp_path / "pipe" / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["safety_checker"] == [None, None] and index["requires_safety_checker"] is False
@@ -79,15 +90,15 @@ def test_tiny_pipeline_saves_and_loads_as_stock_stable_diffusion(tmp_path):
         output_type="np",
     )
     assert out.images.shape == (2, 32, 32, 3)
-    info = bm.read_base_info(tmp_path / "pipe")
-    assert info == bm.BASE_INFO
+    info = read_base_info(tmp_path / "pipe")
+    assert info == BASE_INFO
 
 
 def test_world_vocabulary_covers_every_caption():
     from b4m.world.concepts import CONTENTS, STYLES
     from b4m.world.render import caption, random_scene
 
-    words = bm.world_words(n_random=200)
+    words = world_words(n_random=200)
     tok = build_tokenizer(words, max_length=TINY.max_length)
     rng = np.random.default_rng(3)
     for _ in range(200):
@@ -95,7 +106,7 @@ def test_world_vocabulary_covers_every_caption():
         text = caption(scene)
         tokens = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False).input_ids)
         assert all(t.endswith("</w>") for t in tokens), (text, tokens)
-        assert len(tokens) + 2 <= bm.BaseModelConfig().max_length
+        assert len(tokens) + 2 <= BaseModelConfig().max_length
 
 
 def test_training_pool_never_contains_held_out_concepts(monkeypatch):
@@ -110,7 +121,7 @@ def test_training_pool_never_contains_held_out_concepts(monkeypatch):
         return scene
 
     monkeypatch.setattr(render, "random_scene", spy)
-    images, captions = bm.render_pool(TINY, 300, seed=5, progress=False)
+    images, captions = render_pool(TINY, 300, seed=5, progress=False)
     assert images.shape == (300, 32, 32, 3) and images.dtype == np.uint8 and len(captions) == 300
     assert len(seen) == 300
     assert not {s.content for s in seen} & set(concepts.HELD_OUT_CONTENTS)
@@ -121,16 +132,16 @@ def test_training_pool_never_contains_held_out_concepts(monkeypatch):
 
 
 def test_training_resumes_to_the_same_weights(tmp_path):
-    cfg = bm.BaseModelConfig(
+    cfg = BaseModelConfig(
         **{**TINY.to_dict(), "pool_size": 64, "vae_steps": 4, "train_steps": 6, "batch_size": 4,
            "vae_batch_size": 4, "checkpoint_every": 3, "log_every": 3, "lr_warmup_steps": 2}
     )  # fmt: skip
-    full = bm.train_base_model(cfg, tmp_path / "a", progress=False)
+    full = train_base_model(cfg, tmp_path / "a", progress=False)
     # a run killed after the step-3 checkpoint, then restarted
-    half = bm.BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 3})
-    bm.train_base_model(half, tmp_path / "b", progress=False)
+    half = BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 3})
+    train_base_model(half, tmp_path / "b", progress=False)
     (tmp_path / "b" / "config.json").unlink()
-    resumed = bm.train_base_model(cfg, tmp_path / "b", progress=False)
+    resumed = train_base_model(cfg, tmp_path / "b", progress=False)
     a = DiffusionPipeline.from_pretrained(full)
     b = DiffusionPipeline.from_pretrained(resumed)
     for (name, pa), (_, pb) in zip(a.unet.named_parameters(), b.unet.named_parameters(), strict=True):
@@ -140,25 +151,52 @@ def test_training_resumes_to_the_same_weights(tmp_path):
 
 
 def test_a_finished_run_continues_when_train_steps_grow_and_refuses_other_changes(tmp_path):
-    cfg = bm.BaseModelConfig(
+    cfg = BaseModelConfig(
         **{**TINY.to_dict(), "pool_size": 32, "vae_steps": 2, "train_steps": 2, "batch_size": 4,
            "vae_batch_size": 4, "checkpoint_every": 2, "log_every": 1, "lr_warmup_steps": 1}
     )  # fmt: skip
-    bm.train_base_model(cfg, tmp_path, progress=False)
+    train_base_model(cfg, tmp_path, progress=False)
     for bad in ({"train_steps": 1}, {"lr": 1e-3}):
         with pytest.raises(ValueError, match="different config"):
-            bm.train_base_model(
-                bm.BaseModelConfig.from_dict({**cfg.to_dict(), **bad}), tmp_path, progress=False
-            )
-    longer = bm.BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 4})
-    bm.train_base_model(longer, tmp_path, progress=False)
+            train_base_model(BaseModelConfig.from_dict({**cfg.to_dict(), **bad}), tmp_path, progress=False)
+    longer = BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 4})
+    train_base_model(longer, tmp_path, progress=False)
     log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     assert {"phase": "extend", "train_steps_from": 2, "train_steps_to": 4}.items() <= next(
         r for r in log if r["phase"] == "extend"
     ).items()
     steps = [r["step"] for r in log if r["phase"] == "diffusion"]
     assert steps == [1, 2, 3, 4]  # continued from step 2, not restarted
-    assert json.loads((tmp_path / "pipeline" / bm.INFO_FILE).read_text())["diffusion_steps"] == 4
+    assert json.loads((tmp_path / "pipeline" / INFO_FILE).read_text())["diffusion_steps"] == 4
+
+
+def test_ema_follows_the_previous_formula_and_diffusers_decay_schedule():
+    """The EMA of phase 2 (b4m.models.base.ema): bit for bit the formula the shipped model was trained with; its
+    decay is diffusers' EMAModel's with update_after_step=-1 at every step, and EMAModel's update agrees up to
+    rounding (not bit for bit: the reason the update is kept)."""
+    from diffusers.training_utils import EMAModel
+
+    from b4m.models.base.ema import ema_decay, ema_update
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((7,), (33, 17), (5, 3, 3, 3))]
+    ours = [p.detach().clone() for p in params]
+    previous = [p.detach().clone() for p in params]
+    theirs = EMAModel(params, decay=0.999, update_after_step=-1, foreach=True)
+    for step in range(1, 16):
+        with torch.no_grad():
+            for p in params:
+                p.add_(torch.randn_like(p))
+        decay = min(0.999, (1 + step) / (10 + step))  # the code before the refactor, inline in the loop
+        assert ema_decay(step, 0.999) == decay == theirs.get_decay(step)
+        ema_update(ours, params, ema_decay(step, 0.999))
+        with torch.no_grad():
+            torch._foreach_lerp_(previous, [p.detach() for p in params], 1.0 - decay)
+        theirs.step(params)
+        for a, b, c in zip(ours, previous, theirs.shadow_params, strict=True):
+            assert torch.equal(a, b)
+            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
+    assert ema_decay(20_000, 0.999) == 0.999 == theirs.get_decay(20_000)
 
 
 def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embeddings():
@@ -170,7 +208,7 @@ def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embedding
     bos, eos = tok.bos_token_id, tok.eos_token_id
     counts = []
     for seed in range(20):
-        out = bm.insert_fillers(ids, 1.0, 2, bos, eos, torch.Generator().manual_seed(seed))
+        out = insert_fillers(ids, 1.0, 2, bos, eos, torch.Generator().manual_seed(seed))
         for before, after in zip(ids.tolist(), out.tolist(), strict=True):
             words, end = before[1 : before.index(eos)], after.index(eos)
             assert after[0] == bos
@@ -179,11 +217,11 @@ def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embedding
             counts.append(end - 1 - len(words))
         assert out[2].tolist() == ids[2].tolist() or (out[2] == bos).sum() == 2  # one more fits, two don't
     assert set(counts[:2]) <= {1, 2} and {1, 2} <= set(counts)
-    assert bm.insert_fillers(ids, 0.0, 2, bos, eos, torch.Generator()).equal(ids)
+    assert insert_fillers(ids, 0.0, 2, bos, eos, torch.Generator()).equal(ids)
 
-    enc = bm.build_components(TINY, WORDS)["text_encoder"]
+    enc = build_components(TINY, WORDS)["text_encoder"]
     gen = torch.Generator().manual_seed(0)
-    handle = bm._filler_hook(enc, bos, gen)
+    handle = filler_hook(enc, bos, gen)
     try:
         emb = enc.get_input_embeddings()
         with torch.no_grad():
@@ -202,16 +240,16 @@ def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embedding
 
 
 def test_lift_weak_words_scales_short_embeddings_to_the_median_and_keeps_their_direction(tmp_path):
-    pipe = bm.build_pipeline(TINY, WORDS)
+    pipe = build_pipeline(TINY, WORDS)
     vocab = pipe.tokenizer.get_vocab()
     with torch.no_grad():
         emb = pipe.text_encoder.get_input_embeddings().weight
         emb[[vocab[w + "</w>"] for w in WORDS]] *= 30.0  # "trained" words, norms about 30x init
         emb[vocab["cat</w>"]] /= 30.0  # a word a short fine-tune taught: still at its init norm
-    bm.save_pipeline(pipe, tmp_path / "old")
+    save_pipeline(pipe, tmp_path / "old")
     before = emb.detach().clone()
-    components = bm.build_components(TINY, WORDS)
-    bm._init_from(components, tmp_path / "old", lift_words=["cat", "car", "in", "style", "photo"])
+    components = build_components(TINY, WORDS)
+    init_from_pipeline(components, tmp_path / "old", lift_words=["cat", "car", "in", "style", "photo"])
     after = components["text_encoder"].get_input_embeddings().weight.detach()
     rows = [vocab[w + "</w>"] for w in ("cat", "car", "in", "style", "photo")]
     median = before[rows].norm(dim=1).median()
@@ -223,21 +261,21 @@ def test_lift_weak_words_scales_short_embeddings_to_the_median_and_keeps_their_d
 
 
 shipped = pytest.mark.skipif(
-    not (bm.default_base_path() / "model_index.json").exists(), reason="no shipped base model yet"
+    not (default_base_path() / "model_index.json").exists(), reason="no shipped base model yet"
 )
 
 
 @shipped
 def test_shipped_base_model_loads_offline_with_attention_projections():
-    pipe = DiffusionPipeline.from_pretrained(bm.default_base_path())
+    pipe = DiffusionPipeline.from_pretrained(default_base_path())
     assert isinstance(pipe, StableDiffusionPipeline)
     names = {n for n, _ in pipe.unet.named_modules()}
     for proj in ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k"):
         assert any(n.endswith(proj) for n in names), proj
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    info = bm.read_base_info()
+    info = read_base_info()
     assert info.resolution == 32
-    size = sum(f.stat().st_size for f in bm.default_base_path().rglob("*") if f.is_file())
+    size = sum(f.stat().st_size for f in default_base_path().rglob("*") if f.is_file())
     assert size < 40e6
     pipe.set_progress_bar_config(disable=True)
     img = pipe("a photo of a car", num_inference_steps=3, output_type="np").images
@@ -261,10 +299,11 @@ def test_builtin_pipeline_loads_without_deprecation_warnings_and_in_the_asked_dt
 @shipped
 @pytest.mark.slow
 def test_shipped_base_model_meets_the_quality_bar():
-    from b4m.eval.judges import WorldJudges
+    from b4m.models.base.evaluate import evaluate_base_model
+    from b4m.models.judges.network import WorldJudges
 
-    pipe = bm.load_base_pipeline()
-    r = bm.evaluate_base_model(pipe, WorldJudges.load(), n_per_concept=8, seed=777, progress=False)
+    pipe = load_base_pipeline()
+    r = evaluate_base_model(pipe, WorldJudges.load(), n_per_concept=8, seed=777, progress=False)
     assert r["content_acc"] >= 0.9, r
     assert r["style_acc"] >= 0.9, r
     assert r["attribute_acc_mean"] >= 0.8, r

@@ -113,9 +113,10 @@ def test_pair_bootstrap_resamples_pairs_then_images():
 
 def test_point_values_equal_score_world():
     """The per-image scores aggregate to exactly what b4m.eval.metrics.score_world reports."""
-    from b4m.eval.judges import WorldJudges, render_batch
     from b4m.eval.metrics import score_world
     from b4m.eval.scoring import WorldScorer
+    from b4m.models.judges.data import render_batch
+    from b4m.models.judges.network import WorldJudges
     from b4m.world.render import Scene
 
     judges = WorldJudges.load()

@@ -4,7 +4,7 @@ import pytest
 import torch
 from diffusers import DiffusionPipeline
 
-from b4m.world.base_model import default_base_path
+from b4m.diffusion.builtin_base import default_base_path
 
 
 def test_fused_adapter_is_an_ordinary_lora_for_the_builtin_pipeline(tmp_path, random_plp):

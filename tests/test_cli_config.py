@@ -131,7 +131,7 @@ def test_attribute_docstrings_become_help_text(capsys):
     import dataclasses
 
     from b4m.config import attribute_docs
-    from b4m.world.base_config import BaseModelConfig
+    from b4m.models.base.config import BaseModelConfig
 
     @dataclasses.dataclass(frozen=True)
     class Cfg:

@@ -16,7 +16,7 @@ from b4m.cli import build_parser, main
 from b4m.config import config_from_args
 from b4m.eval.customize import CustomizeCheck
 from b4m.harness.judges import JudgesTrainJob
-from b4m.world.base_config import BaseModelConfig
+from b4m.models.base.config import BaseModelConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ("base_model", "customize", "judges")

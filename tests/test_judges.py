@@ -4,20 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from b4m.eval.judges import (
-    CONFIG_NAME,
-    DEFAULT_DIR,
-    WEIGHTS_NAME,
-    WorldJudges,
-    _augment,
-    _uniform_scene,
-    balanced_class_weights,
-    evaluate_judges,
-    perturb,
-    render_batch,
-    train_judges,
-    warm_start,
-)
+from b4m.models.judges.augment import augment, perturb
+from b4m.models.judges.config import CONFIG_NAME, DEFAULT_DIR, WEIGHTS_NAME
+from b4m.models.judges.data import render_batch, uniform_scene
+from b4m.models.judges.evaluate import evaluate_judges
+from b4m.models.judges.network import WorldJudges, warm_start
+from b4m.models.judges.train import balanced_class_weights, train_judges
 from b4m.world.concepts import ATTRIBUTES, CONTENTS, STYLES
 from b4m.world.instances import has_instances
 from b4m.world.render import Scene
@@ -145,7 +137,7 @@ def test_perturb_and_augment_keep_shape_and_range():
     assert not torch.allclose(out, images)
     again = perturb(images, torch.Generator().manual_seed(0))
     assert torch.equal(out, again)
-    aug = _augment(images, torch.Generator().manual_seed(1), torch.tensor([False, True]))
+    aug = augment(images, torch.Generator().manual_seed(1), torch.tensor([False, True]))
     assert aug.shape == images.shape and aug.min() >= 0.0 and aug.max() <= 1.0
 
 
@@ -164,7 +156,7 @@ def test_balanced_class_weights_equalise_the_classes_under_the_real_sampler(shar
     """Counted from the scene sampler itself: each class's draws times its weight are one K-th of all draws."""
     rng = np.random.default_rng(5)
     n = 40_000
-    draws = [_uniform_scene(rng, instance_share=share) for _ in range(n)]
+    draws = [uniform_scene(rng, instance_share=share) for _ in range(n)]
     for kind, names in (("content", CONTENTS), ("style", STYLES)):
         has = torch.tensor([float(has_instances(kind, c)) for c in names])
         w = balanced_class_weights(has, share)

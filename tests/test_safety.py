@@ -9,7 +9,6 @@ import json
 import os
 import re
 import stat
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np

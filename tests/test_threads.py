@@ -38,20 +38,21 @@ def test_automatic_choice_is_made_once_per_process(monkeypatch):
 def test_base_model_resume_uses_the_recorded_count_whatever_the_load(tmp_path, monkeypatch):
     from test_base_model import TINY
 
-    from b4m.world import base_model as bm
+    from b4m.models.base.config import BaseModelConfig
+    from b4m.models.base.train import THREADS_FILE, train_base_model
 
-    cfg = bm.BaseModelConfig(
+    cfg = BaseModelConfig(
         **{**TINY.to_dict(), "pool_size": 32, "vae_steps": 2, "train_steps": 4, "batch_size": 4,
            "vae_batch_size": 4, "checkpoint_every": 2, "log_every": 2, "lr_warmup_steps": 1}
     )  # fmt: skip
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv(threads.ENV_VAR, "1")
-        bm.train_base_model(bm.BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 2}), tmp_path,
+        train_base_model(BaseModelConfig.from_dict({**cfg.to_dict(), "train_steps": 2}), tmp_path,
                             progress=False)  # fmt: skip
-        assert json.loads((tmp_path / bm.THREADS_FILE).read_text()) == {"threads": 1}
+        assert json.loads((tmp_path / THREADS_FILE).read_text()) == {"threads": 1}
         monkeypatch.setenv(threads.ENV_VAR, "2")  # the machine looks different when the run resumes
-        bm.train_base_model(cfg, tmp_path, progress=False)
+        train_base_model(cfg, tmp_path, progress=False)
         assert torch.get_num_threads() == 1
         log = [json.loads(x) for x in (tmp_path / "train_log.jsonl").read_text().splitlines()]
         assert [r["threads"] for r in log if r["phase"] == "threads"] == [1, 1]

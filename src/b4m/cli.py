@@ -203,7 +203,7 @@ def _cmd_base_sample(args: argparse.Namespace) -> int:
 
 def _cmd_base_train(args: argparse.Namespace) -> int:
     from b4m.harness.base import train_base
-    from b4m.world.base_config import BaseModelConfig
+    from b4m.models.base.config import BaseModelConfig
 
     train_base(
         config_from_args(BaseModelConfig, args), args.out, resume=not args.restart, progress=args.progress
@@ -452,7 +452,7 @@ def _add_base_harness(base: argparse._SubParsersAction) -> None:
     customizability check (``python benchmarks/base_model.py`` and ``benchmarks/customize.py`` call these)."""
     from b4m.eval.customize import CustomizeCheck
     from b4m.harness.base import BaseDiagnoseConfig, BaseEvalConfig, BaseGridConfig, BaseShipConfig
-    from b4m.world.base_config import BaseModelConfig
+    from b4m.models.base.config import BaseModelConfig
 
     raw = argparse.RawDescriptionHelpFormatter
     p = base.add_parser(

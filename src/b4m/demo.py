@@ -257,10 +257,10 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     from b4m.data.folders import load_images, read_image_folder
     from b4m.diffusion.pipeline import load_pipeline
     from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
-    from b4m.eval.judges import WorldJudges
     from b4m.eval.metrics import score_world
     from b4m.eval.report import write_report
     from b4m.io import write_text
+    from b4m.models.judges.network import WorldJudges
     from b4m.train.stage1 import train_stage1
     from b4m.train.stage2 import train_stage2
     from b4m.world.render import Scene, caption

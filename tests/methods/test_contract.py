@@ -84,7 +84,7 @@ def _check_layers(fitted):
 
 @pytest.fixture(scope="module")
 def builtin_pipe():
-    from b4m.world.base_model import load_base_pipeline
+    from b4m.diffusion.builtin_base import load_base_pipeline
 
     return load_base_pipeline(None)
 

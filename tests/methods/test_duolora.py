@@ -58,7 +58,7 @@ def test_priors_on_sd1_and_the_builtin_base_are_non_empty_and_follow_resolution(
     assert _blocks(priors, "content") == ["down_blocks.2", "mid_block", "up_blocks.1"]
     assert _blocks(priors, "style") == ["down_blocks.0", "down_blocks.1", "up_blocks.2", "up_blocks.3"]
 
-    from b4m.world.base_model import load_base_pipeline
+    from b4m.diffusion.builtin_base import load_base_pipeline
 
     unet = load_base_pipeline(None).unet
     priors = layer_priors(unet, sorted(target_linears(unet, DEFAULT_TARGETS)))

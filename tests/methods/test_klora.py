@@ -45,7 +45,7 @@ def test_selection_follows_the_sampler_timesteps(tiny_sd, tmp_path):
 
 def test_generate_installs_the_hook_on_the_builtin_base(tmp_path):
     import b4m
-    from b4m.world.base_model import load_base_pipeline
+    from b4m.diffusion.builtin_base import load_base_pipeline
 
     unet = load_base_pipeline(None).unet
     random_lora(unet, tmp_path / "c.safetensors", 4, 1)

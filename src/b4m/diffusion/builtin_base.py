@@ -1,9 +1,9 @@
 """The built-in base model as the diffusion layer sees it: where the shipped pipeline folder lives, its
 ``b4m_base.json`` (the recommended sampling settings) and how it loads.
 
-How that model is built and trained is the world's business (:mod:`b4m.world.base_model`, which re-exports
-these names); sampling and pipeline loading need only what is here. Importing this module loads neither torch
-nor diffusers (configs and the command line read it); :func:`load_base_pipeline` imports them when it runs.
+How that model is built and trained is :mod:`b4m.models.base`'s business; sampling and pipeline loading need
+only what is here. Importing this module loads neither torch nor diffusers (configs and the command line read
+it); :func:`load_base_pipeline` imports them when it runs.
 """
 
 from __future__ import annotations

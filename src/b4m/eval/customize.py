@@ -134,7 +134,7 @@ def check_customizability(cfg: CustomizeCheck, work: str | Path | None = None) -
 
     from b4m.diffusion.pipeline import load_pipeline
     from b4m.diffusion.sampling import generation_defaults, load_adapter, sample
-    from b4m.eval.judges import WorldJudges
+    from b4m.models.judges.network import WorldJudges
     from b4m.world.concepts import HELD_IN_CONTENTS
     from b4m.world.export import export_concept
     from b4m.world.instances import describe_code, parse_concept

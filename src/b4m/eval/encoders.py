@@ -1,7 +1,7 @@
 """Real metric encoders (CLIP, DINOv2) loaded through transformers, with preprocessing done in torch.
 
 The paper's metrics (B4M, Xu et al. 2025, Sec. 5): content alignment is the cosine similarity of DINOv2 image
-features, style alignment and prompt alignment use CLIP image and text features. :mod:`b4m.eval.judges` provides
+features, style alignment and prompt alignment use CLIP image and text features. :mod:`b4m.models.judges` provides
 stand-ins for the synthetic world; this module loads the real models for real images.
 
 Images come in as ``(B, 3, H, W)`` float tensors in ``[0, 1]``. Preprocessing mirrors the models' image

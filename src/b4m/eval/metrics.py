@@ -2,7 +2,7 @@
 
 The paper scores content with DINOv2 (cosine of generated vs. content references), style with CLIP image
 features (generated vs. style references), and prompt alignment with CLIP image-text similarity, and reports
-the three and their mean. In the built-in world the judges (``b4m.eval.judges``) stand in for those networks:
+the three and their mean. In the built-in world the judges (``b4m.models.judges``) stand in for those networks:
 content and style alignment are the same cosines of the judges' content and style embeddings; prompt
 alignment is the fraction of the prompt's attributes (position, size, background) that the attribute judges
 find in the image, the world's checkable equivalent of CLIP-T. We also report the harmonic mean, which

@@ -190,12 +190,12 @@ def _cos(features: Any, refs: Any) -> np.ndarray:
 
 
 class WorldScorer:
-    """Per-image scores with the built-in world's judges (:class:`b4m.eval.judges.WorldJudges`)."""
+    """Per-image scores with the built-in world's judges (:class:`b4m.models.judges.network.WorldJudges`)."""
 
     name = "world judges"
 
     def __init__(self, judges: Any = None) -> None:
-        from b4m.eval.judges import WorldJudges
+        from b4m.models.judges.network import WorldJudges
 
         self.judges = judges if judges is not None else WorldJudges.load()
 
@@ -276,7 +276,7 @@ def load_scorer(
 ) -> Any:
     """The world's judges, or CLIP + DINOv2 when both are given (:mod:`b4m.eval.encoders`)."""
     if clip is None and dino is None:
-        from b4m.eval.judges import WorldJudges
+        from b4m.models.judges.network import WorldJudges
 
         return WorldScorer(WorldJudges.load(judges))
     from b4m.eval.encoders import load_clip, load_dinov2

@@ -2,7 +2,7 @@
 grid, locate where its style errors arise, and ship a trained pipeline as the built-in model.
 
 One frozen config per job (``b4m base eval --help`` lists each field); the model's own settings are
-:class:`b4m.world.base_config.BaseModelConfig`. The customizability check is :mod:`b4m.eval.customize`.
+:class:`b4m.models.base.config.BaseModelConfig`. The customizability check is :mod:`b4m.eval.customize`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from b4m.diffusion.builtin_base import BASE_INFO
 if TYPE_CHECKING:
     import torch
 
-    from b4m.world.base_config import BaseModelConfig
+    from b4m.models.base.config import BaseModelConfig
 
 __all__ = [
     "BaseDiagnoseConfig",
@@ -99,7 +99,7 @@ def train_base(cfg: BaseModelConfig, out: str | Path, resume: bool = True, progr
     machine and the config first, so that a log says what ran where."""
     import torch
 
-    from b4m.world.base_model import train_base_model
+    from b4m.models.base.train import train_base_model
 
     cpu = platform.processor() or platform.machine()
     print(f"machine: {cpu}, {os.cpu_count()} cpus, torch {torch.__version__}")
@@ -127,22 +127,23 @@ def _write_json(path: Path | None, data: Any) -> None:
 
 
 def evaluate_base(cfg: BaseEvalConfig) -> list[dict[str, Any]]:
-    """One :func:`b4m.world.base_model.evaluate_base_model` row per guidance scale x step count (printed as
+    """One :func:`b4m.models.base.evaluate.evaluate_base_model` row per guidance scale x step count (printed as
     they finish, written to ``cfg.json``)."""
     _check_pipeline(cfg.path)
     import torch
 
-    from b4m.eval.judges import WorldJudges
-    from b4m.world import base_model as bm
+    from b4m.diffusion.builtin_base import load_base_pipeline
+    from b4m.models.base.evaluate import evaluate_base_model
+    from b4m.models.judges.network import WorldJudges
 
     torch.set_num_threads(cfg.threads)
-    pipe = bm.load_base_pipeline(cfg.path)
+    pipe = load_base_pipeline(cfg.path)
     judges = WorldJudges.load()
     rows = []
     for gs in cfg.guidance:
         for steps in cfg.steps:
             t0 = time.time()
-            r = bm.evaluate_base_model(
+            r = evaluate_base_model(
                 pipe, judges, n_per_concept=cfg.n_per_concept, seed=cfg.seed, num_inference_steps=steps,
                 guidance_scale=gs, progress=cfg.progress,
             )  # fmt: skip
@@ -165,13 +166,14 @@ def sample_grid(cfg: BaseGridConfig) -> Path:
     import numpy as np
     import torch
 
-    from b4m.world import base_model as bm
+    from b4m.diffusion.builtin_base import load_base_pipeline
+    from b4m.models.base.sample import generate
     from b4m.world.concepts import HELD_IN_CONTENTS, HELD_IN_STYLES, HELD_OUT_CONTENTS
     from b4m.world.render import Scene, caption
     from b4m.world.sheet import image_grid
 
     torch.set_num_threads(cfg.threads)
-    pipe = bm.load_base_pipeline(cfg.path)
+    pipe = load_base_pipeline(cfg.path)
     rng = np.random.default_rng(cfg.seed)
     contents = list(HELD_IN_CONTENTS)
     styles = list(HELD_IN_STYLES)
@@ -187,7 +189,7 @@ def sample_grid(cfg: BaseGridConfig) -> Path:
     ]  # fmt: skip
     prompts += [caption(s) for s in attr_scenes]
     prompts += [caption(Scene(content=c, style="flat")) for c in HELD_OUT_CONTENTS]
-    images = bm.generate(pipe, prompts, seed=cfg.seed, guidance_scale=cfg.guidance_scale)
+    images = generate(pipe, prompts, seed=cfg.seed, guidance_scale=cfg.guidance_scale)
     tiles = [im.permute(1, 2, 0).numpy() for im in images]
     grid = image_grid(tiles, ncols=cfg.cols)
     grid = grid.resize((grid.width * cfg.scale, grid.height * cfg.scale))
@@ -207,10 +209,10 @@ def _elastic(images: torch.Tensor, px: float, smooth: float, gen: torch.Generato
     import torch
     import torch.nn.functional as F
 
-    from b4m.eval.judges import _blur
+    from b4m.models.judges.augment import gaussian_blur
 
     b, _, h, w = images.shape
-    d = _blur(torch.randn(b, 2, h, w, generator=gen), smooth)
+    d = gaussian_blur(torch.randn(b, 2, h, w, generator=gen), smooth)
     d = d / d.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * px * 2 / w  # grid units span 2 / w per px
     grid = F.affine_grid(torch.eye(2, 3).expand(b, 2, 3), list(images.shape), align_corners=False)
     return F.grid_sample(images, grid + d.permute(0, 2, 3, 1), padding_mode="border", align_corners=False)
@@ -226,13 +228,15 @@ def diagnose_base(cfg: BaseDiagnoseConfig) -> dict[str, Any]:
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline
 
-    from b4m.eval.judges import WorldJudges, render_batch
-    from b4m.world import base_model as bm
+    from b4m.diffusion.builtin_base import load_base_pipeline, read_base_info
+    from b4m.models.base.evaluate import eval_scenes
+    from b4m.models.judges.data import render_batch
+    from b4m.models.judges.network import WorldJudges
     from b4m.world.render import caption
 
     torch.set_num_threads(cfg.threads)
     judges = WorldJudges.load()
-    scenes = bm._eval_scenes(cfg.n_per_concept, cfg.seed)["held_in"]
+    scenes = eval_scenes(cfg.n_per_concept, cfg.seed)["held_in"]
     renders = render_batch(scenes, [cfg.seed + i for i in range(len(scenes))])
 
     def style_acc(images: torch.Tensor) -> float:
@@ -241,8 +245,8 @@ def diagnose_base(cfg: BaseDiagnoseConfig) -> dict[str, Any]:
 
     rows: dict[str, Any] = {"n": len(scenes), "renders": style_acc(renders)}
     print(f"{len(scenes)} held-in scenes; style judge on the renders: {rows['renders']:.3f}")
-    pipe = bm.load_base_pipeline(cfg.path)
-    info = bm.read_base_info(cfg.path)
+    pipe = load_base_pipeline(cfg.path)
+    info = read_base_info(cfg.path)
     i2i = StableDiffusionImg2ImgPipeline(**pipe.components)
     i2i.set_progress_bar_config(disable=True)
     prompts = [caption(s) for s in scenes]

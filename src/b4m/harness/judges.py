@@ -1,4 +1,4 @@
-"""Jobs on the world judges: train them (the recipe is :class:`b4m.eval.judges_config.JudgesTrainConfig`) or
+"""Jobs on the world judges: train them (the recipe is :class:`b4m.models.judges.config.JudgesTrainConfig`) or
 re-evaluate saved ones, and write the accuracy report (``benchmarks/judges.md``).
 
 The report gives the command, seed, timings, and accuracy on fresh renders (seeds never used in training),
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from b4m.config import opt
-from b4m.eval.judges_config import DEFAULT_DIR, WEIGHTS_NAME, JudgesTrainConfig
+from b4m.models.judges.config import DEFAULT_DIR, WEIGHTS_NAME, JudgesTrainConfig
 
 __all__ = ["JudgesEvalJob", "JudgesTrainJob", "evaluate", "report_markdown", "summary", "train"]
 
@@ -47,7 +47,7 @@ class JudgesEvalJob:
 def train(job: JudgesTrainJob, command: str = "", progress: bool = True) -> dict[str, Any]:
     """Train judges into ``job.out`` and write ``job.report`` (``command`` is quoted in it); returns the
     metrics."""
-    from b4m.eval.judges import train_judges
+    from b4m.models.judges.train import train_judges
 
     if job.init_from is not None:
         _check_judges("--init-from", job.init_from)
@@ -60,7 +60,8 @@ def evaluate(job: JudgesEvalJob, command: str = "") -> dict[str, Any]:
     """Evaluate the judges in ``job.path`` (their training record kept) and write ``job.report``."""
     import torch
 
-    from b4m.eval.judges import WorldJudges, evaluate_judges
+    from b4m.models.judges.evaluate import evaluate_judges
+    from b4m.models.judges.network import WorldJudges
 
     _check_judges("--path", job.path)
     torch.set_num_threads(job.threads)
@@ -120,7 +121,7 @@ def report_markdown(metrics: dict[str, Any], command: str, out_dir: Path) -> str
         "",
         "Stand-ins for DINOv2 (content) and CLIP (style, prompt) on the synthetic world: one small CNN trunk",
         "with content/style identity embeddings, class and instance-trait heads on them, and attribute heads",
-        "(`b4m.eval.judges`). Trained on renders of all contents, styles and instances (held-out classes and",
+        "(`b4m.models.judges`). Trained on renders of all contents, styles and instances (held-out classes and",
         "personal instances included); evaluated on fresh renders whose seeds training never uses. An instance",
         "counts as recognised only when the class and every trait are right; instance accuracies are over the",
         f"classes with instances ({', '.join(INSTANCE_CONTENTS)}: {N_CONTENT_CODES} codes each; "

@@ -1,4 +1,4 @@
-"""Offline word-level CLIP tokenizer for the tiny world base model.
+"""Offline word-level CLIP tokenizer for the built-in base model (:mod:`b4m.models.base`).
 
 The world's captions use a small closed vocabulary, so the tokenizer gives every caption word its own
 ``word</w>`` token. It also knows every lower-case letter, digit and a few symbols, both as word pieces
@@ -24,6 +24,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import CLIPTokenizer
+
+from b4m.io import write_text
 
 BOS = "<|startoftext|>"
 EOS = "<|endoftext|>"
@@ -130,7 +132,7 @@ def save_tokenizer(tok: CLIPTokenizer, path: str | Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     tok.save_pretrained(path)
     model = json.loads(tok.backend_tokenizer.to_str())["model"]
-    (path / "vocab.json").write_text(json.dumps(model["vocab"], indent=0, ensure_ascii=False))
+    write_text(path / "vocab.json", json.dumps(model["vocab"], indent=0, ensure_ascii=False))
     merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-    (path / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    write_text(path / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
     return path

@@ -1,8 +1,7 @@
 """The judges' training recipe (:class:`JudgesTrainConfig`) and where the shipped judges live.
 
-Kept apart from :mod:`b4m.eval.judges` (the networks, their training and evaluation, which re-exports these
-names) so that ``b4m judges train --help`` builds its flags from this one source of defaults without loading
-torch.
+Kept apart from the networks (:mod:`b4m.models.judges.network`), their training and evaluation so that
+``b4m judges train --help`` builds its flags from this one source of defaults without loading torch.
 """
 
 from __future__ import annotations
@@ -12,11 +11,13 @@ from pathlib import Path
 
 from b4m.config import opt
 
-__all__ = ["DEFAULT_DIR", "INSTANCE_SHARE", "WEIGHTS_NAME", "JudgesTrainConfig"]
+__all__ = ["CONFIG_NAME", "DEFAULT_DIR", "INSTANCE_SHARE", "WEIGHTS_NAME", "JudgesTrainConfig"]
 
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "assets" / "judges"
+DEFAULT_DIR = Path(__file__).resolve().parents[2] / "assets" / "judges"
 """The shipped judges (``judges.safetensors`` + ``judges.json``)."""
 WEIGHTS_NAME = "judges.safetensors"
+CONFIG_NAME = "judges.json"
+"""The judges' config, concept names and measured metrics, beside the weights."""
 
 INSTANCE_SHARE = 0.5
 """Default share of judge training scenes whose content (and, independently, style) is drawn from the classes
@@ -25,7 +26,7 @@ with instances, so that the trait heads see enough of them."""
 
 @dataclass(frozen=True)
 class JudgesTrainConfig:
-    """How :func:`b4m.eval.judges.train_judges` trains the world judges (defaults: the shipped recipe)."""
+    """How :func:`b4m.models.judges.train.train_judges` trains the world judges (defaults: the shipped recipe)."""
 
     steps: int = opt(6000, "training steps")
     seed: int = opt(

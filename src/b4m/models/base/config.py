@@ -1,7 +1,8 @@
 """The architecture and training settings of the built-in base model (:class:`BaseModelConfig`).
 
-Kept apart from :mod:`b4m.world.base_model` (which trains the model and re-exports this class) so that the
-command line builds ``b4m base train --help`` without loading torch or diffusers.
+Kept apart from the modules that build and train the model (:mod:`b4m.models.base.build`,
+:mod:`b4m.models.base.train`) so that the command line builds ``b4m base train --help`` without loading torch or
+diffusers.
 """
 
 from __future__ import annotations
