@@ -264,3 +264,20 @@ def test_info_shows_baked_strengths_and_parts(tiny_sd, tmp_path, capsys):
     assert '"style": 0.5' in out and '"part": "style"' in out and '"strength": "S"' in out
     header = json.loads(safe_open(str(tmp_path / "baked.safetensors"), framework="pt").metadata()["b4m"])
     assert header["baked_scales"] == {"content": 1.0, "style": 0.5}
+
+
+def test_export_help_teaches_the_knobs():
+    from b4m.cli import build_parser
+
+    export = build_parser()._subparsers._group_actions[0].choices["export"].format_help()
+    for text in (
+        "--content-scale C",
+        "--style-scale S",
+        "--split",
+        "[[AC, S*AD], [C*BC, C*S*BD]]",
+        "<name>_style",
+    ):
+        assert text in export
+    assert (
+        "b4m export runs/fused/adapter.safetensors --split --out parts/" in export
+    )  # the examples, line by line
