@@ -423,6 +423,30 @@ CASES = [
         None,
     ),
     (
+        "export-scale-plain",
+        "export {d}/foreign.safetensors --out {d}/k.safetensors --content-scale 0.5",
+        r"--content-scale: .*foreign.safetensors is not a b4m PLP adapter \(its header has no rho or basis_id\)",
+        None,
+    ),
+    (
+        "export-split-plain",
+        "export {d}/foreign.safetensors --split --out {d}/parts",
+        r"--split: .*foreign.safetensors is not a b4m PLP adapter",
+        None,
+    ),
+    (
+        "export-split-scale",
+        "export {d}/content.safetensors --split --style-scale 0.5 --out {d}/parts",
+        r"--style-scale: --split writes the parts unscaled",
+        None,
+    ),
+    (
+        "export-scale-nan",
+        "export {d}/content.safetensors --out {d}/k.safetensors --style-scale nan",
+        r"--style-scale nan: give a finite number",
+        None,
+    ),
+    (
         "convert-out-folder",
         "convert {d}/content.safetensors {d}/kohya_out --to kohya",
         r"OUT .*kohya_out: is a folder",

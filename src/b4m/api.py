@@ -5,6 +5,9 @@ content = b4m.train_content(images="refs/teddy", prompt="a photo of a snq teddy"
 style = b4m.train_style(images="refs/paper", prompt="a cup in wzk papercut style", aux=["c1", "c2", "c3"])
 fused = b4m.fuse(content=content, style=style)
 b4m.generate(adapter=fused, prompt=["a snq teddy in wzk papercut style"], n=4)
+b4m.load_into(pipe, fused, content_scale=1.0, style_scale=0.6)     # any diffusers pipeline, stock LoRA loading
+b4m.export(fused, "teddy_paper_s06.safetensors", style_scale=0.6)  # the strengths baked into one file
+b4m.export(fused, "parts", split=True)                             # style / content / interaction LoRAs
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from b4m.io import save_image
 from b4m.owned import claim
 from b4m.prompts import check_prompts
 
-__all__ = ["demo", "fuse", "generate", "run_method", "train_content", "train_style"]
+__all__ = ["demo", "export", "fuse", "generate", "load_into", "run_method", "train_content", "train_style"]
 
 
 def train_content(config: str | Path | None = None, progress: bool = True, **options: Any) -> Path:
@@ -129,3 +132,69 @@ def run_method(method: str, config: str | Path | None = None, progress: bool = T
     from b4m.methods import run_method as _run
 
     return _run(method, config, progress=progress, **options)
+
+
+def load_into(
+    pipe: Any,
+    adapter: str | Path,
+    content_scale: float = 1.0,
+    style_scale: float = 1.0,
+    adapter_name: str = "b4m",
+) -> str:
+    """Load the b4m adapter file ``adapter`` into a diffusers pipeline (SD, SDXL, FLUX) at a content strength
+    (scales ``B``) and a style strength (scales ``D``), through the pipeline's own ``load_lora_weights``: the
+    scaled factors are an ordinary LoRA state dict, so everything diffusers does with LoRAs (``set_adapters``,
+    ``fuse_lora``, ``delete_adapters``) works on it. Returns ``adapter_name``.
+
+    ``dW = [[AC, s AD], [c BC, c s BD]]`` for ``content_scale`` ``c`` and ``style_scale`` ``s``; scales other than
+    1 need a b4m PLP adapter (a plain LoRA: use ``pipe.set_adapters(name, weight)``).
+    """
+    from b4m.diffusion.sampling import load_adapter
+
+    problems: list[str] = []
+    for name, value in (("content_scale", content_scale), ("style_scale", style_scale)):
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            problems.append(f"{name}={value!r}: give a finite number (1 keeps the trained strength)")
+    if not isinstance(adapter_name, str) or not adapter_name:
+        problems.append(f"adapter_name={adapter_name!r}: give a non-empty name")
+    raise_problems(problems)
+    load_adapter(pipe, adapter, float(content_scale), float(style_scale), adapter_name=adapter_name)
+    return adapter_name
+
+
+def export(
+    adapter: str | Path,
+    out: str | Path,
+    content_scale: float | None = None,
+    style_scale: float | None = None,
+    split: bool = False,
+    base_model_version: str | None = None,
+    overwrite: bool = False,
+) -> Any:
+    """``b4m export``: ``adapter`` as an ordinary LoRA in kohya spelling for ComfyUI / A1111 / diffusers.
+
+    - neither scale nor ``split``: the file as it is (:func:`b4m.adapters.convert.convert` to kohya); returns ``out``;
+    - ``content_scale`` and/or ``style_scale``: those strengths baked in (``B`` scaled by the content strength,
+      ``D`` by the style strength); returns ``out``;
+    - ``split=True``: ``out`` is a folder; the style (``A D``), content (``B C``) and interaction (``B D``) blocks,
+      and the frozen ``A C`` where it is not zero, each as its own LoRA, to be loaded together at strengths
+      ``S``, ``C``, ``C*S`` and ``1``; returns the list of :class:`b4m.adapters.knobs.SplitFile`.
+    """
+    from b4m.adapters import knobs
+    from b4m.adapters.convert import convert
+
+    given = [
+        flag
+        for flag, v in (("--content-scale", content_scale), ("--style-scale", style_scale))
+        if v is not None
+    ]
+    if split and given:
+        raise B4MError(
+            f"{given[0]}: --split writes the parts unscaled, so that you choose the strengths when you load them; "
+            f"drop {given[0]}, or export without --split to bake the strengths into one file"
+        )
+    if split:
+        return knobs.export_split(adapter, out, base_model_version, overwrite)
+    if given:
+        return knobs.export_scaled(adapter, out, content_scale, style_scale, base_model_version, overwrite)
+    return convert(adapter, out, "kohya", base_model_version, overwrite, "--out")

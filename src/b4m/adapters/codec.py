@@ -29,6 +29,7 @@ import torch
 from safetensors import safe_open
 
 from b4m.adapters import flux_keys
+from b4m.adapters.kohya_meta import kohya_fields
 from b4m.errors import B4MError
 from b4m.io import clean_temp_files, file_mode, save_safetensors
 
@@ -365,7 +366,9 @@ def save_kohya(
     ``ss_base_model_version`` must start with ``sdxl_`` for A1111 to list an SDXL LoRA; ``None`` takes it from
     the factors and ``meta`` (:func:`kohya_base_version`), ``""`` leaves it out. diffusers'
     ``load_lora_weights`` reads these files too (exactly, scale 1), so this is the one file every tool opens.
-    ``hint`` is what a full disk's message tells the user to rerun.
+    ``hint`` is what a full disk's message tells the user to rerun. The other ``ss_*`` fields A1111 and Civitai
+    show (output name, base model, resolution, the trigger words in ``ss_tag_frequency`` and
+    ``ss_training_comment``) come from ``meta`` (:func:`~b4m.adapters.kohya_meta.kohya_fields`).
     """
     if not factors:
         raise B4MError(f"refusing to write {path}: the adapter has no layers")
@@ -386,6 +389,7 @@ def save_kohya(
         "ss_network_dim": str(rank),
         "ss_network_alpha": str(rank),
         **({"ss_base_model_version": base_model_version} if base_model_version else {}),
+        **kohya_fields(meta or {}, path),
         "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {}), "rank": rank}, sort_keys=True),
     }
     return atomic_save_safetensors(tensors, path, header, hint=hint)

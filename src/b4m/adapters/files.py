@@ -15,6 +15,7 @@ from b4m.errors import B4MError
 
 __all__ = [
     "check_fusable",
+    "checked_spec",
     "load_plp",
     "plp_meta",
     "read_plp_file",
@@ -73,6 +74,11 @@ def spec_from_meta(meta: dict[str, Any], path: Path | str) -> PLPSpec:
 def read_plp_file(path: str | Path) -> tuple[LoraFile, PLPSpec]:
     """Read a PLP adapter file and check its frozen parts against its recorded basis id."""
     lora = load_lora(path)
+    return lora, checked_spec(lora, path)
+
+
+def checked_spec(lora: LoraFile, path: str | Path) -> PLPSpec:
+    """The PLP settings of a file already read, after checking its frozen parts against its basis id."""
     spec = spec_from_meta(lora.meta, path)
     frozen = {}
     for module, (u, v) in lora.factors.items():
@@ -84,7 +90,7 @@ def read_plp_file(path: str | Path) -> tuple[LoraFile, PLPSpec]:
             f"{path}: its frozen parts hash to basis id {actual}, but the file records {lora.meta['basis_id']}; "
             "the file was edited or damaged -- retrain or restore it"
         )
-    return lora, spec
+    return spec
 
 
 def load_plp(model: nn.Module, path: str | Path, name: str = "b4m") -> PLPAdapter:

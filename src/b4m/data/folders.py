@@ -1,9 +1,10 @@
 """Read a folder of reference images, each with an optional same-stem ``.txt`` caption (UTF-8).
 
 Every format Pillow reads by these suffixes is accepted; hidden files and macOS ``._*`` resource forks are
-skipped. Images load as RGB the way people see them: 16-bit and float grayscale scaled to 8 bits (not clipped
-to white), transparency composited on a white background (:data:`BACKGROUND`), the first frame of an
-animation. An undecodable file, an image over Pillow's decompression-bomb limit or a caption that is not UTF-8
+skipped. Images load as RGB the way people see them: turned upright by their EXIF orientation tag (a phone's
+portrait photo is stored sideways with a tag saying so; ``PIL.ImageOps.exif_transpose``), 16-bit and float
+grayscale scaled to 8 bits (not clipped to white), transparency composited on a white background
+(:data:`BACKGROUND`), the first frame of an animation. An undecodable file, an image over Pillow's decompression-bomb limit or a caption that is not UTF-8
 is one error naming the file; a centre crop that drops more than half of an image is one warning.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from b4m.errors import B4MError, warn
 
@@ -116,6 +117,15 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
+def _upright(im: Image.Image) -> Image.Image:
+    """``im`` turned as its EXIF orientation tag says (1-8), the tag then removed; as it is without one. A damaged
+    EXIF block does not make a readable image unreadable: it is then taken as stored."""
+    try:
+        return ImageOps.exif_transpose(im)
+    except Exception:  # Pillow's EXIF parser raises several types on damaged blocks
+        return im
+
+
 def open_rgb(path: Path) -> Image.Image:
     """``path`` decoded to RGB (see the module docstring); one :class:`B4MError` naming the file otherwise."""
     try:
@@ -124,7 +134,7 @@ def open_rgb(path: Path) -> Image.Image:
             with Image.open(path) as im:
                 im.seek(0)
                 im.load()
-                return _to_rgb(im)
+                return _to_rgb(_upright(im))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise B4MError(
             f"{path}: image too large to decode safely (over Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit); "

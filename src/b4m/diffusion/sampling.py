@@ -190,6 +190,8 @@ def describe(path: str | Path) -> str:
         "base_model",
         "trigger_words",
         "prompt",
+        "baked_scales",
+        "split",
     ):
         if key in meta:
             lines.append(f"  {key}: {json.dumps(meta[key])}")
