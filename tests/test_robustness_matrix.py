@@ -124,6 +124,8 @@ def world(tmp_path_factory):
     _png(d / "truncated_png" / "00.png", 5)
     data = (d / "truncated_png" / "00.png").read_bytes()
     (d / "truncated_png" / "00.png").write_bytes(data[: len(data) // 2])  # a copy cut short
+    (d / "usersplit").mkdir()
+    (d / "usersplit" / "content_style.safetensors").write_bytes(b"the user's own style LoRA")
     (d / "usergen").mkdir()
     _png(d / "usergen" / "00_00.png", 6)
     _png(d / "usergen" / "grid.png", 7)
@@ -546,6 +548,18 @@ CASES = [
         "user-out-generate",
         "generate --prompt x -n 1 --out {d}/usergen --overwrite",
         r"--out .*usergen: holds 00_00.png, grid.png, which b4m did not make",
+        None,
+    ),
+    (
+        "user-file-world-show",
+        "world show --out {d}/userproj/photo.png --overwrite",
+        r"--out .*userproj/photo.png: exists, and b4m did not make it; choose another path",
+        None,
+    ),
+    (
+        "user-out-export-split",
+        "export {d}/content.safetensors --split --out {d}/usersplit --overwrite",
+        r"--out .*usersplit: holds content_style.safetensors, which b4m did not make",
         None,
     ),
     (

@@ -199,18 +199,18 @@ def _cmd_world_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_world_show(args: argparse.Namespace) -> int:
+    from b4m.io import save_image
+    from b4m.owned import check_file, record_file
     from b4m.world.concepts import CONTENTS, STYLES
     from b4m.world.sheet import contact_sheet
 
     out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise B4MError(f"--out {out}: exists; choose another path or pass --overwrite")
+    check_file(out, "--out", args.overwrite)
     try:
         sheet = contact_sheet(args.contents or CONTENTS, args.styles or STYLES, seed=args.seed)
     except ValueError as err:
         raise B4MError(f"world show: {err}") from None
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    record_file(save_image(sheet, out))
     print(out)
     return 0
 

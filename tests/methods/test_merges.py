@@ -67,13 +67,19 @@ def test_merge_refuses_sources_of_different_bases(tiny_sdxl, tmp_path):
     unet = tiny_sdxl().unet
     random_lora(unet, tmp_path / "c.safetensors", 2, 1, meta={"base_model": "a"})
     random_lora(unet, tmp_path / "s.safetensors", 2, 2, meta={"base_model": "b"})
-    with pytest.raises(B4MError, match="different base models"):
+    with pytest.raises(B4MError, match=r"--style-lora .*s.safetensors: made for the base model 'b', not 'a'"):
         fit_method(
             "nplora",
             content_lora=tmp_path / "c.safetensors",
             style_lora=tmp_path / "s.safetensors",
+            base="a",
             out=tmp_path / "o",
         )
+    with pytest.raises(
+        B4MError, match=r"--content-lora .*c.safetensors: made for the base model 'a', not 'builtin'"
+    ):
+        fit_method("nplora", content_lora=tmp_path / "c.safetensors", style_lora=tmp_path / "s.safetensors",
+                   out=tmp_path / "o")  # fmt: skip
 
 
 def test_missing_inputs_are_one_line_errors_naming_the_options(tmp_path):

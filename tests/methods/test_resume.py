@@ -130,3 +130,44 @@ def test_a_finished_run_is_reused_and_checkpoint_every_0_writes_none(world, tiny
     assert not (tmp_path / "b" / "checkpoints").exists()
     with pytest.raises(B4MError, match="--checkpoint-every"):
         _fit("lora", data, tiny_sdxl, tmp_path / "c", checkpoint_every=-1)
+
+
+@pytest.mark.parametrize("where", ["stage1-style", "stage2"])
+def test_a_killed_b4m_run_resumes_to_the_same_files(world, tiny_sdxl, tmp_path, monkeypatch, where):
+    """``b4m run b4m`` killed in its style stage (right after its checkpoint) or in stage 2, then run again by
+    the same command: every file (content, style, fused) equals an uninterrupted run's, bit for bit, and the
+    finished stages are reused, not trained again."""
+    import b4m.train.stage2 as stage2_mod
+
+    data = world(tiny_sdxl().unet)
+    keys = ("content_images", "content_prompt", "style_images", "style_prompt", "aux_styles", "aux_contents")
+    options = {k: data[k] for k in keys} | QUICK | {"steps": 4, "stage2_steps": 4}
+
+    def fit(out):
+        return fit_method("b4m", pipe=tiny_sdxl(), progress=False, out=out, **options)
+
+    fit(tmp_path / "full")
+    if where == "stage1-style":
+        _killed_after_checkpoint(monkeypatch, 2)  # each stage-1 run checkpoints once, at step 2 of 4
+    else:
+        real, calls = stage2_mod.per_sample_loss, {"n": 0}
+
+        def loss_then_die(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(stage2_mod, "per_sample_loss", loss_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tmp_path / "run")
+    monkeypatch.undo()
+    assert not (tmp_path / "run" / "adapter.safetensors").exists()
+    done = ("content",) if where == "stage1-style" else ("content", "style")
+    before = {s: (tmp_path / "run" / s / "adapter.safetensors").stat().st_mtime_ns for s in done}
+    fit(tmp_path / "run")  # the same command
+    for stage in ("content", "style"):
+        _same_files(tmp_path / "full" / stage, tmp_path / "run" / stage)
+    _same_files(tmp_path / "full", tmp_path / "run")
+    after = {s: (tmp_path / "run" / s / "adapter.safetensors").stat().st_mtime_ns for s in done}
+    assert after == before  # finished stages were not trained again

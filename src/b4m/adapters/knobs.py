@@ -41,6 +41,7 @@ from b4m.adapters.files import checked_spec
 from b4m.adapters.plp import scale_parts, split_dims, split_factors
 from b4m.checks import check_out_file, check_out_folder
 from b4m.errors import B4MError
+from b4m.owned import check_file, claim, record_file
 
 __all__ = [
     "PARTS",
@@ -137,10 +138,10 @@ def _check_scale(value: float | None, option: str) -> None:
 def _ready(src: str | Path, out: Path, option: str, overwrite: bool, is_file: bool) -> LoraFile:
     (check_out_file if is_file else check_out_folder)(out, option)
     lora = load_lora(src)
-    if is_file and out.exists() and not overwrite:
-        raise B4MError(f"{option} {out}: exists; choose another path or pass --overwrite")
-    if is_file and out.resolve() == Path(src).resolve():
+    if is_file and out.exists() and out.resolve() == Path(src).resolve():
         raise B4MError(f"{option} {out}: is the input file; choose another path")
+    if is_file:
+        check_file(out, option, overwrite)
     return lora
 
 
@@ -172,7 +173,8 @@ def export_scaled(
             "style": float(baked.get("style", 1.0)) * style_scale,
         }
     }
-    return save_kohya(out, factors, base_model_version=version, meta=meta)
+    save_kohya(out, factors, base_model_version=version, meta=meta)
+    return record_file(out)
 
 
 def export_split(
@@ -202,17 +204,13 @@ def export_split(
     parts = [p for p in PARTS if p.block != "AC" or lora.meta.get("orth", "exact") != "exact"]
     stem = src.stem
     paths = {p.name: folder / f"{stem}_{p.name}.safetensors" for p in parts}
+    owner = claim(folder, [p.name for p in paths.values()], option, overwrite)
     clash = [path for path in paths.values() if path.exists()]
     if clash and not overwrite:
         raise B4MError(
-            f"{option} {folder}: {clash[0].name} exists; choose another folder or pass --overwrite"
+            f"{option} {folder}: {clash[0].name} exists (b4m made it); choose another folder or pass --overwrite "
+            "to replace it"
         )
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise B4MError(
-            f"{option} {folder}: cannot create it ({err.strerror}); choose another {option}"
-        ) from None
     base_meta = {k: v for k, v in lora.meta.items() if k not in _PLP_KEYS}
     written = []
     for part in parts:
@@ -229,5 +227,6 @@ def export_split(
             },
         }
         save_kohya(paths[part.name], blocks[part.block], base_model_version=version, meta=meta)
+        owner.record(paths[part.name].name)
         written.append(SplitFile(paths[part.name], part))
     return written
