@@ -13,7 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from b4m.bench import fit as bench_fit
 from b4m.bench import run as bench_run
+from b4m.bench import runs as bench_runs
 from b4m.bench.catalogue import METRICS, SGD_LR_GRID, BenchConfig, plan
 from b4m.cli import main
 from b4m.eval.stats import aggregate, bootstrap, pair_bootstrap, point
@@ -322,7 +324,7 @@ def test_bench_caches_resumes_and_lays_out_its_reports(tmp_path, monkeypatch):
     assert len(calls) == 13
 
     # a retrained base model or new judges change every cache key: everything is recomputed
-    monkeypatch.setattr(bench_run, "assets_fingerprint", lambda: "another-base")
+    monkeypatch.setattr(bench_runs, "assets_fingerprint", lambda: "another-base")
     assert main(argv) == 0
     assert len(calls) == 13 + 12
 
@@ -450,14 +452,14 @@ def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, m
     monkeypatch.setattr(stage2_mod, "train_stage2", fake_stage2)
     shared = tmp_path / "shared"
     shared.mkdir()
-    result = bench_run.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared)
+    result = bench_fit.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared)
     assert trained == list(SGD_LR_GRID)
     assert result["chosen"] == 3e-2
     expected = {f"{lr:g}": loss_of(lr) + 0.02 for lr in SGD_LR_GRID}
     for key, value in expected.items():
         assert result["mean_loss"][key] == (float("inf") if np.isnan(value) else pytest.approx(value))
     assert not (shared / "sgd_lr_tuning").exists() or not any((shared / "sgd_lr_tuning").iterdir())
-    assert bench_run.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared) == result
+    assert bench_fit.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared) == result
     assert len(trained) == len(SGD_LR_GRID)  # cached: nothing trained again
 
 

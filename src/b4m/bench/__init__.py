@@ -4,6 +4,10 @@ adapters and the same seeds, scored by the world's judges with bootstrap interva
 
 - :mod:`b4m.bench.catalogue`: the tracks, pairs, arms and the :class:`~b4m.bench.catalogue.BenchConfig` (no torch);
 - :mod:`b4m.eval.stats` (shared with ``b4m eval``): bootstrap intervals over images and over pairs;
-- :mod:`b4m.bench.run`: the protocol (export, fit, sample, score; cached per run, so it resumes);
+- :mod:`b4m.bench.run`: the protocol (export, fit, sample, score; cached per run, so it resumes), one module per
+  job under it: :mod:`~b4m.bench.runs` (the plan's runs and cache keys), :mod:`~b4m.bench.folder` (``--out``, the
+  ``done.json`` records), :mod:`~b4m.bench.context` (the shared pipeline, judges, references),
+  :mod:`~b4m.bench.fit` (sources, B4M's stages, the ``rp-sgd`` rate), :mod:`~b4m.bench.execute` (one run),
+  :mod:`~b4m.bench.results` (rows, aggregation), :mod:`~b4m.bench.shards` (several processes);
 - :mod:`b4m.bench.report`: ``results.md`` (Table-1 layout) and the self-contained ``report.html``.
 """

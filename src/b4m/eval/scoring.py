@@ -16,21 +16,23 @@ What is measured (B4M, Xu et al., ACM TOG 2025, Sec. 5 and Table 1; definitions 
   Cosines have a floor above 0 even without leakage: compare them with the base model's.
 
 Every score comes per image, so :mod:`b4m.eval.stats` gives 95 % bootstrap intervals over the images.
+
+This module is the command (:class:`EvalConfig`, :func:`evaluate`); :mod:`b4m.eval.inputs` reads the prompt file
+and the references' concepts, :mod:`b4m.eval.scorers` scores the images (both re-exported here).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from b4m.config import opt
 from b4m.errors import B4MError
+from b4m.eval.inputs import prompt_attributes, read_prompts, reference_concept
+from b4m.eval.scorers import EncoderScorer, WorldScorer, load_scorer
 from b4m.io import write_text
 from b4m.owned import check_file, record_file
 
@@ -92,201 +94,6 @@ class EvalConfig:
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically with the umask's mode (:func:`b4m.io.write_text`)."""
     return write_text(path, text)
-
-
-# --------------------------------------------------------------------------------------------- prompts
-
-_POSITION = re.compile(r"\b(?:on the (left|right)|in the (center))\b")
-_SIZE = re.compile(r",\s*(small|medium|large)\b")
-_BACKGROUND = re.compile(r"\bon an? (\w+) background\b")
-
-
-def prompt_attributes(prompt: str) -> dict[str, str]:
-    """The world attributes a prompt asks for, read from the wording of :func:`b4m.world.render.caption`:
-    ``"... on the left, small, on a blue background"`` -> ``{"position": "left", "size": "small",
-    "background": "blue"}``."""
-    from b4m.world.concepts import ATTRIBUTES
-
-    found: dict[str, str] = {}
-    if m := _POSITION.search(prompt):
-        found["position"] = m.group(1) or m.group(2)
-    if m := _SIZE.search(prompt):
-        found["size"] = m.group(1)
-    if (m := _BACKGROUND.search(prompt)) and m.group(1) in ATTRIBUTES["background"]:
-        found["background"] = m.group(1)
-    return found
-
-
-def read_prompts(path: Path, option: str = "--prompts") -> tuple[list[str], list[dict[str, str]]]:
-    """Prompts and the attributes each asks for, from a text file (one per line) or a ``.jsonl`` file."""
-    from b4m.world.concepts import ATTRIBUTES
-
-    path = Path(path)
-    if not path.is_file():
-        raise B4MError(f"{option} {path}: no such file; give a text file with one prompt per line")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise B4MError(f"{option} {path}: not UTF-8 text; save it as UTF-8") from None
-    prompts, attributes = [], []
-    for number, line in enumerate(lines, 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if path.suffix == ".jsonl":
-            try:
-                record = json.loads(line)
-                prompt, attrs = record["prompt"], dict(record.get("attributes") or {})
-            except (ValueError, KeyError, TypeError):
-                raise B4MError(
-                    f'{option} {path}:{number}: write {{"prompt": "...", "attributes": {{...}}}} on each line'
-                ) from None
-            bad = [f"{k}={v}" for k, v in attrs.items() if v not in ATTRIBUTES.get(k, ())]
-            if bad:
-                raise B4MError(
-                    f"{option} {path}:{number}: unknown attributes {', '.join(bad)} (known: {ATTRIBUTES})"
-                )
-        else:
-            prompt, attrs = line, prompt_attributes(line)
-        prompts.append(str(prompt))
-        attributes.append(attrs)
-    if not prompts:
-        raise B4MError(f"{option} {path}: no prompts in it; write one prompt per line")
-    return prompts, attributes
-
-
-def reference_concept(folder: Path, kind: str) -> str | None:
-    """The concept a world export shows (``"teddy#3"``, ``"mushroom"``), from its ``metadata.jsonl``; ``None``
-    when the folder has no metadata or shows several (a style folder's contents vary: only its style counts)."""
-    from b4m.world.instances import has_instances, personal_codes
-
-    try:
-        records = [
-            json.loads(line) for line in (Path(folder) / "metadata.jsonl").read_text().splitlines() if line
-        ]
-        looks = {(r[kind], r.get(f"{kind}_code")) for r in records}
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-    if len(looks) != 1:
-        return None
-    name, code = looks.pop()
-    if code is None or not has_instances(kind, name):
-        return name
-    personal = personal_codes(kind, name)
-    return f"{name}#{personal.index(code)}" if code in personal else name
-
-
-# --------------------------------------------------------------------------------------------- scorers
-
-
-def _centroid(features: Any) -> Any:
-    from b4m.eval.metrics import _centroid as centroid  # the one definition score_world uses
-
-    return centroid(features)
-
-
-def _cos(features: Any, refs: Any) -> np.ndarray:
-    return (features @ _centroid(refs).T).squeeze(-1).double().cpu().numpy()
-
-
-class WorldScorer:
-    """Per-image scores with the built-in world's judges (:class:`b4m.models.judges.network.WorldJudges`)."""
-
-    name = "world judges"
-
-    def __init__(self, judges: Any = None) -> None:
-        from b4m.models.judges.network import WorldJudges
-
-        self.judges = judges if judges is not None else WorldJudges.load()
-
-    def per_image(
-        self,
-        images: Any,
-        content_refs: Any,
-        style_refs: Any,
-        content: str | None,
-        style: str | None,
-        attributes: Sequence[dict[str, str]],
-        prompts: Sequence[str],
-    ) -> dict[str, np.ndarray]:
-        import torch
-
-        from b4m.world.instances import parse_concept
-
-        j = self.judges
-        with torch.no_grad():
-            cf, sf = j.content_features(images), j.style_features(images)
-            out = {
-                "content": _cos(cf, j.content_features(content_refs)),
-                "style": _cos(sf, j.style_features(style_refs)),
-                "leak_content": _cos(cf, j.content_features(style_refs)),
-                "leak_style": _cos(sf, j.style_features(content_refs)),
-            }
-            pred, pred_s, pred_c = j.predict(images), j.predict(style_refs), j.predict(content_refs)
-        c_ref = parse_concept(content, "content") if content else None
-        s_ref = parse_concept(style, "style") if style else None
-        as_float = lambda xs: np.asarray(xs, dtype=float)  # noqa: E731
-        out["content_acc"] = as_float([c_ref is not None and p == c_ref.name for p in pred["content"]])
-        out["style_acc"] = as_float([s_ref is not None and p == s_ref.name for p in pred["style"]])
-        if c_ref is not None and c_ref.code is not None:
-            out["content_inst"] = as_float([p == (c_ref.name, c_ref.code) for p in pred["content_id"]])
-        if s_ref is not None and s_ref.code is not None:
-            out["style_inst"] = as_float([p == (s_ref.name, s_ref.code) for p in pred["style_id"]])
-        leaked_c = set(pred_s["content"]) - {c_ref.name if c_ref else None}
-        leaked_s = set(pred_c["style"]) - {s_ref.name if s_ref else None}
-        out["leak_content_acc"] = as_float([p in leaked_c for p in pred["content"]])
-        out["leak_style_acc"] = as_float([p in leaked_s for p in pred["style"]])
-        out["prompt_asked"] = as_float([len(a) for a in attributes])
-        out["prompt_hit"] = as_float(
-            [sum(pred[k][i] == v for k, v in a.items()) for i, a in enumerate(attributes)]
-        )
-        return out
-
-
-class EncoderScorer:
-    """Per-image scores with real encoders, the paper's protocol: DINOv2 for content, CLIP for style and prompt."""
-
-    def __init__(self, clip: Any, dino: Any, name: str = "CLIP + DINOv2") -> None:
-        self.clip, self.dino, self.name = clip, dino, name
-
-    def per_image(
-        self,
-        images: Any,
-        content_refs: Any,
-        style_refs: Any,
-        content: str | None,
-        style: str | None,
-        attributes: Sequence[dict[str, str]],
-        prompts: Sequence[str],
-    ) -> dict[str, np.ndarray]:
-        df, cf = self.dino.image_features(images), self.clip.image_features(images)
-        text = self.clip.text_features(list(prompts))
-        return {
-            "content": _cos(df, self.dino.image_features(content_refs)),
-            "style": _cos(cf, self.clip.image_features(style_refs)),
-            "leak_content": _cos(df, self.dino.image_features(style_refs)),
-            "leak_style": _cos(cf, self.clip.image_features(content_refs)),
-            "prompt_hit": (cf * text).sum(-1).double().cpu().numpy(),
-            "prompt_asked": np.ones(len(prompts)),
-        }
-
-
-def load_scorer(
-    clip: str | None = None, dino: str | None = None, judges: Path | None = None, device: str = "cpu"
-) -> Any:
-    """The world's judges, or CLIP + DINOv2 when both are given (:mod:`b4m.eval.encoders`)."""
-    if clip is None and dino is None:
-        from b4m.models.judges.network import WorldJudges
-
-        return WorldScorer(WorldJudges.load(judges))
-    from b4m.eval.encoders import load_clip, load_dinov2
-
-    try:
-        return EncoderScorer(
-            load_clip(clip, device), load_dinov2(dino, device), f"CLIP {clip} + DINOv2 {dino}"
-        )
-    except OSError as err:
-        raise B4MError(f"--clip/--dino: cannot load the encoders ({str(err).splitlines()[0]})") from None
 
 
 # --------------------------------------------------------------------------------------------- generation

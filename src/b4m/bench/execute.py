@@ -1,0 +1,49 @@
+"""One bench run: fit, generate the prompt set x N seeds at equal noise, score every image with the judges."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from b4m.bench.context import Context, relative
+from b4m.bench.fit import fit_run
+from b4m.bench.runs import Run
+from b4m.io import save_image
+from b4m.owned import Folder
+
+
+def execute(ctx: Context, run: Run, folder: Path) -> dict[str, Any]:
+    """Fit, generate and score one run; returns its record (per-image scores, timings), written by the caller."""
+    from b4m.data.folders import load_images, read_image_folder
+    from b4m.diffusion.sampling import generation_defaults
+    from b4m.eval.scoring import generate_with
+    from b4m.world.sheet import image_grid
+
+    t0 = time.perf_counter()
+    adapter = fit_run(ctx, run, folder / "fit")
+    fit_s = time.perf_counter() - t0
+    gen = generation_defaults(ctx.pipe, None)
+    sample = run.spec["sample"]
+    seeds, res = sample["seeds"], gen["resolution"]
+    t0 = time.perf_counter()
+    images = generate_with(ctx.pipe, adapter, sample["prompts"], seeds, 0, sample["steps"] or gen["steps"],
+                           gen["guidance"], res)  # fmt: skip
+    sample_s = time.perf_counter() - t0
+    data = ctx.data(run.pair)
+    content_refs = load_images(read_image_folder(data["content"]).paths, res)
+    style_refs = load_images(read_image_folder(data["style"]).paths, res)
+    content, _, style = run.pair.partition(":")
+    per = ctx.scorer.per_image(images, content_refs, style_refs, content, style,
+                               [a for a in sample["attributes"] for _ in range(seeds)],
+                               [q for q in sample["prompts"] for _ in range(seeds)])  # fmt: skip
+    grid = image_grid(list(images), ncols=seeds)
+    save_image(grid, folder / "samples.png")
+    Folder(folder).record("samples.png")
+    return {
+        "per_image": {k: [float(x) for x in v] for k, v in per.items()},
+        "fit_s": fit_s,
+        "sample_s": sample_s,
+        "adapter": None if adapter is None else relative(str(adapter), ctx.root),
+        **ctx.notes.pop(run.key, {}),
+    }
