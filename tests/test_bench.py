@@ -427,7 +427,7 @@ def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, m
 
     trained = []
 
-    def fake_stage2(cfg, pipe=None, progress=True, reinit_every=0):
+    def fake_stage2(cfg, pipe=None, progress=True):
         trained.append(cfg.stage2_lr)
         cfg.out.mkdir(parents=True)
         rows = [{"step": 10 * i, "loss": loss_of(cfg.stage2_lr) + 0.01 * i} for i in range(1, 4)]

@@ -67,8 +67,7 @@ def _checkpoint(folder: Path, lr: float, damaged: bool = False) -> None:
         Stage1Config(prompt="a photo of snq teddy", aux=["a", "b"], steps=4, rank=4, lr=lr, resolution=32)
     )
     p = torch.nn.Parameter(torch.zeros(2))
-    official = {"role": "content", "routing": "strict", "aux_lr_scale": 1.0}
-    settings = run_settings(to_dict(cfg) | official) | {"base_weights": weights_digest()}
+    settings = run_settings(to_dict(cfg) | {"role": "content"}) | {"base_weights": weights_digest()}
     extra = {"settings": settings, "data": "0" * 16}
     Folder(folder).save()  # the run's folder is b4m's, as the training session leaves it
     ckpt = save_checkpoint(

@@ -17,7 +17,7 @@ import threading
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,13 +25,29 @@ import yaml
 
 from b4m.errors import B4MError
 
-__all__ = ["add_config_args", "config_from_args", "load_config", "opt", "parse_sets", "to_dict"]
+__all__ = [
+    "add_config_args",
+    "config_from_args",
+    "load_config",
+    "opt",
+    "option_names",
+    "parse_sets",
+    "split_deviations",
+    "stage_options",
+    "to_dict",
+]
 
 T = TypeVar("T")
 
 
 def opt(default: Any, help: str, **kw: Any) -> Any:  # noqa: A002 - mirrors argparse's name
-    """A config field with a default and a help text (shown by ``--help``)."""
+    """A config field with a default and a help text (shown by ``--help``).
+
+    Keywords go into the field's metadata: ``choices`` (the flag's allowed values), ``nargs`` (of a list flag),
+    ``run_help`` (the help text under ``b4m run``, where a config class sets ``HELP_KEY = "run_help"``, when it
+    differs from the stage commands' one) and ``deviation`` (an official-code behaviour the paper's B4M does
+    not have: see :func:`split_deviations`).
+    """
     if isinstance(default, list | dict):
         return dataclasses.field(
             default_factory=lambda: type(default)(default), metadata={"help": help, **kw}
@@ -176,13 +192,18 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
     )
     hints = _resolve(cls)
     docs = attribute_docs(cls)  # configs documented with attribute docstrings instead of opt()
+    help_key = getattr(
+        cls, "HELP_KEY", "help"
+    )  # a method config shows the fields' run_help, where they have one
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = ("-" if len(f.name) == 1 else "--") + f.name.replace("_", "-")
         inner, _ = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        help_text = f.metadata.get("help", "") or docs.get(f.name, "").replace("%", "%%")
+        help_text = (
+            f.metadata.get(help_key) or f.metadata.get("help", "") or docs.get(f.name, "").replace("%", "%%")
+        )
         if "default" not in help_text and default not in (None, [], ()):
             if isinstance(default, list | tuple):  # as typed on the command line: --flag a b
                 shown = " ".join(map(str, default))
@@ -290,18 +311,44 @@ def resolve_preset(config: T) -> T:
     return dataclasses.replace(config, **fill)  # type: ignore[type-var]
 
 
+# --- B4M's options, each declared once --------------------------------------------------------------------
+#
+# The stage-1 group (:class:`B4MStage1Options`) and the stage-2 group (:class:`B4MStage2Options`) are inherited by
+# the stage configs (``b4m train content|style``: :class:`Stage1Config`; ``b4m fuse``: :class:`Stage2Config`) and by
+# ``b4m run b4m``'s :class:`~b4m.methods.catalogue.B4MOptions`; the CLI flags are generated from the fields
+# (:func:`add_config_args`), :func:`stage_options` passes them from ``b4m run b4m``'s and ``b4m demo``'s options
+# to the stage configs, and the bench's ``STAGE2_KNOBS`` is the stage-2 group. A new option is one field in its
+# group (and the trainer that reads it).
+
+ORTH_CHOICES: tuple[str, ...] = ("exact", "approx", "none")
+"""Frozen-part constructions: the keys of :data:`b4m.adapters.plp.ORTH_CONSTRUCTIONS` (a test keeps them equal;
+this module loads no torch)."""
+STAGE2_OPTIMIZERS: tuple[str, ...] = ("riemannian-adamw", "riemannian-sgd", "adamw")
+"""Stage-2 optimizers, by the names :func:`b4m.train.riemannian.make_stage2_optimizer` takes."""
+OPERANDS: tuple[str, ...] = ("learnable", "full")
+"""Operands of the Riemannian preconditioner (:class:`b4m.train.riemannian.RiemannianPreconditioner`)."""
+ROUTINGS: tuple[str, ...] = ("strict", "leaky")
+"""Stage-1 gradient routing: strict (Eq. 12, ``mcp_routing``) or leaky (the official code)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterOptions:
-    """PLP adapter settings shared by stage 1 jobs (must match between a content and a style adapter)."""
+    """PLP adapter settings (must match between a content and a style adapter)."""
 
-    rank: int | None = opt(None, f"LoRA rank r ({_preset_help('rank')})")
+    rank: int | None = opt(
+        None, f"LoRA rank r ({_preset_help('rank')})", run_help="LoRA rank (method preset)"
+    )
     rho: float = opt(0.5, "frozen fraction of each projection: d_out = round(rho m), d_in = round(rho n)")
     orth: str = opt(
         "exact",
         "frozen parts: exact (A C = 0), approx (official code), none (w/o Orth)",
-        choices=["exact", "approx", "none"],
+        choices=ORTH_CHOICES,
     )
-    basis_seed: int = opt(0, "seed of the frozen orthogonal basis; content and style adapters must share it")
+    basis_seed: int = opt(
+        0,
+        "seed of the frozen orthogonal basis; content and style adapters must share it",
+        run_help="seed of the frozen orthogonal basis",
+    )
     targets: list[str] = opt(
         ["to_q", "to_k", "to_v", "to_out.0"],
         "module-name suffixes to adapt (peft rules); on FLUX the default adds add_q/k/v_proj and to_add_out",
@@ -310,7 +357,111 @@ class AdapterOptions:
         [],
         "adapt only these blocks, e.g. transformer_blocks.0-9 single_transformer_blocks.20-37 (FLUX) or "
         "up_blocks.0.attentions.1 (SDXL); default: all",
+        run_help="adapt only these blocks, e.g. transformer_blocks.0-9 (FLUX) or up_blocks.0.attentions.1; "
+        "default: all",
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class B4MStage1Options(AdapterOptions):
+    """B4M's stage-1 group: the PLP adapter's settings and how stage 1 trains it (paper Sec. 4.2, Eq. 12).
+
+    :class:`Stage1Config` and ``b4m run b4m``'s options inherit these fields; ``b4m run b4m`` gives them to
+    both stage-1 runs and never to stage 2."""
+
+    mcp: bool = opt(
+        True,
+        "multi-correspondence learning; --no-mcp trains on the target images only (w/o MCP)",
+        run_help="multi-correspondence learning; --no-mcp: target images only (w/o MCP)",
+    )
+    weight_decay: float = opt(
+        1e-2,
+        "AdamW weight decay (B and D only; A and C are never decayed)",
+        run_help="stage-1 AdamW weight decay",
+    )
+    checkpoint_every: int = opt(
+        100,
+        "save a resumable checkpoint every N steps (0: never)",
+        run_help="stage 1: save a resumable checkpoint every N steps (0: never)",
+    )
+    routing: str = opt(
+        "strict",
+        "gradient routing: strict (Eq. 12) or leaky (official code: both losses reach both parts)",
+        run_help="stage-1 gradient routing: strict (Eq. 12) or leaky (official code: both losses reach both "
+        "parts)",
+        choices=ROUTINGS,
+        deviation=True,
+    )
+    aux_lr_scale: float = opt(
+        1.0,
+        "learning rate of the auxiliary part relative to --lr (official: 0.1)",
+        run_help="stage 1: learning rate of the auxiliary part relative to --lr (official: 0.1)",
+        deviation=True,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class B4MStage2Options:
+    """B4M's stage-2 group: how the fused adapter is fine-tuned (paper Sec. 4.3, Eq. 13-14).
+
+    :class:`Stage2Config` and ``b4m run b4m``'s options inherit these fields; no stage-1 run reads them (the
+    bench's ablation arms that change only these share the stage-1 adapters)."""
+
+    stage2_steps: int | None = opt(
+        None,
+        f"fine-tuning steps ({_preset_help('stage2_steps')}; 0: fuse only)",
+        run_help="stage-2 fine-tuning steps (B4M preset; 0: fuse only)",
+    )
+    stage2_lr: float | None = opt(
+        None, f"learning rate ({_preset_help('stage2_lr')})", run_help="stage-2 learning rate (B4M preset)"
+    )
+    optimizer: str = opt(
+        "riemannian-adamw",
+        "riemannian-adamw (scaled AdamW), riemannian-sgd (Eq. 13-14 literally) or adamw (w/o RP)",
+        run_help="stage 2: riemannian-adamw, riemannian-sgd (Eq. 13-14) or adamw (w/o RP)",
+        choices=STAGE2_OPTIMIZERS,
+    )
+    operands: str = opt(
+        "learnable",
+        "preconditioner operands: learnable (Eq. 13-14) or full (U, V)",
+        run_help="preconditioner operands: learnable or full",
+        choices=OPERANDS,
+    )
+    delta: float = opt(1e-6, "absolute ridge of the r x r preconditioner inverse")
+    delta_rel: float = opt(
+        1e-2,
+        "ridge relative to tr(G)/r; bounds the preconditioner's condition number",
+        run_help="ridge relative to tr(G)/r",
+    )
+    reinit_every: int = opt(
+        0,
+        "reset B and D of every k-th fused layer to zero first (official: 2)",
+        run_help="stage 2: reset B and D of every k-th fused layer to zero first (official: 2)",
+        deviation=True,
+    )
+
+
+def option_names(group: type) -> frozenset[str]:
+    """The field names of a config class (an option group)."""
+    return frozenset(f.name for f in dataclasses.fields(group))
+
+
+STAGE1_OPTIONS = option_names(B4MStage1Options)
+"""The stage-1 group's option names."""
+STAGE2_OPTIONS = option_names(B4MStage2Options)
+"""The stage-2 group's option names."""
+
+
+def split_deviations(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(settings, deviations)``: :func:`to_dict` of ``config`` without its fields marked ``deviation`` (the
+    official code's behaviours: ``routing``, ``aux_lr_scale``, ``reinit_every``), and those fields when any of
+    them is off its default (else ``{}``). An adapter's header records the first as its ``config`` and the
+    second as top-level keys, so the header of a run as the paper describes it names none of them."""
+    marked = [f for f in dataclasses.fields(config) if f.metadata.get("deviation")]
+    settings = {k: v for k, v in to_dict(config).items() if k not in {f.name for f in marked}}
+    deviations = {f.name: getattr(config, f.name) for f in marked}
+    off = any(getattr(config, f.name) != f.default for f in marked)
+    return settings, deviations if off else {}
 
 
 MIXED_PRECISION = ["no", "bf16", "fp16"]
@@ -325,7 +476,7 @@ OVERWRITE_HELP = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage1Config(AdapterOptions):
+class Stage1Config(B4MStage1Options):
     """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
 
     images: Path | None = opt(None, "folder of target images (the content or the style to learn)")
@@ -340,15 +491,10 @@ class Stage1Config(AdapterOptions):
     out: Path | None = opt(None, "output folder (default: runs/<role>)")
     steps: int | None = opt(None, f"training steps ({_preset_help('steps')})")
     lr: float | None = opt(None, f"AdamW learning rate ({_preset_help('lr')})")
-    weight_decay: float = opt(1e-2, "AdamW weight decay (B and D only; A and C are never decayed)")
     resolution: int | None = opt(
         None, "training resolution in pixels (512 on SD/SDXL, 32 on the built-in model)"
     )
-    mcp: bool = opt(
-        True, "multi-correspondence learning; --no-mcp trains on the target images only (w/o MCP)"
-    )
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
-    checkpoint_every: int = opt(100, "save a resumable checkpoint every N steps (0: never)")
     resume: bool = opt(False, RESUME_HELP)
     overwrite: bool = opt(False, OVERWRITE_HELP)
     mixed_precision: str = opt(
@@ -361,8 +507,8 @@ class Stage1Config(AdapterOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage2Config:
-    """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
+class Stage2Inputs:
+    """What stage 2 fuses and fine-tunes on, and where it writes (the first options of ``b4m fuse``)."""
 
     content: Path | None = opt(None, "content adapter from 'b4m train content'")
     style: Path | None = opt(None, "style adapter from 'b4m train style'")
@@ -374,26 +520,33 @@ class Stage2Config:
     style_prompt: str | None = opt(None, "style prompt (default: the one recorded in the style adapter)")
     base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path | None = opt(None, "output folder (default: runs/fused)")
-    stage2_steps: int | None = opt(None, f"fine-tuning steps ({_preset_help('stage2_steps')}; 0: fuse only)")
-    stage2_lr: float | None = opt(None, f"learning rate ({_preset_help('stage2_lr')})")
-    optimizer: str = opt(
-        "riemannian-adamw",
-        "riemannian-adamw (scaled AdamW), riemannian-sgd (Eq. 13-14 literally) or adamw (w/o RP)",
-        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
-    )
-    operands: str = opt(
-        "learnable",
-        "preconditioner operands: learnable (Eq. 13-14) or full (U, V)",
-        choices=["learnable", "full"],
-    )
-    delta: float = opt(1e-6, "absolute ridge of the r x r preconditioner inverse")
-    delta_rel: float = opt(1e-2, "ridge relative to tr(G)/r; bounds the preconditioner's condition number")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage2Config(B4MStage2Options, Stage2Inputs):
+    """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
+
     resolution: int | None = opt(None, "training resolution in pixels")
     seed: int = opt(0, "seed for sampling images, timesteps and noise")
     mixed_precision: str = opt("no", "autocast dtype on GPU: no, bf16, fp16", choices=MIXED_PRECISION)
     checkpoint_every: int = opt(50, "save a resumable checkpoint every N fine-tuning steps (0: never)")
     resume: bool = opt(False, RESUME_HELP)
     overwrite: bool = opt(False, OVERWRITE_HELP)
+
+
+def stage_options(source: Any, stage: int, skip: Iterable[str] = ()) -> dict[str, Any]:
+    """What ``source`` (``b4m run b4m``'s options, the demo's config) gives the config of stage ``stage`` (1 or
+    2): every field of :class:`Stage1Config` or :class:`Stage2Config` that ``source`` declares too, by name (lists
+    copied), except the other stage's group (``b4m run b4m``'s ``--checkpoint-every`` is stage 1's) and ``skip``
+    (the caller's own fields: ``out``, per-role inputs, names that mean something else in ``source``)."""
+    target, other = (Stage1Config, STAGE2_OPTIONS) if stage == 1 else (Stage2Config, STAGE1_OPTIONS)
+    names = option_names(type(source)) - other - set(skip)
+    values = {}
+    for f in dataclasses.fields(target):
+        if f.name in names:
+            value = getattr(source, f.name)
+            values[f.name] = list(value) if isinstance(value, list) else value
+    return values
 
 
 @dataclasses.dataclass(frozen=True)

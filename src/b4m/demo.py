@@ -25,7 +25,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from b4m import threads
-from b4m.config import Stage1Config, Stage2Config, opt, to_dict
+from b4m.config import (
+    ORTH_CHOICES,
+    STAGE2_OPTIMIZERS,
+    Stage1Config,
+    Stage2Config,
+    opt,
+    stage_options,
+    to_dict,
+)
 from b4m.errors import B4MError
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
@@ -72,16 +80,10 @@ class DemoConfig:
     seed: int = opt(0, "seed of data export, training and sampling")
     # Ablation knobs (the paper's Table 1 arms), defaults = full B4M:
     orth: str = opt(
-        "exact",
-        "frozen parts: exact, approx (official code) or none (w/o Orth)",
-        choices=["exact", "approx", "none"],
+        "exact", "frozen parts: exact, approx (official code) or none (w/o Orth)", choices=ORTH_CHOICES
     )
     mcp: bool = opt(True, "multi-correspondence learning in stage 1 (--no-mcp: w/o MCP)")
-    optimizer: str = opt(
-        "riemannian-adamw",
-        "stage-2 optimizer; adamw is w/o RP",
-        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
-    )
+    optimizer: str = opt("riemannian-adamw", "stage-2 optimizer; adamw is w/o RP", choices=STAGE2_OPTIMIZERS)
     overwrite: bool = opt(
         False,
         "export and train everything again, replacing only what the demo made (files it did not make are never "
@@ -276,14 +278,10 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     data = export_world_data(cfg, out / "data", fresh=cfg.overwrite)
     timings["export references"] = time.perf_counter() - t0
 
-    shared = {
-        "steps": cfg.steps,
-        "seed": cfg.seed,
-        "lr": cfg.lr,
-        "rank": cfg.rank,
-        "orth": cfg.orth,
-        "mcp": cfg.mcp,
-    }
+    # the demo's B4M options (steps, lr, rank, orth, mcp, seed; stage2_steps, stage2_lr, optimizer, seed) pass on
+    # by name; its out, overwrite, content and style mean something else here
+    own = ("out", "overwrite", "content", "style")
+    shared = stage_options(cfg, 1, skip=own)
     s1 = {
         "content": Stage1Config(
             images=data["content"],
@@ -309,13 +307,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         timings[f"stage 1: {role}"] = time.perf_counter() - t
 
     s2cfg = Stage2Config(
-        content=paths["content"],
-        style=paths["style"],
-        out=out / "fused",
-        stage2_steps=cfg.stage2_steps,
-        seed=cfg.seed,
-        optimizer=cfg.optimizer,
-        stage2_lr=cfg.stage2_lr,
+        content=paths["content"], style=paths["style"], out=out / "fused", **stage_options(cfg, 2, skip=own)
     )
     t = time.perf_counter()
     fused = train_stage2(s2cfg, progress=progress, policy=policy)  # trained again when stage 1 changed

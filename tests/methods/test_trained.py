@@ -189,8 +189,9 @@ def _stage1(pipe, data, tmp_path, name, **kw):
         rank=4,
         resolution=32,
         checkpoint_every=0,
+        **kw,
     )
-    return load_lora(train_stage1(cfg, "content", pipe=pipe, progress=False, **kw))
+    return load_lora(train_stage1(cfg, "content", pipe=pipe, progress=False))
 
 
 def _parts(lora):

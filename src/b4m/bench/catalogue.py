@@ -28,7 +28,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from b4m.config import opt
+from b4m.config import STAGE2_OPTIONS, opt
 from b4m.errors import B4MError
 from b4m.eval.stats import METRICS
 
@@ -74,8 +74,9 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
-STAGE2_KNOBS = frozenset({"optimizer", "stage2_steps", "stage2_lr", "operands", "delta", "delta_rel"})
-"""Options that stage 1 never reads: arms changing only these reuse the stage-1 adapters of ``full``."""
+STAGE2_KNOBS = STAGE2_OPTIONS
+"""Options that stage 1 never reads (B4M's stage-2 group, :class:`b4m.config.B4MStage2Options`): arms changing
+only these reuse the stage-1 adapters of ``full``."""
 
 #: What ``--quick`` sets (options given explicitly keep their value, the sizes too).
 QUICK: dict[str, Any] = {

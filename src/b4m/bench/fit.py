@@ -70,8 +70,7 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
     for role, s1 in (("content", content), ("style", style)):
         folder = shared / role  # reused when its identity (options, data, base) is unchanged
         paths[role] = train_stage1(dataclasses.replace(s1, out=folder), role, pipe=ctx.fresh_pipe(),
-                                   progress=False, routing=cfg.routing, aux_lr_scale=cfg.aux_lr_scale,
-                                   policy="refresh")  # fmt: skip
+                                   progress=False, policy="refresh")  # fmt: skip
     stage2 = dataclasses.replace(
         stage2, content=paths["content"], style=paths["style"], out=out, overwrite=True
     )
@@ -79,7 +78,7 @@ def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
         tuning = tune_sgd_lr(ctx, stage2, shared, cfg.reinit_every)
         ctx.notes[run.key] = {"sgd_lr": tuning["chosen"], "sgd_lr_mean_loss": tuning["mean_loss"]}
         stage2 = dataclasses.replace(stage2, stage2_lr=tuning["chosen"])
-    return train_stage2(stage2, pipe=ctx.fresh_pipe(), progress=False, reinit_every=cfg.reinit_every)
+    return train_stage2(stage2, pipe=ctx.fresh_pipe(), progress=False)
 
 
 def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) -> dict[str, Any]:
@@ -102,7 +101,7 @@ def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) 
         try:
             train_stage2(dataclasses.replace(stage2, stage2_lr=lr, out=folder, overwrite=True,
                                              checkpoint_every=0),
-                         pipe=ctx.fresh_pipe(), progress=False, reinit_every=reinit_every)  # fmt: skip
+                         pipe=ctx.fresh_pipe(), progress=False)  # fmt: skip
         except DivergedError:  # the loop stops a run at a non-finite loss: this rate is too high
             mean_loss[f"{lr:g}"] = float("inf")
         else:

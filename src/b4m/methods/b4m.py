@@ -15,7 +15,7 @@ from typing import Any
 
 from b4m.adapters.codec import load_lora
 from b4m.checks import check_out_folder
-from b4m.config import Stage1Config, Stage2Config
+from b4m.config import Stage1Config, Stage2Config, stage_options
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, B4MOfficialOptions, B4MOptions
 from b4m.methods.common import check_folders
@@ -26,25 +26,12 @@ __all__ = ["B4MOfficialOptions", "B4MOptions", "fit_b4m", "stage_configs"]
 
 
 def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Config, Stage2Config]:
-    """The stage configs a :class:`B4MOptions` stands for (``None`` fields stay ``None``: B4M's presets fill them)."""
-    shared = dict(
-        rank=cfg.rank,
-        rho=cfg.rho,
-        orth=cfg.orth,
-        basis_seed=cfg.basis_seed,
-        targets=list(cfg.targets),
-        blocks=list(cfg.blocks),
-        base=cfg.base,
-        steps=cfg.steps,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        resolution=cfg.resolution,
-        mcp=cfg.mcp,
-        seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every,
-        overwrite=cfg.overwrite,
-        mixed_precision=cfg.mixed_precision,
-    )
+    """The stage configs a :class:`B4MOptions` stands for (``None`` fields stay ``None``: B4M's presets fill them).
+
+    Every option is passed on by name (:func:`~b4m.config.stage_options`): the stage-1 group to both stage-1
+    runs, the stage-2 group to stage 2, the shared ones (base, seed, resolution, mixed precision...) to every
+    stage that has them; only the folders and the per-role inputs are set here."""
+    shared = stage_options(cfg, 1, skip=("out",))
     content = Stage1Config(
         images=cfg.content_images,
         prompt=cfg.content_prompt,
@@ -62,24 +49,10 @@ def stage_configs(cfg: B4MOptions, out: Path) -> tuple[Stage1Config, Stage1Confi
         **shared,
     )
     stage2 = Stage2Config(
-        content=out / "content" / "adapter.safetensors",
-        style=out / "style" / "adapter.safetensors",
-        content_images=cfg.content_images,
-        content_prompt=cfg.content_prompt,
-        style_images=cfg.style_images,
-        style_prompt=cfg.style_prompt,
-        base=cfg.base,
+        content=out / "content" / ADAPTER,
+        style=out / "style" / ADAPTER,
         out=out,
-        stage2_steps=cfg.stage2_steps,
-        stage2_lr=cfg.stage2_lr,
-        optimizer=cfg.optimizer,
-        operands=cfg.operands,
-        delta=cfg.delta,
-        delta_rel=cfg.delta_rel,
-        resolution=cfg.resolution,
-        seed=cfg.seed,
-        overwrite=cfg.overwrite,
-        mixed_precision=cfg.mixed_precision,
+        **stage_options(cfg, 2, skip=("out",)),
     )
     return content, style, stage2
 
@@ -97,13 +70,12 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
     def fresh() -> Any:  # every stage injects its own adapter: give each a clean copy of a caller's pipeline
         return None if pipe is None else copy.deepcopy(pipe)
 
-    official = {"routing": cfg.routing, "aux_lr_scale": cfg.aux_lr_scale}
     folder = Folder(out)
     if not folder.known:
         folder.save()  # the stages' folders are then recorded as b4m's sub-folders
-    train_stage1(content, "content", pipe=fresh(), progress=progress, **official)
-    train_stage1(style, "style", pipe=fresh(), progress=progress, **official)
-    path = train_stage2(stage2, pipe=fresh(), progress=progress, reinit_every=cfg.reinit_every)
+    train_stage1(content, "content", pipe=fresh(), progress=progress)
+    train_stage1(style, "style", pipe=fresh(), progress=progress)
+    path = train_stage2(stage2, pipe=fresh(), progress=progress)
     lora = load_lora(path)
     return Fitted(path, merged_delta=lambda: {n: u @ v for n, (u, v) in lora.factors.items()})
 

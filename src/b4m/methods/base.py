@@ -72,6 +72,8 @@ class MethodOptions:
 
     # Fields left at None are filled from the method's presets (``PRESETS``) for the base model at hand.
     PRESETS: ClassVar[dict[str, dict[str, Any]]] = {}
+    # Under ``b4m run``, fields inherited from a stage config's group show their ``run_help`` (config.opt).
+    HELP_KEY: ClassVar[str] = "run_help"
 
     base: str = opt("builtin", "base model: 'builtin', or a diffusers SD/SDXL/FLUX folder or hub id")
     out: Path | None = opt(

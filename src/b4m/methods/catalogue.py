@@ -11,7 +11,15 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from b4m.config import MIXED_PRECISION, opt
+from b4m.config import (
+    MIXED_PRECISION,
+    ORTH_CHOICES,
+    ROUTINGS,
+    STAGE2_OPTIMIZERS,
+    B4MStage1Options,
+    B4MStage2Options,
+    opt,
+)
 from b4m.config import PRESETS as B4M_PRESETS
 from b4m.methods.base import MethodInfo, MethodOptions
 
@@ -51,8 +59,8 @@ class TrainedOptions(MethodOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class B4MOptions(MethodOptions):
-    """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model."""
+class B4MAuxSets:
+    """The auxiliary folders of B4M's two stage-1 runs (multi-correspondence learning, Eq. 12)."""
 
     aux_styles: list[str] = opt([], "auxiliary style folders of the content stage (train D, MCP)")
     aux_contents: list[str] = opt([], "auxiliary content folders of the style stage (train B, MCP)")
@@ -60,40 +68,19 @@ class B4MOptions(MethodOptions):
     aux_content_prompts: list[str] = opt(
         [], "one prompt per auxiliary content folder (default: .txt captions)"
     )
-    rho: float = opt(0.5, "frozen fraction of each projection: d_out = round(rho m), d_in = round(rho n)")
-    orth: str = opt(
-        "exact",
-        "frozen parts: exact (A C = 0), approx (official code), none (w/o Orth)",
-        choices=["exact", "approx", "none"],
-    )
-    basis_seed: int = opt(0, "seed of the frozen orthogonal basis")
-    mcp: bool = opt(True, "multi-correspondence learning; --no-mcp: target images only (w/o MCP)")
-    weight_decay: float = opt(1e-2, "stage-1 AdamW weight decay")
-    checkpoint_every: int = opt(100, "stage 1: save a resumable checkpoint every N steps (0: never)")
+
+
+@dataclasses.dataclass(frozen=True)
+class B4MOptions(B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions):
+    """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model.
+
+    B4M's own options are the stage configs' groups (:class:`~b4m.config.B4MStage1Options`,
+    :class:`~b4m.config.B4MStage2Options`), declared once in :mod:`b4m.config`; here they show their ``run_help``.
+    """
+
     mixed_precision: str = opt(
         "no", "autocast dtype on a GPU: no, bf16, fp16 (the frozen base loads in it)", choices=MIXED_PRECISION
     )
-    stage2_steps: int | None = opt(None, "stage-2 fine-tuning steps (B4M preset; 0: fuse only)")
-    stage2_lr: float | None = opt(None, "stage-2 learning rate (B4M preset)")
-    optimizer: str = opt(
-        "riemannian-adamw",
-        "stage 2: riemannian-adamw, riemannian-sgd (Eq. 13-14) or adamw (w/o RP)",
-        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
-    )
-    operands: str = opt(
-        "learnable", "preconditioner operands: learnable or full", choices=["learnable", "full"]
-    )
-    delta: float = opt(1e-6, "absolute ridge of the r x r preconditioner inverse")
-    delta_rel: float = opt(1e-2, "ridge relative to tr(G)/r")
-    routing: str = opt(
-        "strict",
-        "stage-1 gradient routing: strict (Eq. 12) or leaky (official code: both losses reach both parts)",
-        choices=["strict", "leaky"],
-    )
-    aux_lr_scale: float = opt(
-        1.0, "stage 1: learning rate of the auxiliary part relative to --lr (official: 0.1)"
-    )
-    reinit_every: int = opt(0, "stage 2: reset B and D of every k-th fused layer to zero first (official: 2)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,14 +93,14 @@ class B4MOfficialOptions(B4MOptions):
     plain AdamW: ``--optimizer adamw``).
     """
 
-    orth: str = opt("approx", "frozen parts (official: approx)", choices=["exact", "approx", "none"])
-    routing: str = opt("leaky", "stage-1 gradient routing (official: leaky)", choices=["strict", "leaky"])
+    orth: str = opt("approx", "frozen parts (official: approx)", choices=ORTH_CHOICES)
+    routing: str = opt("leaky", "stage-1 gradient routing (official: leaky)", choices=ROUTINGS)
     aux_lr_scale: float = opt(0.1, "stage 1: auxiliary part's learning rate relative to --lr (official: 0.1)")
     reinit_every: int = opt(2, "stage 2: reset B and D of every k-th fused layer first (official: 2, half)")
     optimizer: str = opt(
         "adamw",
         "stage 2 optimizer (official: adamw, its preconditioner being inactive)",
-        choices=["riemannian-adamw", "riemannian-sgd", "adamw"],
+        choices=STAGE2_OPTIMIZERS,
     )
 
 

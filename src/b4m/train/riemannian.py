@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from b4m.config import OPERANDS, STAGE2_OPTIMIZERS
+
 __all__ = ["RiemannianPreconditioner", "make_stage2_optimizer"]
 
 
@@ -55,7 +57,7 @@ class RiemannianPreconditioner:
         delta_rel: float = 1e-2,
         normalize: bool = True,
     ) -> None:
-        if operands not in ("learnable", "full"):
+        if operands not in OPERANDS:
             raise ValueError(
                 f"operands must be 'learnable' (Eq. 13-14) or 'full' (Zhang & Pilanci), got {operands!r}"
             )
@@ -134,7 +136,7 @@ class _PreconditionedOptimizer:
         self.optimizer.load_state_dict(state)
 
 
-OPTIMIZERS = ("riemannian-adamw", "riemannian-sgd", "adamw")
+OPTIMIZERS = STAGE2_OPTIMIZERS  # the names the CLI offers (b4m.config, which loads no torch)
 
 
 def make_stage2_optimizer(

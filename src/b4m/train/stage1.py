@@ -27,7 +27,7 @@ from b4m.checks import (
     integer_at_least,
     raise_problems,
 )
-from b4m.config import Stage1Config, resolve_preset, to_dict
+from b4m.config import ROUTINGS, Stage1Config, resolve_preset, split_deviations, to_dict
 from b4m.data.folders import ImageSet, check_images, read_image_folder
 from b4m.diffusion.pipeline import (
     base_family,
@@ -73,6 +73,9 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
             f"--aux-prompts: give one prompt per auxiliary folder ({len(cfg.aux)}), got {len(cfg.aux_prompts)}"
         )
     check_rank(cfg.rank, cfg.rho, problems)
+    if cfg.routing not in ROUTINGS:
+        problems.append(f"--routing {cfg.routing}: give strict (Eq. 12) or leaky (the official code)")
+    finite(cfg.aux_lr_scale, "--aux-lr-scale", problems)
     integer_at_least(cfg.steps, "--steps", 1, problems, " (a run of 0 steps would save an untrained adapter)")
     finite(cfg.lr, "--lr", problems, positive=True)
     finite(cfg.weight_decay, "--weight-decay", problems)
@@ -127,26 +130,21 @@ def train_stage1(
     role: str,
     pipe: Any = None,
     progress: bool = True,
-    routing: str = "strict",
-    aux_lr_scale: float = 1.0,
     policy: str | None = None,
 ) -> Path:
     """Train a content (``role="content"``) or style PLP adapter; returns the adapter file's path.
 
-    ``routing="leaky"`` and ``aux_lr_scale`` reproduce the official code (``b4m run b4m-official``): both losses
-    reach both parts, and the auxiliary part learns at ``aux_lr_scale`` times the rate (official: 0.1).
+    ``cfg.routing="leaky"`` and ``cfg.aux_lr_scale`` reproduce the official code (``b4m run b4m-official``): both
+    losses reach both parts, and the auxiliary part learns at ``aux_lr_scale`` times the rate (official: 0.1).
     ``policy``: what to do with an earlier run in ``cfg.out`` (:class:`~b4m.train.session.Session`; default
     from ``cfg.overwrite``).
     """
-    if routing not in ("strict", "leaky"):
-        raise B4MError(f"routing must be 'strict' (Eq. 12) or 'leaky' (official code), got {routing!r}")
     cfg = resolve_preset(cfg)
     out = Path(cfg.out or Path("runs") / role)
     files = _check(cfg, role, out, pipe)
-    official = {"routing": routing, "aux_lr_scale": aux_lr_scale}
     session = Session(
         out,
-        run_settings(to_dict(cfg) | {"role": role} | official),
+        run_settings(to_dict(cfg) | {"role": role}),
         data_fingerprint((s.paths, prompts) for s, prompts in files),
         policy=policy or ("overwrite" if cfg.overwrite else "continue"),
         checkpoint_every=cfg.checkpoint_every,
@@ -177,12 +175,10 @@ def train_stage1(
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params: Any = trained
-    if (
-        aux_lr_scale != 1.0 and cfg.mcp
-    ):  # official code: one rate for the target part, a lower one for the other
+    if cfg.aux_lr_scale != 1.0 and cfg.mcp:  # official code: a lower rate for the auxiliary part
         params = [
             {"params": adapter.parameters(target_part), "lr": cfg.lr},
-            {"params": adapter.parameters(other_part), "lr": cfg.lr * aux_lr_scale},
+            {"params": adapter.parameters(other_part), "lr": cfg.lr * cfg.aux_lr_scale},
         ]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     unet, optimizer = accelerator.prepare(model, optimizer)
@@ -190,7 +186,7 @@ def train_stage1(
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
     checkpoints = session.checkpoints(adapter.named_parts(), gen)
 
-    strict = cfg.mcp and routing == "strict"
+    strict = cfg.mcp and cfg.routing == "strict"
     step_fn = _step_fn(unet, scheduler, [target, *aux], gen, cfg.mcp, strict, target_part)
     run_steps(
         step_fn,
@@ -203,6 +199,8 @@ def train_stage1(
         progress=progress,
         checkpoints=checkpoints,
     )
+
+    settings, deviations = split_deviations(cfg)  # a run as the paper describes it records no deviation
 
     def write(path: Path, hint: str) -> Path:
         return save_plp(
@@ -219,8 +217,8 @@ def train_stage1(
             or trigger_words_of(cfg.prompt or target.prompts[0], pipe.tokenizer),
             base_model=base_model_name(cfg.base),
             base_family=base_family(pipe, cfg.base),
-            config=portable_config(to_dict(cfg), out),
-            **(official if (routing, aux_lr_scale) != ("strict", 1.0) else {}),
+            config=portable_config(settings, out),
+            **deviations,
         )
 
     return session.finish(write, checkpoints)

@@ -26,7 +26,7 @@ from b4m.checks import (
     integer_at_least,
     raise_problems,
 )
-from b4m.config import Stage2Config, resolve_preset, to_dict
+from b4m.config import Stage2Config, resolve_preset, split_deviations, to_dict
 from b4m.data.folders import check_images, read_image_folder
 from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
@@ -100,6 +100,7 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     finite(cfg.stage2_lr, "--stage2-lr", problems, positive=True)
     finite(cfg.delta, "--delta", problems)
     finite(cfg.delta_rel, "--delta-rel", problems)
+    integer_at_least(cfg.reinit_every, "--reinit-every", 0, problems, " (0: none)")
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     if pipe is None:
         check_base(cfg.base, problems)
@@ -112,13 +113,12 @@ def train_stage2(
     cfg: Stage2Config,
     pipe: Any = None,
     progress: bool = True,
-    reinit_every: int = 0,
     policy: str | None = None,
 ) -> Path:
     """Fuse ``cfg.content`` and ``cfg.style``, fine-tune ``cfg.stage2_steps`` steps, save; returns the file.
 
     Everything (options, output folder, both adapters, the training images) is checked before the model
-    loads; a resumable checkpoint is saved every ``cfg.checkpoint_every`` steps. ``reinit_every=k > 0``
+    loads; a resumable checkpoint is saved every ``cfg.checkpoint_every`` steps. ``cfg.reinit_every=k > 0``
     reproduces the official code (``b4m run b4m-official``, k = 2: half the layers): ``B`` and ``D`` of every
     k-th fused layer (sorted by name) are reset to their stage-1 start, zero, before fine-tuning."""
     if cfg.content is None or cfg.style is None:
@@ -146,7 +146,7 @@ def train_stage2(
             sources.append((folder, prompt, option, images, images.prompts(prompt, option)))
     session = Session(
         out,
-        run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id"), "reinit_every": reinit_every},
+        run_settings(to_dict(cfg)) | {"fused": fused.meta.get("basis_id")},
         data_fingerprint([(imgs.paths, prompts) for *_, imgs, prompts in sources])
         + "-"
         + _factors_digest(fused),
@@ -160,10 +160,10 @@ def train_stage2(
     accelerator = session.accelerator
     adapter = inject_plp(denoiser(pipe), spec, name="b4m", only=list(fused.factors))
     adapter.load_factors(fused.factors, source=f"{cfg.content} + {cfg.style}")
-    if reinit_every > 0:
+    if cfg.reinit_every > 0:
         with torch.no_grad():
             for i, module in enumerate(sorted(adapter.module_names)):
-                if i % reinit_every == 0:
+                if i % cfg.reinit_every == 0:
                     adapter.up(module).learnable.zero_()
                     adapter.down(module).learnable.zero_()
 
@@ -212,12 +212,12 @@ def train_stage2(
     for part in ("content", "style"):
         images = extra_meta[part].get("images")
         extra_meta[part] = extra_meta[part] | {"images": images and portable(images, out)}
-    if reinit_every > 0:
-        extra_meta["reinit_every"] = reinit_every
+    settings, deviations = split_deviations(cfg)  # a run as the paper describes it records no deviation
+    extra_meta.update(deviations)
 
     def write(path: Path, hint: str) -> Path:
         return save_plp(
-            adapter, path, hint=hint, stage=2, config=portable_config(to_dict(cfg), out), **extra_meta
+            adapter, path, hint=hint, stage=2, config=portable_config(settings, out), **extra_meta
         )
 
     return session.finish(write, checkpoints)
