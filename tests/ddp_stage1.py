@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 
-from b4m.config import Stage1Config
 from b4m.diffusion.tiny import tiny_sd_pipeline
+from b4m.options import Stage1Config
 from b4m.train.stage1 import train_stage1
 
 root = Path(sys.argv[1])

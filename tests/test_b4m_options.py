@@ -1,4 +1,4 @@
-"""B4M's options are declared once (``b4m.config.B4MStage1Options``, ``B4MStage2Options``); the stage configs,
+"""B4M's options are declared once (``b4m.options.B4MStage1Options``, ``B4MStage2Options``); the stage configs,
 ``b4m run b4m``'s options, the CLI flags, ``stage_configs`` and the bench's ``STAGE2_KNOBS`` all derive from them.
 """
 
@@ -15,7 +15,12 @@ import pytest
 
 from b4m.bench.catalogue import STAGE2_KNOBS
 from b4m.cli import build_parser, main
-from b4m.config import (
+from b4m.config import config_from_args
+from b4m.demo import DemoConfig
+from b4m.errors import B4MError
+from b4m.methods.b4m import stage_configs
+from b4m.methods.catalogue import B4MOfficialOptions, B4MOptions
+from b4m.options import (
     OPERANDS,
     ORTH_CHOICES,
     ROUTINGS,
@@ -26,14 +31,9 @@ from b4m.config import (
     B4MStage2Options,
     Stage1Config,
     Stage2Config,
-    config_from_args,
     option_names,
     split_deviations,
 )
-from b4m.demo import DemoConfig
-from b4m.errors import B4MError
-from b4m.methods.b4m import stage_configs
-from b4m.methods.catalogue import B4MOfficialOptions, B4MOptions
 
 GROUPS = {
     B4MStage1Options: (Stage1Config, [["train", "content"], ["train", "style"]]),
@@ -186,8 +186,8 @@ _PROBE = """
 import argparse, ast, dataclasses, json, sys, types
 from pathlib import Path
 
-import b4m  # loads b4m.config; the consumers below are not loaded yet
-import b4m.config as original
+import b4m  # loads b4m.options; the consumers below are not loaded yet
+import b4m.options as original
 
 path = Path(original.__file__)
 source = path.read_text().splitlines()
@@ -197,15 +197,16 @@ added = {"B4MStage1Options": "    new_s1: int = opt(7, 'a new stage-1 option')",
          "B4MStage2Options": "    new_s2: float = opt(0.5, 'a new stage-2 option', run_help='stage 2: a new option')"}
 for name in sorted(added, key=lambda n: -ends[n]):  # from the bottom, so line numbers stay valid
     source.insert(ends[name], added[name])
-patched = types.ModuleType("b4m.config")
+patched = types.ModuleType("b4m.options")
 patched.__file__ = str(path)
-sys.modules["b4m.config"] = patched
-b4m.config = patched
+sys.modules["b4m.options"] = patched
+b4m.options = patched
 exec(compile("\\n".join(source), str(path), "exec"), patched.__dict__)
 
 from b4m.bench.catalogue import STAGE2_KNOBS
 from b4m.cli import build_parser
-from b4m.config import Stage1Config, Stage2Config, add_config_args, config_from_args
+from b4m.config import add_config_args, config_from_args
+from b4m.options import Stage1Config, Stage2Config
 from b4m.methods.b4m import stage_configs
 from b4m.methods.catalogue import B4MOfficialOptions, B4MOptions
 
@@ -234,7 +235,7 @@ print(json.dumps({
 
 
 def test_a_new_option_is_one_field_in_its_group():
-    """Add a field to each group of ``b4m/config.py`` (in a fresh interpreter, from the source text) and it is a
+    """Add a field to each group of ``b4m/options.py`` (in a fresh interpreter, from the source text) and it is a
     field of its stage config and of ``b4m run b4m``'s options, a flag of their commands, passed on by
     ``stage_configs`` to its stage, and (stage 2) a bench knob."""
     src = str(Path(__file__).resolve().parents[1] / "src")

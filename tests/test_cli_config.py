@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from b4m.cli import build_parser, main
-from b4m.config import Stage1Config, config_from_args, load_config, resolve_preset
+from b4m.config import config_from_args, load_config
 from b4m.diffusion.sampling import load_adapter
 from b4m.errors import B4MError
+from b4m.options import Stage1Config, resolve_preset
 
 
 def test_file_then_flags_override_field_by_field(tmp_path):
@@ -119,7 +120,7 @@ def test_export_kohya_cli_loads_in_diffusers(tiny_sdxl, tmp_path, sdxl_inputs, c
 def test_example_configs_load(name):
     from pathlib import Path
 
-    from b4m.config import Stage2Config
+    from b4m.options import Stage2Config
 
     cls = Stage2Config if name == "fuse" else Stage1Config
     cfg = load_config(cls, Path(__file__).resolve().parents[1] / "configs" / f"{name}.yaml")

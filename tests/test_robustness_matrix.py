@@ -57,8 +57,9 @@ def _folder(path: Path, seed: int, n: int, caption: bytes | None = None) -> Path
 def _checkpoint(folder: Path, lr: float, damaged: bool = False) -> None:
     """A checkpoint as the TRAIN command (with this ``lr``) would leave it (killed after it), optionally
     truncated."""
-    from b4m.config import Stage1Config, resolve_preset, to_dict
+    from b4m.config import to_dict
     from b4m.diffusion.builtin_base import weights_digest
+    from b4m.options import Stage1Config, resolve_preset
     from b4m.owned import Folder
     from b4m.train.checkpoint import save_checkpoint
     from b4m.train.identity import run_settings

@@ -20,8 +20,8 @@ import b4m.train.loop as loop_mod
 import b4m.train.stage1 as stage1_mod
 import b4m.train.stage2 as stage2_mod
 from b4m.adapters import load_lora
-from b4m.config import Stage1Config, Stage2Config
 from b4m.errors import B4MError, DiskFullError
+from b4m.options import Stage1Config, Stage2Config
 from b4m.owned import MANIFEST
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import train_stage2

@@ -7,9 +7,9 @@ from PIL import Image
 
 import b4m.train.loop as loop_mod
 from b4m.adapters import PLPSpec, inject_plp, load_lora, mcp_routing
-from b4m.config import Stage1Config, Stage2Config
 from b4m.diffusion.pipeline import encode_images, encode_prompts, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
+from b4m.options import Stage1Config, Stage2Config
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import fuse, train_stage2
 

@@ -18,9 +18,10 @@ from typing import Any
 
 from b4m import threads
 from b4m.checks import check_out_folder, check_resolution, finite, integer_at_least, raise_problems
-from b4m.config import GenerateConfig, Stage1Config, Stage2Config, load_config
+from b4m.config import load_config
 from b4m.errors import B4MError
 from b4m.io import save_image
+from b4m.options import GenerateConfig, Stage1Config, Stage2Config
 from b4m.owned import claim
 from b4m.prompts import check_prompts
 

@@ -25,16 +25,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from b4m import threads
-from b4m.config import (
-    ORTH_CHOICES,
-    STAGE2_OPTIMIZERS,
-    Stage1Config,
-    Stage2Config,
-    opt,
-    stage_options,
-    to_dict,
-)
+from b4m.config import opt, to_dict
 from b4m.errors import B4MError
+from b4m.options import ORTH_CHOICES, STAGE2_OPTIMIZERS, Stage1Config, Stage2Config, stage_options
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
     import torch

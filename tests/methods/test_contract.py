@@ -169,9 +169,9 @@ def test_generation_time_method_writes_its_sources_and_its_hook_reproduces_the_s
 def test_a_world_base_folder_gets_the_builtin_presets(tmp_path):
     """A rebuilt or candidate world base (a folder with b4m_base.json) is a 32 px model: it must not get the
     512 px SD presets (which made a plain LoRA step on it 200x slower)."""
-    from b4m.config import BASE_INFO_FILE, PRESETS
     from b4m.methods.base import resolve_options
     from b4m.methods.catalogue import LoRAOptions
+    from b4m.options import BASE_INFO_FILE, PRESETS
 
     folder = tmp_path / "base"
     folder.mkdir()

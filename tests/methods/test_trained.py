@@ -9,9 +9,9 @@ import torch
 from b4m.adapters.codec import load_lora
 from b4m.adapters.deltas import target_linears
 from b4m.adapters.inject import DEFAULT_TARGETS
-from b4m.config import Stage1Config, Stage2Config
 from b4m.errors import B4MError
 from b4m.methods import fit_method
+from b4m.options import Stage1Config, Stage2Config
 from b4m.paths import resolve_recorded
 
 QUICK = {"lr": 1e-2, "rank": 4, "resolution": 32, "base": "tiny"}

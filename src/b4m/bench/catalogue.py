@@ -28,9 +28,10 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from b4m.config import STAGE2_OPTIONS, opt
+from b4m.config import opt
 from b4m.errors import B4MError
 from b4m.eval.stats import METRICS
+from b4m.options import STAGE2_OPTIONS
 
 __all__ = [
     "ARMS",

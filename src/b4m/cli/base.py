@@ -9,7 +9,8 @@ from typing import Any
 
 from b4m.cli.common import examples
 from b4m.cli.generate import cmd_generate
-from b4m.config import GenerateConfig, add_config_args, config_from_args
+from b4m.config import add_config_args, config_from_args
+from b4m.options import GenerateConfig
 
 
 def _cmd_base_sample(args: argparse.Namespace) -> int:

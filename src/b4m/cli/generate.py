@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from b4m.config import GenerateConfig, add_config_args, config_from_args
+from b4m.config import add_config_args, config_from_args
+from b4m.options import GenerateConfig
 
 
 def cmd_generate(args: argparse.Namespace) -> int:

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from b4m.config import Stage1Config, Stage2Config, add_config_args, config_from_args
+from b4m.config import add_config_args, config_from_args
+from b4m.options import Stage1Config, Stage2Config
 
 
 def _cmd_train(args: argparse.Namespace) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from b4m.config import BASE_INFO_FILE
+from b4m.options import BASE_INFO_FILE
 
 if TYPE_CHECKING:
     import torch

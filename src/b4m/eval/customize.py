@@ -117,7 +117,7 @@ def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out
         return run_method("lora", base=cfg.base, out=out, concept=role, **{f"{role}_images": images,
                           f"{role}_prompt": prompt}, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank, seed=cfg.seed,
                           targets=list(cfg.targets), overwrite=True, progress=False)  # fmt: skip
-    from b4m.config import Stage1Config
+    from b4m.options import Stage1Config
     from b4m.train.stage1 import train_stage1
 
     s1 = Stage1Config(

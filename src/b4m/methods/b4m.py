@@ -15,10 +15,10 @@ from typing import Any
 
 from b4m.adapters.codec import load_lora
 from b4m.checks import check_out_folder
-from b4m.config import Stage1Config, Stage2Config, stage_options
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, B4MOfficialOptions, B4MOptions
 from b4m.methods.common import check_folders
+from b4m.options import Stage1Config, Stage2Config, stage_options
 from b4m.owned import Folder, claim
 from b4m.train.session import ADAPTER, CHECKPOINTS, LOG
 

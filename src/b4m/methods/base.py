@@ -26,8 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from b4m.config import OVERWRITE_HELP, opt, preset_key
+from b4m.config import opt
 from b4m.errors import B4MError
+from b4m.options import OVERWRITE_HELP, preset_key
 
 __all__ = [
     "METHOD_MODULES",

@@ -11,17 +11,17 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, ClassVar
 
-from b4m.config import (
+from b4m.config import opt
+from b4m.methods.base import MethodInfo, MethodOptions
+from b4m.options import (
     MIXED_PRECISION,
     ORTH_CHOICES,
     ROUTINGS,
     STAGE2_OPTIMIZERS,
     B4MStage1Options,
     B4MStage2Options,
-    opt,
 )
-from b4m.config import PRESETS as B4M_PRESETS
-from b4m.methods.base import MethodInfo, MethodOptions
+from b4m.options import PRESETS as B4M_PRESETS
 
 __all__ = [
     "CATALOGUE",
@@ -39,7 +39,7 @@ __all__ = [
     "ZipLoRAOptions",
 ]
 
-# The stage-1 budget of B4M on each base (config.PRESETS), so the baselines train as long as B4M's stage 1.
+# The stage-1 budget of B4M on each base (options.PRESETS), so the baselines train as long as B4M's stage 1.
 TRAIN_PRESETS: dict[str, dict[str, Any]] = {
     key: {k: B4M_PRESETS[key][k] for k in ("steps", "lr", "rank", "resolution")} for key in ("sd", "builtin")
 }

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from b4m.config import OPERANDS, STAGE2_OPTIMIZERS
+from b4m.options import OPERANDS, STAGE2_OPTIMIZERS
 
 __all__ = ["RiemannianPreconditioner", "make_stage2_optimizer"]
 

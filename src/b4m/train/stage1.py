@@ -27,7 +27,7 @@ from b4m.checks import (
     integer_at_least,
     raise_problems,
 )
-from b4m.config import ROUTINGS, Stage1Config, resolve_preset, split_deviations, to_dict
+from b4m.config import to_dict
 from b4m.data.folders import ImageSet, check_images, read_image_folder
 from b4m.diffusion.pipeline import (
     base_family,
@@ -38,6 +38,7 @@ from b4m.diffusion.pipeline import (
     training_scheduler,
 )
 from b4m.errors import B4MError
+from b4m.options import ROUTINGS, Stage1Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import (

@@ -26,10 +26,11 @@ from b4m.checks import (
     integer_at_least,
     raise_problems,
 )
-from b4m.config import Stage2Config, resolve_preset, split_deviations, to_dict
+from b4m.config import to_dict
 from b4m.data.folders import check_images, read_image_folder
 from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
+from b4m.options import Stage2Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import CachedSet, StepFn, cache_set, run_steps, sample_batch
