@@ -150,6 +150,10 @@ def test_plan_expands_defaults_and_quick():
     assert rhos == ["rho=1/8", "rho=1/4", "rho=3/8", "rho=5/8", "rho=3/4", "rho=7/8"]  # 1/2 is the full arm
     only = plan(BenchConfig(methods=["ziplora,klora"]))
     assert only.methods == ("ziplora", "klora") and only.arms == ("full",)
+    # an option given explicitly wins over --quick's sizes (it used to be replaced silently)
+    mine = plan(BenchConfig(quick=True, seeds=3, steps=20))
+    assert (mine.sizes["seeds"], mine.sizes["steps"], mine.sizes["n_content"]) == (3, 20, 2)
+    assert plan(BenchConfig(seeds=4)).sizes == plan(BenchConfig()).sizes
 
 
 @pytest.mark.parametrize(

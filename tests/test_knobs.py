@@ -87,7 +87,9 @@ def test_split_parts_sum_to_the_scaled_delta(tiny_sd, tmp_path, capsys, orth):
     assert main(["export", str(src), "--split", "--out", str(folder)]) == 0
     printed = capsys.readouterr().out
     names = ["style", "content", "interaction"] + (["frozen"] if orth == "approx" else [])
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"fused_{n}.safetensors" for n in names)
+    assert sorted(p.name for p in folder.glob("*.safetensors")) == sorted(
+        f"fused_{n}.safetensors" for n in names
+    )
     for n, strength in (("style", "S"), ("content", "C"), ("interaction", "C*S")):
         line = next(ln for ln in printed.splitlines() if f"fused_{n}.safetensors" in ln)
         assert f"strength {strength} " in line

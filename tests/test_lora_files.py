@@ -176,3 +176,19 @@ def test_kohya_export_loads_in_diffusers(tiny_sdxl, tmp_path):
     fresh = tiny_sdxl()
     fresh.load_lora_weights(str(path))
     assert torch.allclose(_out(fresh.unet, inputs), adapted, atol=ATOL, rtol=0)
+
+
+def test_info_says_unknown_when_the_layout_is_all_it_has(tmp_path, capsys):
+    """A LoRA of the built-in model without b4m's header (its layers look like a UNet's) used to be reported as
+    ``base family: sdxl``; b4m says what it knows."""
+    from b4m.adapters import PLPSpec, inject_plp, load_lora, save_lora
+    from b4m.cli import main
+    from b4m.diffusion.pipeline import load_pipeline
+
+    adapter = inject_plp(load_pipeline(None).unet, PLPSpec(rank=4), name="x")
+    plain = tmp_path / "plain.safetensors"
+    save_lora(plain, adapter.factors())  # no b4m header: no base model, no family
+    assert load_lora(plain).meta.get("base_model") is None
+    capsys.readouterr()
+    assert main(["info", str(plain)]) == 0
+    assert "base family: unknown" in capsys.readouterr().out

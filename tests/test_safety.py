@@ -119,7 +119,8 @@ def test_stage2_stops_at_a_non_finite_loss(tiny_sd, data, tmp_path, monkeypatch)
     _nan_at(stage2_mod, monkeypatch, call=2)
     cfg = Stage2Config(content=c, style=s, base="tiny", out=tmp_path / "f", stage2_steps=4, resolution=32)
     with pytest.raises(
-        B4MError, match=r"stage 2: the loss is not finite at step 2; stopped and no checkpoint"
+        B4MError,
+        match=r"stage 2: the loss is not finite at step 2; stopped and no checkpoint.*lower --stage2-lr",
     ):
         train_stage2(cfg, pipe=tiny_sd(), progress=False)
     assert not (tmp_path / "f" / "adapter.safetensors").exists()
