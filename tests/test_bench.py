@@ -420,50 +420,32 @@ def _catch(fn):
 
 
 def test_rp_sgd_rate_is_the_grid_value_with_the_lowest_training_loss(tmp_path, monkeypatch):
-    """``tune_sgd_lr`` on a stand-in stage 2 whose logged losses are known: it picks the argmin (a diverged rate
+    """``tune_sgd_lr`` on a stand-in fit whose logged losses are known: it picks the argmin (a diverged rate
     counts as infinite), removes the candidates' folders, and a second call reads the cache instead of training."""
-    import dataclasses
-
-    import b4m.train.stage2 as stage2_mod
 
     def loss_of(lr):  # lowest at 3e-2; the largest rate diverges
         return float("nan") if lr >= 1.0 else (np.log10(lr) + 1.5) ** 2 + 0.1
 
     trained = []
 
-    def fake_stage2(cfg, pipe=None, progress=True):
-        trained.append(cfg.stage2_lr)
-        cfg.out.mkdir(parents=True)
-        rows = [{"step": 10 * i, "loss": loss_of(cfg.stage2_lr) + 0.01 * i} for i in range(1, 4)]
-        (cfg.out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        Folder(cfg.out).record("train_log.jsonl")  # as the training session records its log
-        return cfg.out / "adapter.safetensors"
+    def fake_fit(lr, out):
+        trained.append(lr)
+        out.mkdir(parents=True)
+        rows = [{"step": 10 * i, "loss": loss_of(lr) + 0.01 * i} for i in range(1, 4)]
+        (out / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        Folder(out).record("train_log.jsonl")  # as the training session records its log
 
-    @dataclasses.dataclass(frozen=True)
-    class FakeStage2:
-        out: Path
-        stage2_lr: float = 0.0
-        overwrite: bool = False
-        checkpoint_every: int = 50
-        stage2_steps: int = 30
-
-    class FakeCtx:
-        root = tmp_path
-
-        def fresh_pipe(self):
-            return None
-
-    monkeypatch.setattr(stage2_mod, "train_stage2", fake_stage2)
     shared = tmp_path / "shared"
     shared.mkdir()
-    result = bench_fit.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared)
+    spec = {"stage2_steps": 30}
+    result = bench_fit.tune_sgd_lr(fake_fit, spec, shared)
     assert trained == list(SGD_LR_GRID)
     assert result["chosen"] == 3e-2
     expected = {f"{lr:g}": loss_of(lr) + 0.02 for lr in SGD_LR_GRID}
     for key, value in expected.items():
         assert result["mean_loss"][key] == (float("inf") if np.isnan(value) else pytest.approx(value))
     assert not (shared / "sgd_lr_tuning").exists() or not any((shared / "sgd_lr_tuning").iterdir())
-    assert bench_fit.tune_sgd_lr(FakeCtx(), FakeStage2(out=tmp_path / "fit"), shared) == result
+    assert bench_fit.tune_sgd_lr(fake_fit, spec, shared) == result
     assert len(trained) == len(SGD_LR_GRID)  # cached: nothing trained again
 
 

@@ -28,6 +28,14 @@ from b4m import threads
 from b4m.config import opt, to_dict
 from b4m.errors import B4MError
 from b4m.options import ORTH_CHOICES, STAGE2_OPTIMIZERS, Stage1Config, Stage2Config, stage_options
+from b4m.world.refs import (
+    PROMPT_ATTRIBUTES,
+    class_of,
+    content_phrase,
+    data_folders,
+    export_world_data,
+    style_phrase,
+)
 
 if TYPE_CHECKING:  # torch loads when the demo runs, not for `b4m demo --help`
     import torch
@@ -84,28 +92,8 @@ class DemoConfig:
     )
 
 
-PROMPT_ATTRIBUTES: list[dict[str, str]] = [
-    {},
-    {"position": "left"},
-    {"size": "small"},
-    {"background": "blue"},
-    {"position": "right", "background": "yellow"},
-]
-"""The scene attributes of the demo's (and the bench's) evaluation prompts, one prompt each."""
-
-
 def _class(name: str) -> str:
-    return name.partition("#")[0]
-
-
-def content_phrase(cfg: DemoConfig) -> str:
-    """The content's words in a prompt, identifier first: ``"snq teddy"``."""
-    return f"{cfg.content_word} {_class(cfg.content)}".strip()
-
-
-def style_phrase(cfg: DemoConfig) -> str:
-    """The style's words in a prompt: ``"wzk papercut"``."""
-    return f"{cfg.style_word} {_class(cfg.style)}".strip()
+    return class_of(name)
 
 
 def _check_concepts(cfg: DemoConfig) -> None:
@@ -139,51 +127,6 @@ def _check_concepts(cfg: DemoConfig) -> None:
         raise B4MError("; ".join(problems))
 
 
-def _data_folders(cfg: DemoConfig) -> dict[str, dict[str, Any]]:
-    """Every folder the demo exports under ``data/``, with what it is exported from."""
-    from b4m.world.concepts import HELD_IN_CONTENTS
-
-    folders: dict[str, dict[str, Any]] = {
-        "content": {"content": cfg.content, "n": cfg.n_content, "content_word": content_phrase(cfg)},
-        "style": {
-            "style": cfg.style,
-            "n": cfg.n_style,
-            "style_word": style_phrase(cfg),
-            # the style references must not show the content being learned (content leakage)
-            "contents": [c for c in HELD_IN_CONTENTS if c != _class(cfg.content)],
-        },
-    }
-    folders |= {f"aux-style-{s}": {"style": s, "n": 1} for s in cfg.aux_styles}
-    folders |= {f"aux-content-{c}": {"content": c, "n": 1} for c in cfg.aux_contents}
-    return folders
-
-
-def export_world_data(cfg: DemoConfig, data: Path, fresh: bool = False) -> dict[str, Any]:
-    """Export the demo's reference and auxiliary folders from the world into ``data`` (again only when what
-    they are made from changed, or ``fresh``); returns the folders and prompts the methods are given."""
-    from b4m.owned import Folder
-    from b4m.world.export import export_concept
-
-    Folder(data.parent).child(data.name)
-    folders = {}
-    for name, kw in _data_folders(cfg).items():
-        folder = data / name
-        want = {"seed": cfg.seed, **kw}
-        if fresh or Folder(folder).info.get("demo") != json.loads(json.dumps(want)):
-            export_concept(folder, seed=cfg.seed, overwrite=True, **kw)
-            Folder(folder).set_info(demo=want)
-        Folder(data).child(name)
-        folders[name] = folder
-    return {
-        "content": folders["content"],
-        "style": folders["style"],
-        "aux_styles": [folders[f"aux-style-{s}"] for s in cfg.aux_styles],
-        "aux_contents": [folders[f"aux-content-{c}"] for c in cfg.aux_contents],
-        "content_prompt": f"a photo of a {content_phrase(cfg)}",
-        "style_prompt": None,  # each style image has its own caption: "a cup in wzk papercut style"
-    }
-
-
 _STAGES = ("content", "style", "fused")
 _FILES = (
     "results.json",
@@ -206,7 +149,7 @@ def _claim(cfg: DemoConfig) -> Any:
     check_out_folder(out)
     folder = claim(out, ("data", *_STAGES, *_FILES), overwrite=cfg.overwrite, what="b4m demo")
     if folder.owns("data"):
-        claim(out / "data", tuple(_data_folders(cfg)), "--out", cfg.overwrite, "b4m demo")
+        claim(out / "data", tuple(data_folders(cfg)), "--out", cfg.overwrite, "b4m demo")
     folder.save()
     return folder
 

@@ -35,6 +35,8 @@ from b4m.options import STAGE2_OPTIONS
 
 __all__ = [
     "ARMS",
+    "ARMS_OF",
+    "BASE_LABEL",
     "DEFAULT_ARMS",
     "METRICS",
     "QUICK",
@@ -48,6 +50,7 @@ __all__ = [
     "arm_options",
     "parse_shard",
     "plan",
+    "run_label",
     "track_of",
 ]
 
@@ -75,6 +78,21 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
+ARMS_OF = "b4m"
+"""The method the ablation arms are arms of (B4M as ``b4m run b4m`` runs it)."""
+BASE_LABEL = "base model (prompt only)"
+"""The display label of the base model's row (method ``base``)."""
+
+
+def run_label(method: str, arm: str) -> str:
+    """The one display label of a ``(method, arm)`` row: results are keyed by the pair, labels only shown."""
+    if method == "base":
+        return BASE_LABEL
+    if arm == "full":
+        return method
+    return f"{method}: {ARMS[arm][0] if arm in ARMS else arm}"
+
+
 STAGE2_KNOBS = STAGE2_OPTIONS
 """Options that stage 1 never reads (B4M's stage-2 group, :class:`b4m.config.B4MStage2Options`): arms changing
 only these reuse the stage-1 adapters of ``full``."""
@@ -270,7 +288,7 @@ def plan(cfg: BenchConfig) -> Plan:
         problems.append(f"--methods {','.join(unknown)}: unknown; known: {', '.join(CATALOGUE)}")
     # the ablations are B4M's: by default they run when b4m is among the methods
     default_arms = QUICK["arms"] if cfg.quick else list(DEFAULT_ARMS)
-    arms = _split(cfg.arms) or (default_arms if "b4m" in methods else ["full"])
+    arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
     bad = [a for a in arms if a not in ARMS]

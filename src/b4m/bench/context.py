@@ -51,13 +51,13 @@ class Context:
 
 
 def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:
-    """The pair's reference folders, exported (or reused) by the demo's exporter under ``root/data``."""
-    from b4m.demo import DemoConfig, export_world_data
+    """The pair's reference folders, exported (or reused) by the world's exporter under ``root/data``."""
+    from b4m.world.refs import PairRefs, export_world_data
 
     content, _, style = pair.partition(":")
-    demo = DemoConfig(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
-                      n_style=p.sizes["n_style"])  # fmt: skip
-    return export_world_data(demo, root / "data" / slug(pair))
+    refs = PairRefs(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
+                    n_style=p.sizes["n_style"])  # fmt: skip
+    return export_world_data(refs, root / "data" / slug(pair))
 
 
 def image_options(data: dict[str, Any], *which: str) -> dict[str, Any]:

@@ -1,107 +1,91 @@
-"""Fitting a bench run: the shared sources (one plain LoRA per concept), B4M's two stages with a stage 1 shared
-by every arm with the same stage-1 settings, the ``rp-sgd`` arm's learning rate, and every other method through
-the registry."""
+"""Fitting a bench run through the method contract: every fit (a run's method, its source adapters, B4M's
+per-concept stage 1) is a cached sub-fit (:func:`b4m.methods.cache.fit_cached`) under ``<out>/cache``, shared by
+every arm, method and pair with the same settings and data; an option marked :data:`~b4m.bench.catalogue.TUNED`
+(the ``rp-sgd`` arm's stage-2 rate) is tuned on the pair first."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from b4m.bench.catalogue import SGD_LR_GRID, STAGE2_KNOBS, TUNED
+from b4m.bench.catalogue import SGD_LR_GRID, TUNED
 from b4m.bench.context import Context, image_options, relative
-from b4m.bench.folder import done, finish
-from b4m.bench.runs import B4M_METHODS, BASE, BENCH_VERSION, SOURCE_METHODS, Run, slug, spec_hash
+from b4m.bench.runs import BASE, BENCH_VERSION, Run, slug, spec_hash
 from b4m.errors import DivergedError
 from b4m.eval.scoring import atomic_write_text
 from b4m.owned import Folder
 
-
-def _source(ctx: Context, pair: str, concept: str) -> Path:
-    """The shared plain LoRA of one concept of ``pair`` (trained once per step budget)."""
-    from b4m.methods.common import ADAPTER, fit_method
-
-    data = ctx.data(pair)
-    spec = {"version": BENCH_VERSION, "pair": pair, "concept": concept, "seed": ctx.plan.cfg.seed,
-            "steps": ctx.plan.sizes["steps"], "refs": [ctx.plan.sizes["n_content"], ctx.plan.sizes["n_style"]]}  # fmt: skip
-    folder = ctx.root / "sources" / slug(pair) / f"lora-{concept}_{spec_hash(spec)}"
-    if done(folder) is None:
-        fit_method("lora", pipe=ctx.fresh_pipe(), progress=False, out=folder, overwrite=True, concept=concept,
-                   steps=ctx.plan.sizes["steps"], seed=ctx.plan.cfg.seed,
-                   **image_options(data, concept))  # fmt: skip
-        finish(folder, {"spec": spec})
-    return folder / ADAPTER
+CACHE = "cache"
+"""Where the cached sub-fits live under the bench's ``--out``."""
 
 
-def _fit_b4m(ctx: Context, run: Run, out: Path) -> Path:
-    """B4M (or b4m-official) with the registry's config and stage plan (:func:`b4m.methods.b4m.stage_configs`),
-    its stage 1 shared by every arm with the same stage-1 settings."""
-    from b4m.config import load_config, to_dict
-    from b4m.methods.b4m import stage_configs
-    from b4m.methods.base import get_method, resolve_options
-    from b4m.train.stage1 import train_stage1
-    from b4m.train.stage2 import train_stage2
-
+def _inputs(ctx: Context, run: Run, needs: tuple[str, ...]) -> dict[str, Any]:
+    """The pair's data for every input a method needs (images with prompts, auxiliary folders)."""
     data = ctx.data(run.pair)
+    wanted = {part for need in needs for part in need.split("|")}
+    options: dict[str, Any] = {}
+    for concept in ("content", "style"):
+        if f"{concept}_images" in wanted:
+            options |= image_options(data, concept)
+    if "aux_sets" in wanted:
+        options |= {k: [str(x) for x in data[k]] for k in ("aux_styles", "aux_contents")}
+    return options
+
+
+def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
+    """The adapter of ``run`` (``None``: the base model), fitted through the registry: its sources first (each
+    the source method on one concept, cached per concept), then the method itself, cached."""
+    from b4m.methods import fit_cached, fit_method, get_method
+    from b4m.methods.cache import caching
+
+    if run.method == BASE:
+        return None
     method = get_method(run.method)
-    train = dict(run.spec["train"])
-    tune = train.get("stage2_lr") == TUNED
-    if tune:
-        del train["stage2_lr"], train["sgd_lr_grid"]
-    options = {
-        **image_options(data, "content", "style"),
-        "aux_styles": [str(x) for x in data["aux_styles"]],
-        "aux_contents": [str(x) for x in data["aux_contents"]],
-        "seed": ctx.plan.cfg.seed,
-        "overwrite": True,
-        "out": out,
-        **{k: v for k, v in train.items() if v is not None},
-    }
-    cfg = resolve_options(load_config(method.config, None, options))
-    method.check_needs(cfg)
-    content, style, stage2 = stage_configs(cfg, out)
-    skip = STAGE2_KNOBS | {"out", "overwrite", "checkpoint_every", "reinit_every"}
-    s1_spec = {k: relative(v, ctx.root) for k, v in to_dict(cfg).items() if k not in skip}
-    shared = ctx.root / "stage1" / slug(run.pair) / f"{run.method}_{spec_hash([BENCH_VERSION, s1_spec])}"
-    paths = {}
-    for role, s1 in (("content", content), ("style", style)):
-        folder = shared / role  # reused when its identity (options, data, base) is unchanged
-        paths[role] = train_stage1(dataclasses.replace(s1, out=folder), role, pipe=ctx.fresh_pipe(),
-                                   progress=False, policy="refresh")  # fmt: skip
-    stage2 = dataclasses.replace(
-        stage2, content=paths["content"], style=paths["style"], out=out, overwrite=True
-    )
-    if tune:
-        tuning = tune_sgd_lr(ctx, stage2, shared, cfg.reinit_every)
+    cache = ctx.root / CACHE
+    train = {k: v for k, v in run.spec["train"].items() if k not in ("sources_steps", "sgd_lr_grid")}
+    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed}
+    for src in method.sources:
+        source = get_method(src.method)
+        own = {source.concept_option: src.concept} if source.concept_option else {}
+        fitted = fit_cached(src.method, cache, pipe=ctx.fresh_pipe(), **own, seed=ctx.plan.cfg.seed,
+                            steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs))  # fmt: skip
+        options[src.option] = fitted.path
+    options |= {k: v for k, v in train.items() if v is not None}
+    tuned = [k for k, v in options.items() if v == TUNED]
+    for key in tuned:  # the rp-sgd arm's stage-2 rate: the grid value with the lowest training loss
+        spec = {k: relative(v, ctx.root) for k, v in options.items() if k != key}
+        shared = ctx.root / "tuning" / slug(run.pair)
+
+        def fit_at(lr: float, folder: Path, key: str = key) -> None:
+            with caching(cache):  # stage 1 from the cache; each candidate's own fit in ``folder``
+                fit_method(run.method, pipe=ctx.fresh_pipe(), progress=False,
+                           **{**options, key: lr, "out": folder, "overwrite": True})  # fmt: skip
+
+        tuning = tune_sgd_lr(fit_at, [run.method, key, spec], shared)
         ctx.notes[run.key] = {"sgd_lr": tuning["chosen"], "sgd_lr_mean_loss": tuning["mean_loss"]}
-        stage2 = dataclasses.replace(stage2, stage2_lr=tuning["chosen"])
-    return train_stage2(stage2, pipe=ctx.fresh_pipe(), progress=False)
+        options[key] = tuning["chosen"]
+    return fit_cached(run.method, cache, pipe=ctx.fresh_pipe(), **options).path
 
 
-def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) -> dict[str, Any]:
-    """The ``rp-sgd`` arm's learning rate: stage 2 (``stage2``, from the shared stage-1 adapters in ``shared``)
-    runs once per rate of :data:`SGD_LR_GRID` with the same seed, so the candidates see the same batches, noise
-    and timesteps; the rate with the lowest mean logged training loss wins (a diverged run counts as infinite).
-    Only the training objective decides, never the judges. Cached in ``shared`` by the stage-2 settings; returns
-    ``{"grid", "mean_loss", "chosen"}``."""
-    from b4m.config import to_dict
-    from b4m.train.stage2 import train_stage2
-
-    skip = {"out", "overwrite", "stage2_lr", "checkpoint_every", "resume"}
-    spec = {k: relative(v, ctx.root) for k, v in to_dict(stage2).items() if k not in skip}
-    path = shared / f"sgd_lr_{spec_hash([BENCH_VERSION, list(SGD_LR_GRID), spec, reinit_every])}.json"
+def tune_sgd_lr(fit_at: Callable[[float, Path], Any], spec: Any, shared: Path) -> dict[str, Any]:
+    """The ``rp-sgd`` arm's learning rate: ``fit_at(lr, folder)`` fits the run at rate ``lr`` into ``folder``
+    (stage 2 from the cached stage-1 adapters), once per rate of :data:`SGD_LR_GRID` with the same seed, so the
+    candidates see the same batches, noise and timesteps; the rate with the lowest mean logged training loss
+    (``folder/train_log.jsonl``) wins (a diverged run counts as infinite). Only the training objective decides,
+    never the judges. Cached in ``shared`` by ``spec`` (the run's other settings); returns ``{"grid",
+    "mean_loss", "chosen"}``."""
+    path = shared / f"sgd_lr_{spec_hash([BENCH_VERSION, list(SGD_LR_GRID), spec])}.json"
     if path.is_file():
         return json.loads(path.read_text(encoding="utf-8"))
     mean_loss: dict[str, float] = {}
     for lr in SGD_LR_GRID:
         folder = shared / "sgd_lr_tuning" / f"{lr:g}"
         try:
-            train_stage2(dataclasses.replace(stage2, stage2_lr=lr, out=folder, overwrite=True,
-                                             checkpoint_every=0),
-                         pipe=ctx.fresh_pipe(), progress=False)  # fmt: skip
+            fit_at(lr, folder)
         except DivergedError:  # the loop stops a run at a non-finite loss: this rate is too high
             mean_loss[f"{lr:g}"] = float("inf")
         else:
@@ -114,26 +98,6 @@ def tune_sgd_lr(ctx: Context, stage2: Any, shared: Path, reinit_every: int = 0) 
         Folder(folder).clear()
     best = min(SGD_LR_GRID, key=lambda lr: mean_loss[f"{lr:g}"])
     result = {"grid": list(SGD_LR_GRID), "mean_loss": mean_loss, "chosen": best}
+    shared.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(result, indent=1) + "\n")
     return result
-
-
-def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
-    """The adapter of ``run`` (``None``: the base model)."""
-    from b4m.methods.common import fit_method
-
-    if run.method == BASE:
-        return None
-    if run.method in B4M_METHODS:
-        return _fit_b4m(ctx, run, out)
-    if run.method == "lora":  # the content source alone (its style twin is the style source)
-        return _source(ctx, run.pair, "content")
-    data = ctx.data(run.pair)
-    options: dict[str, Any] = {**image_options(data, "content", "style"), "seed": ctx.plan.cfg.seed}
-    if run.method in SOURCE_METHODS:
-        options["content_lora"] = _source(ctx, run.pair, "content")
-        options["style_lora"] = _source(ctx, run.pair, "style")
-    if "steps" in run.spec["train"] and run.spec["train"]["steps"] is not None:
-        options["steps"] = run.spec["train"]["steps"]
-    fitted = fit_method(run.method, pipe=ctx.fresh_pipe(), progress=False, out=out, overwrite=True, **options)
-    return fitted.path

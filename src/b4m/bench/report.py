@@ -16,7 +16,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from b4m.bench.catalogue import METRICS, SIZE_HELP
+from b4m.bench.catalogue import ARMS_OF, METRICS, SIZE_HELP
 
 __all__ = ["HEADERS", "write_html", "write_markdown"]
 
@@ -181,10 +181,10 @@ def _rho(rows: list[dict[str, Any]], title: str) -> str | None:
 
     points = []
     for r in rows:
-        if r["method"] == "b4m" and r["arm"].startswith("rho="):
+        if r["method"] == ARMS_OF and r["arm"].startswith("rho="):
             a, b = r["arm"][4:].split("/")
             points.append((int(a) / int(b), r))
-        elif r["method"] == "b4m" and r["arm"] == "full":
+        elif r["method"] == ARMS_OF and r["arm"] == "full":
             points.append((0.5, r))
     if len(points) < 2:
         return None

@@ -12,31 +12,17 @@ import json
 from pathlib import Path
 from typing import Any
 
-from b4m.bench.catalogue import ARMS, Plan, arm_options, track_of
+from b4m.bench.catalogue import ARMS_OF, Plan, arm_options, run_label, track_of
+from b4m.methods.cache import assets_fingerprint
 
 BENCH_VERSION = 1
 """Part of every cache key: bump it when a change of the bench changes what a cached run would hold."""
-SOURCE_METHODS = frozenset({"direct-merge", "ziplora", "klora", "nplora", "duolora"})
-MERGE_TRAINED = frozenset({"ziplora", "duolora"})
-B4M_METHODS = frozenset({"b4m", "b4m-official"})
 BASE = "base"
+"""The base model's row (prompt only): a harness notion, not a method."""
 
 
 def spec_hash(spec: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def assets_fingerprint() -> str:
-    """A hash of the shipped base model's and judges' records (``b4m_base.json``, ``judges.json``, which change
-    with every retrain): part of every cache key, so that runs cached on an older base or older judges are
-    recomputed, never read stale."""
-    from b4m.diffusion.builtin_base import INFO_FILE, default_base_path
-
-    judges = Path(__file__).resolve().parent.parent / "assets" / "judges" / "judges.json"
-    h = hashlib.sha256()
-    for f in (default_base_path() / INFO_FILE, judges):
-        h.update(f.read_bytes() if f.exists() else b"-")
-    return h.hexdigest()[:16]
 
 
 def slug(pair: str) -> str:
@@ -63,11 +49,7 @@ class Run:
 
     @property
     def label(self) -> str:
-        if self.method == BASE:
-            return "base model (prompt only)"
-        if self.arm == "full":
-            return self.method
-        return f"{self.method}: {ARMS[self.arm][0] if self.arm in ARMS else self.arm}"
+        return run_label(self.method, self.arm)
 
     def folder(self, root: Path) -> Path:
         return root / "runs" / slug(self.pair) / f"{self.method}_{self.arm.replace('/', '-')}_{self.key}"
@@ -75,26 +57,29 @@ class Run:
 
 def _prompt_set(content: str, style: str) -> tuple[list[str], list[dict[str, str]]]:
     """The demo's prompt set for a pair (its trigger words and attribute requests)."""
-    from b4m.demo import PROMPT_ATTRIBUTES, DemoConfig, content_phrase, style_phrase
-    from b4m.world.render import Scene, caption
+    from b4m.world.refs import PairRefs, prompt_set
 
-    demo = DemoConfig(content=content, style=style)
-    prompts = [caption(Scene.of(content, style, **a), content_word=content_phrase(demo),
-                       style_word=style_phrase(demo)) for a in PROMPT_ATTRIBUTES]  # fmt: skip
-    return prompts, [dict(a) for a in PROMPT_ATTRIBUTES]
+    return prompt_set(PairRefs(content=content, style=style))
 
 
 def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
-    s = p.sizes
+    """What a run trains with, read from the method's catalogue entry: its ``--steps`` budget (a full training
+    or a merger fit), its sources' budget, and, for a method whose config has the arm's options (B4M's stage-2
+    group), the stage-2 steps and the arm's overrides."""
+    from b4m.methods.catalogue import CATALOGUE
+
     if method == BASE:
         return {}
-    if method in B4M_METHODS:
-        return {"steps": s["steps"], "stage2_steps": s["stage2_steps"], **arm_options(arm, p.cfg.sgd_lr)}
-    if method in MERGE_TRAINED:
-        return {"steps": s["merge_steps"], "sources_steps": s["steps"]}
-    if method in SOURCE_METHODS:
-        return {"sources_steps": s["steps"]}
-    return {"steps": s["steps"]}
+    s, info = p.sizes, CATALOGUE[method]
+    fields = {f.name for f in dataclasses.fields(info.config)}
+    spec: dict[str, Any] = {}
+    if info.budget is not None:
+        spec["steps"] = s["steps" if info.budget == "train" else "merge_steps"]
+    if info.sources:
+        spec["sources_steps"] = s["steps"]
+    if "stage2_steps" in fields:
+        spec |= {"stage2_steps": s["stage2_steps"], **arm_options(arm, p.cfg.sgd_lr)}
+    return spec
 
 
 def bench_runs(p: Plan) -> list[Run]:
@@ -114,8 +99,8 @@ def bench_runs(p: Plan) -> list[Run]:
                        "attributes": attributes},
         }  # fmt: skip
         items = [(BASE, "full"), *[(m, "full") for m in p.methods]]
-        if "b4m" in p.methods or any(a != "full" for a in p.arms):
-            items += [("b4m", a) for a in p.arms if a != "full"]
+        if ARMS_OF in p.methods or any(a != "full" for a in p.arms):
+            items += [(ARMS_OF, a) for a in p.arms if a != "full"]
         for method, arm in items:
             spec = {**common, "method": method, "arm": arm, "train": _train_spec(method, arm, p)}
             runs.append(Run(method, arm, pair, spec))

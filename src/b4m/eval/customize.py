@@ -25,6 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from b4m.config import opt
+from b4m.methods.catalogue import CATALOGUE
+
+STAGE1 = "stage1"
+"""The check's own adapter: B4M's stage-1 run without MCP (not a registered method)."""
+ONE_CONCEPT: tuple[str, ...] = tuple(k for k, info in CATALOGUE.items() if info.concept_option is not None)
+"""The registered methods that learn one concept (``lora``): the check fits them through the registry."""
 
 __all__ = ["CHECK_TARGETS", "CustomizeCheck", "check_customizability", "format_table"]
 
@@ -62,10 +68,10 @@ class CustomizeCheck:
     n_refs: int = opt(4, "reference images per learned instance")
     n: int = opt(8, "images per prompt")
     method: str = opt(
-        "stage1",
-        "stage1: B4M's stage-1 adapter without MCP (only B or D learns); lora: the registry's plain "
-        "one-concept LoRA (b4m run lora; U and V learn)",
-        choices=["stage1", "lora"],
+        STAGE1,
+        "stage1: B4M's stage-1 adapter without MCP (only B or D learns); or a registered one-concept method, "
+        "fitted through the registry, e.g. lora: the plain one-concept LoRA (b4m run lora; U and V learn)",
+        choices=[STAGE1, *ONE_CONCEPT],
     )
     # Twice the demo's stage 1: measured better than 800 steps, while a higher lr was worse
     # (benchmarks/base_model.md).
@@ -87,8 +93,8 @@ class CustomizeCheck:
         from b4m.world.instances import parse_concept
 
         problems = []
-        if self.method not in ("stage1", "lora"):
-            problems.append(f"method={self.method!r}: use 'stage1' or 'lora'")
+        if self.method not in (STAGE1, *ONE_CONCEPT):
+            problems.append(f"method={self.method!r}: use one of {', '.join((STAGE1, *ONE_CONCEPT))}")
         for key, kind in (("contents", "content"), ("styles", "style")):
             for name in getattr(self, key):
                 try:
@@ -111,12 +117,13 @@ class CustomizeCheck:
 
 
 def _train(cfg: CustomizeCheck, role: str, images: Path, prompt: str | None, out: Path, word: str) -> Path:
-    if cfg.method == "lora":
-        from b4m.methods import run_method
+    if cfg.method != STAGE1:  # a registered one-concept method, through the registry's cached fit
+        from b4m.methods import fit_cached
 
-        return run_method("lora", base=cfg.base, out=out, concept=role, **{f"{role}_images": images,
-                          f"{role}_prompt": prompt}, steps=cfg.steps, lr=cfg.lr, rank=cfg.rank, seed=cfg.seed,
-                          targets=list(cfg.targets), overwrite=True, progress=False)  # fmt: skip
+        concept = {CATALOGUE[cfg.method].concept_option: role}
+        return fit_cached(cfg.method, out.parent / "cache", base=cfg.base, **concept,
+                          **{f"{role}_images": images, f"{role}_prompt": prompt}, steps=cfg.steps, lr=cfg.lr,
+                          rank=cfg.rank, seed=cfg.seed, targets=list(cfg.targets)).path  # fmt: skip
     from b4m.options import Stage1Config
     from b4m.train.stage1 import train_stage1
 

@@ -21,6 +21,7 @@ __all__ = [
     "MethodInfo",
     "MethodOptions",
     "all_methods",
+    "fit_cached",
     "fit_method",
     "get_method",
     "register",
@@ -40,3 +41,10 @@ def fit_method(method_id: str, config=None, pipe=None, progress: bool = True, **
     from b4m.methods.common import fit_method as _fit
 
     return _fit(method_id, config, pipe=pipe, progress=progress, **options)
+
+
+def fit_cached(method_id: str, cache, pipe=None, progress: bool = False, **options):  # noqa: ANN001, ANN201
+    """Fit ``method_id`` once per identity under ``cache`` (see :func:`b4m.methods.cache.fit_cached`)."""
+    from b4m.methods.cache import fit_cached as _fit
+
+    return _fit(method_id, cache, pipe=pipe, progress=progress, **options)

@@ -10,7 +10,15 @@ module holds its maths and registers one :class:`Method` (``Method.of(info, fit)
   loads);
 - ``writes``: what its one adapter file is;
 - ``fit(cfg, pipe, progress) -> Fitted``: trains or computes the adapter and writes it to ``<out>/adapter.safetensors``;
-- ``sampling_hook`` (generation-time methods only): installs the method into a pipeline for sampling.
+- ``sampling_hook`` (generation-time methods only): installs the method into a pipeline for sampling;
+- ``sources``: the source adapters it is made from (:class:`Source`: which option, made by which method on which
+  concept), so a harness makes them without knowing method ids;
+- ``budget``: what its ``--steps`` count (``"train"``: a full training, as long as B4M's stage 1; ``"merge"``: a
+  short merger fit; ``None``: it trains nothing);
+- ``concept_option``: the option naming the one concept a fit learns (``lora``'s ``concept``): such a fit depends
+  on that concept's inputs only, and a cached fit (:mod:`b4m.methods.cache`) drops the other concept's;
+- ``parts``: the per-concept sub-fits it exposes in :attr:`Fitted.parts` (B4M's stage-1 ``content`` and
+  ``style`` adapters, each depending on its own concept only and cached per concept).
 
 Every method shares the option names of :class:`MethodOptions` (``--base``, ``--out``, ``--content-images``,
 ``--style-images``, ``--content-lora``, ``--style-lora``, ``--steps``, ``--lr``, ``--rank``, ``--seed``,
@@ -31,11 +39,13 @@ from b4m.errors import B4MError
 from b4m.options import OVERWRITE_HELP, preset_key
 
 __all__ = [
+    "LORA_SOURCES",
     "METHOD_MODULES",
     "NEEDS",
     "Fitted",
     "Method",
     "MethodInfo",
+    "Source",
     "MethodOptions",
     "all_methods",
     "get_method",
@@ -131,6 +141,22 @@ class Fitted:
     merged_delta: Callable[[], dict[str, Any]] | None = None
     info: dict[str, Any] = dataclasses.field(default_factory=dict)
     hook: Callable[..., Any] | None = None
+    parts: dict[str, Path] = dataclasses.field(default_factory=dict)
+    """The per-concept sub-fits (:attr:`MethodInfo.parts`), e.g. B4M's ``{"content": ..., "style": ...}``."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """A source adapter a method is made from: ``option`` (``"content_lora"``) is filled with the adapter that
+    ``method`` fits on the images of ``concept`` (its ``concept_option`` set to it)."""
+
+    option: str
+    concept: str
+    method: str = "lora"
+
+
+#: The source adapters of the merging methods: a content and a style LoRA, each ``lora`` on one concept.
+LORA_SOURCES: tuple[Source, ...] = (Source("content_lora", "content"), Source("style_lora", "style"))
 
 
 def _check_entry(entry: MethodInfo | Method) -> None:
@@ -139,6 +165,8 @@ def _check_entry(entry: MethodInfo | Method) -> None:
         raise ValueError(f"method {entry.id}: unknown needs {sorted(unknown)} (known: {sorted(NEEDS)})")
     if not (isinstance(entry.config, type) and issubclass(entry.config, MethodOptions)):
         raise ValueError(f"method {entry.id}: its config must subclass MethodOptions")
+    if entry.budget not in ("train", "merge", None):
+        raise ValueError(f"method {entry.id}: budget must be 'train', 'merge' or None")
 
 
 @dataclass(frozen=True)
@@ -153,6 +181,10 @@ class MethodInfo:
     trains: str
     needs: tuple[str, ...]
     writes: str
+    sources: tuple[Source, ...] = ()
+    budget: str | None = "train"
+    concept_option: str | None = None
+    parts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_entry(self)
@@ -169,6 +201,10 @@ class Method:
     trains: str
     needs: tuple[str, ...]
     writes: str
+    sources: tuple[Source, ...] = ()
+    budget: str | None = "train"
+    concept_option: str | None = None
+    parts: tuple[str, ...] = ()
     sampling_hook: Callable[..., Any] | None = None
 
     def __post_init__(self) -> None:

@@ -12,7 +12,7 @@ import dataclasses
 from typing import Any, ClassVar
 
 from b4m.config import opt
-from b4m.methods.base import MethodInfo, MethodOptions
+from b4m.methods.base import LORA_SOURCES, MethodInfo, MethodOptions
 from b4m.options import (
     MIXED_PRECISION,
     ORTH_CHOICES,
@@ -206,6 +206,7 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="B (content) and D (style) of partly frozen projections, then both",
             needs=("content_images", "style_images", "aux_sets"),
             writes="rank-r LoRA (PLP), plus the two stage-1 adapters",
+            parts=("content", "style"),
         ),
         MethodInfo(
             id="b4m-official",
@@ -214,6 +215,7 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="as b4m, with the official code's defects as flags",
             needs=("content_images", "style_images", "aux_sets"),
             writes="rank-r LoRA (PLP), plus the two stage-1 adapters",
+            parts=("content", "style"),
         ),
         MethodInfo(
             id="lora",
@@ -222,6 +224,7 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="U, V of every target layer on one concept's images",
             needs=("content_images|style_images",),
             writes="rank-r LoRA",
+            concept_option="concept",
         ),
         MethodInfo(
             id="joint",
@@ -238,6 +241,8 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="nothing",
             needs=("content_lora", "style_lora"),
             writes="rank r_c + r_s LoRA (exact)",
+            sources=LORA_SOURCES,
+            budget=None,
         ),
         MethodInfo(
             id="ziplora",
@@ -246,6 +251,8 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="m_c, m_s (one per input feature of every layer)",
             needs=("content_lora", "style_lora", "content_images", "style_images"),
             writes="rank r_c + r_s LoRA (exact)",
+            sources=LORA_SOURCES,
+            budget="merge",
         ),
         MethodInfo(
             id="nplora",
@@ -254,6 +261,8 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="nothing",
             needs=("content_lora", "style_lora"),
             writes="rank r_s + r_c LoRA (exact)",
+            sources=LORA_SOURCES,
+            budget=None,
         ),
         MethodInfo(
             id="qrlora",
@@ -270,6 +279,8 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="nothing",
             needs=("content_lora", "style_lora"),
             writes="both sources + settings (generation-time; not one LoRA)",
+            sources=LORA_SOURCES,
+            budget=None,
         ),
         MethodInfo(
             id="duolora",
@@ -278,6 +289,8 @@ CATALOGUE: dict[str, MethodInfo] = {
             trains="m_c, m_s (one per rank component of every layer)",
             needs=("content_lora", "style_lora", "content_images", "style_images"),
             writes="LoRA of rank <= r_c + r_s (exact; near-zero components pruned)",
+            sources=LORA_SOURCES,
+            budget="merge",
         ),
     )
 }

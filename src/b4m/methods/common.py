@@ -21,6 +21,7 @@ from b4m.data.folders import read_image_folder
 from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, predict
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
+from b4m.methods.cache import session_policy
 from b4m.paths import portable_config
 from b4m.train.checkpoint import RESUME_HINT
 from b4m.train.identity import data_fingerprint, run_settings
@@ -112,7 +113,7 @@ class Session(TrainSession):
             out,
             run_settings(to_dict(cfg) | {"method": method_id}),
             data_fingerprint(_input_sets(cfg, inputs)),
-            policy=policy or ("overwrite" if cfg.overwrite else "continue"),
+            policy=policy or session_policy(cfg.overwrite) or ("overwrite" if cfg.overwrite else "continue"),
             checkpoint_every=every,
             writes=writes,
         )
