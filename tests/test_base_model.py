@@ -329,7 +329,10 @@ def test_customizability_check_runs_and_reports_both_mirrors(tmp_path, method):
         seen = x["content_seen" if x["kind"] == "content" else "style_seen"]
         assert 1 <= len(seen) <= 2 and sum(seen.values()) == 2, seen
         assert all(k.partition(": ")[0] in CONTENTS + STYLES for k in seen), seen
-    assert (tmp_path / "lora-teddy#3" / "adapter.safetensors").is_file()
+    if method == "stage1":  # the check's own adapter, in its work folder
+        assert (tmp_path / "lora-teddy#3" / "adapter.safetensors").is_file()
+    else:  # a registered method: through the registry's cached sub-fit
+        assert len(list((tmp_path / "cache").rglob("adapter.safetensors"))) == 2  # teddy#3, papercut#5
 
 
 @shipped

@@ -65,11 +65,10 @@ class Session:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
         self.out = Path(out)
-        self.option = option
-        if str(settings.get("base", "builtin")) in (
+        if settings.get("base") in (
+            None,
             "builtin",
-            "None",
-        ):  # results of other shipped weights differ
+        ):  # a result made on other shipped weights is another result
             from b4m.diffusion.builtin_base import weights_digest
 
             settings = {**settings, "base_weights": weights_digest()}
@@ -107,14 +106,14 @@ class Session:
         ckpt = latest_checkpoint(self.out / CHECKPOINTS) if self.folder.owns(CHECKPOINTS) else None
         if ckpt is None or policy == "overwrite":
             return
+        info = read_checkpoint_info(ckpt)
         try:
-            check_same_run(read_checkpoint_info(ckpt), settings, data, ckpt, asked=f"{option} {self.out}")
+            check_same_run(info, self.identity["settings"], data, ckpt, asked=f"{option} {self.out}")
         except B4MError:
             if policy == "continue":
                 raise
             return  # refresh: another run's checkpoints are b4m's and are replaced
-        self.resume = ckpt
-        self.resume_info = read_checkpoint_info(ckpt)
+        self.resume, self.resume_info = ckpt, info
 
     # ------------------------------------------------------------------------------------------ starting
     def start(self, base: Any = None, pipe: Any = None, mixed_precision: str = "no") -> Any:
