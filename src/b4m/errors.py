@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import errno
-from pathlib import Path
-
-__all__ = ["B4MError", "DiskFullError", "DivergedError", "disk_full", "warn"]
+__all__ = ["B4MError", "DiskFullError", "DivergedError", "warn"]
 
 
 class B4MError(Exception):
@@ -18,13 +15,6 @@ class DivergedError(B4MError):
 
 class DiskFullError(B4MError):
     """A write failed because the disk (or the user's quota) is full; nothing half-written was left."""
-
-
-def disk_full(err: OSError, path: str | Path, hint: str = "rerun") -> DiskFullError | None:
-    """The :class:`DiskFullError` for ``err`` if it means "no space left" (``ENOSPC``/``EDQUOT``), else ``None``."""
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        return DiskFullError(f"no space left writing {path}; free space and {hint}")
-    return None
 
 
 def warn(message: str) -> None:

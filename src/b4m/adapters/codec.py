@@ -36,7 +36,6 @@ from b4m.io import clean_temp_files, file_mode, save_safetensors
 __all__ = [
     "FORMAT_VERSION",
     "LoraFile",
-    "atomic_save_safetensors",
     "file_family",
     "kohya_base_version",
     "clean_temp_files",
@@ -64,14 +63,6 @@ class LoraFile:
     @property
     def rank(self) -> int:
         return next(iter(self.factors.values()))[0].shape[1]
-
-
-def atomic_save_safetensors(
-    tensors: Mapping[str, torch.Tensor], path: str | Path, metadata: dict[str, str], hint: str = "rerun"
-) -> Path:
-    """Write ``tensors`` to ``path`` atomically with the umask's mode (:func:`b4m.io.save_safetensors`); a full
-    disk is a :class:`~b4m.errors.DiskFullError` (``hint`` says what to rerun) and leaves ``path`` as it was."""
-    return save_safetensors(tensors, path, metadata, hint)
 
 
 def _lora_config_dict(rank: int, alpha: float, modules: list[str]) -> dict[str, Any]:
@@ -105,7 +96,7 @@ def save_lora(
         _META_KEY: json.dumps(config, sort_keys=True),
         "b4m": json.dumps(b4m_meta, sort_keys=True),
     }
-    return atomic_save_safetensors(tensors, path, header, hint=hint)
+    return save_safetensors(tensors, path, header, hint=hint)
 
 
 def _open(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -392,4 +383,4 @@ def save_kohya(
         **kohya_fields(meta or {}, path),
         "b4m": json.dumps({"format_version": FORMAT_VERSION, **(meta or {}), "rank": rank}, sort_keys=True),
     }
-    return atomic_save_safetensors(tensors, path, header, hint=hint)
+    return save_safetensors(tensors, path, header, hint=hint)

@@ -16,7 +16,7 @@ from b4m.bench.catalogue import SGD_LR_GRID, TUNED
 from b4m.bench.context import Context, image_options, relative
 from b4m.bench.runs import BASE, BENCH_VERSION, Run, slug, spec_hash
 from b4m.errors import DivergedError
-from b4m.eval.scoring import atomic_write_text
+from b4m.io import write_text
 from b4m.owned import Folder
 
 CACHE = "cache"
@@ -99,5 +99,5 @@ def tune_sgd_lr(fit_at: Callable[[float, Path], Any], spec: Any, shared: Path) -
     best = min(SGD_LR_GRID, key=lambda lr: mean_loss[f"{lr:g}"])
     result = {"grid": list(SGD_LR_GRID), "mean_loss": mean_loss, "chosen": best}
     shared.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(result, indent=1) + "\n")
+    write_text(path, json.dumps(result, indent=1) + "\n")
     return result

@@ -9,7 +9,7 @@ from typing import Any
 
 from b4m.bench.runs import BENCH_VERSION
 from b4m.errors import B4MError
-from b4m.eval.scoring import atomic_write_text
+from b4m.io import write_text
 from b4m.owned import Folder
 
 STAMP = "bench.json"
@@ -33,7 +33,7 @@ def claim(out: Path) -> None:
                 "(the bench never writes over your files)"
             )
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / STAMP, json.dumps({"made_by": "b4m bench", "version": BENCH_VERSION}) + "\n")
+    write_text(out / STAMP, json.dumps({"made_by": "b4m bench", "version": BENCH_VERSION}) + "\n")
 
 
 def done(folder: Path) -> dict[str, Any] | None:
@@ -45,7 +45,7 @@ def done(folder: Path) -> dict[str, Any] | None:
 
 
 def finish(folder: Path, record: dict[str, Any]) -> dict[str, Any]:
-    atomic_write_text(folder / DONE, json.dumps(record) + "\n")
+    write_text(folder / DONE, json.dumps(record) + "\n")
     Folder(folder).record(DONE)
     return record
 

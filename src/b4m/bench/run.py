@@ -38,7 +38,7 @@ from b4m.bench.folder import STAMP, claim, done, finish, start_run
 from b4m.bench.results import aggregate, reference_folders, result_row
 from b4m.bench.runs import BENCH_VERSION, Run, bench_runs
 from b4m.bench.shards import SHARDS, process_slot, wait_for
-from b4m.eval.scoring import atomic_write_text
+from b4m.io import write_text
 
 __all__ = ["BENCH_VERSION", "Run", "bench_runs", "run_bench"]
 
@@ -82,7 +82,7 @@ def run_bench(
     except Exception as err:
         if world > 1:  # tell shard 0, which is waiting for this shard's runs
             (root / SHARDS).mkdir(exist_ok=True)
-            atomic_write_text(root / SHARDS / f"{rank}-of-{world}.failed", f"{type(err).__name__}: {err}\n")
+            write_text(root / SHARDS / f"{rank}-of-{world}.failed", f"{type(err).__name__}: {err}\n")
         raise
     if rank != 0:
         return {"shard": f"{rank}/{world}", "computed": computed}
@@ -110,7 +110,7 @@ def run_bench(
         "computed": computed,
         "references": reference_folders(root, p),
     }
-    atomic_write_text(root / "results.json", json.dumps(results, indent=2) + "\n")
-    atomic_write_text(root / "results.md", write_markdown(results))
-    atomic_write_text(root / "report.html", write_html(results, root))
+    write_text(root / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text(root / "results.md", write_markdown(results))
+    write_text(root / "report.html", write_html(results, root))
     return results

@@ -40,7 +40,6 @@ __all__ = [
     "EncoderScorer",
     "EvalConfig",
     "WorldScorer",
-    "atomic_write_text",
     "evaluate",
     "format_table",
     "generate_with",
@@ -89,11 +88,6 @@ class EvalConfig:
     bootstrap: int = opt(2000, "bootstrap resamples of the 95 %% intervals")
     out: Path = opt(Path("eval.json"), "output JSON file")
     overwrite: bool = opt(False, "replace --out if it exists and b4m made it")
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically with the umask's mode (:func:`b4m.io.write_text`)."""
-    return write_text(path, text)
 
 
 # --------------------------------------------------------------------------------------------- generation
@@ -215,7 +209,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True) -> dict[str, Any]:
         "attributes": attributes,
         "config": to_dict(cfg),
     }
-    record_file(atomic_write_text(Path(cfg.out), json.dumps(results, indent=2) + "\n"))
+    record_file(write_text(Path(cfg.out), json.dumps(results, indent=2) + "\n"))
     return results
 
 

@@ -27,10 +27,11 @@ from typing import Any
 
 import torch
 
-from b4m.adapters.codec import FORMAT_VERSION, atomic_save_safetensors
+from b4m.adapters.codec import FORMAT_VERSION
 from b4m.adapters.deltas import Delta, attach
 from b4m.diffusion.pipeline import base_model_name
 from b4m.errors import B4MError
+from b4m.io import save_safetensors
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, KLoRAOptions
 from b4m.methods.common import MERGE_SOURCES, Session, align_sources, read_source
@@ -108,7 +109,7 @@ def _save(path: Path, content: dict, style: dict, meta: dict, hint: str = "rerun
             tensors[f"{role}.{n}.lora_A.weight"] = v.float()
             tensors[f"{role}.{n}.lora_B.weight"] = u.float()
     header = {"format": "pt", "b4m": json.dumps({"format_version": FORMAT_VERSION, **meta}, sort_keys=True)}
-    return atomic_save_safetensors(tensors, path, header, hint)
+    return save_safetensors(tensors, path, header, hint)
 
 
 def read_klora(path: str | Path) -> tuple[dict, dict, dict]:
