@@ -14,6 +14,9 @@ arm                     B4M options it changes
                         ``--sgd-lr``, or by default the value of :data:`SGD_LR_GRID` with the lowest stage-2
                         training loss on the pair (the arm's own objective; no judge sees the candidates)
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
+``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
+``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
+``style-alone``         ``full``'s stage-1 style adapter ``[A;B_aux][C,D_s]`` sampled alone
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
 
@@ -36,6 +39,8 @@ from b4m.options import STAGE2_OPTIONS
 __all__ = [
     "ARMS",
     "ARMS_OF",
+    "PART",
+    "PART_STYLE_SCALE",
     "BASE_LABEL",
     "DEFAULT_ARMS",
     "METRICS",
@@ -67,6 +72,12 @@ SGD_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 #: The ``stage2_lr`` of a run spec whose rate the bench tunes on the pair (:data:`SGD_LR_GRID`).
 TUNED = "tuned"
 
+PART = "part"
+"""An arm's key naming the part of B4M's fit it samples (:attr:`b4m.methods.base.Fitted.parts`) instead of the
+fused adapter; the fit itself is ``full``'s (the same cached sub-fits), so such an arm costs only its sampling."""
+PART_STYLE_SCALE = "part_style_scale"
+"""An arm's key: that part sampled with ``D`` scaled by this (0: the content block ``[A;B][C,0]`` alone)."""
+
 #: arm -> (what it is, B4M option overrides; ``None`` values are filled by the bench: ``rp-sgd``'s lr).
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("B4M (exact orth, MCP, RP-AdamW)", {}),
@@ -76,6 +87,10 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-rp": ("w/o RP (plain AdamW in stage 2)", {"optimizer": "adamw"}),
     "rp-sgd": ("RP, SGD form (Eq. 13-14 literally)", {"optimizer": "riemannian-sgd", "stage2_lr": None}),
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
+    # Where identity goes (issue H1): B4M's own fit, sampled through one of its parts; sampling only.
+    "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
+    "content-block": ("content block alone [A;B_c][C,0]", {PART: "content", PART_STYLE_SCALE: 0.0}),
+    "style-alone": ("stage-1 style adapter alone [A;B_aux][C,D_s]", {PART: "style"}),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 ARMS_OF = "b4m"
@@ -124,8 +139,8 @@ DEFAULT_SIZES: dict[str, int | None] = {
 """The bench's sizes when neither an option nor ``--quick`` sets them."""
 
 SIZE_HELP = (
-    "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
-    "4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
+    "Default size: both tracks (3 pairs), all 10 methods + 9 B4M arms (3 of them only sample parts of B4M's "
+    "fit) + the base model, 5 prompts x 4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
     "100 stage-2 / merger steps: about 45-60 min on 2 CPU cores (estimated from benchmarks/methods_cost.md). "
     "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only + rp-sgd, 1 seed, 10 "
     "training steps, 10 sampling steps: a few minutes (it checks the machinery, not the methods). "
@@ -146,6 +161,12 @@ class BenchConfig:
         [],
         "content:style pairs, comma-separated, e.g. teddy#3:papercut#5,mushroom:glass (default: the track's: "
         "instance teddy#3:papercut#5, cat#2:knit#1; new-class mushroom:glass)",
+    )
+    suite: str = opt(
+        "",
+        "a pre-registered suite instead of --pairs (docs/suites.md): dev (tune here: 8 instance pairs + "
+        "mushroom:glass) or test (report here, once: 16 instance pairs + 4 new-class pairs); 40 images per run",
+        choices=["", "dev", "test"],
     )
     methods: list[str] = opt(
         [], "method ids, comma-separated, e.g. b4m,ziplora (default: all; 'b4m methods')"
@@ -264,6 +285,16 @@ def plan(cfg: BenchConfig) -> Plan:
         given = getattr(cfg, k)
         sizes[k] = given if given is not None else QUICK[k] if cfg.quick else default
     pairs_text = _split(cfg.pairs)
+    if cfg.suite:
+        from b4m.bench.suites import SUITE_SEEDS, SUITES
+
+        if pairs_text:
+            problems.append(f"--suite {cfg.suite} and --pairs: give one of them")
+        pairs_text = list(SUITES[cfg.suite])
+        if cfg.track != "both":
+            pairs_text = [p for p in pairs_text if track_of(p) == cfg.track]
+        if cfg.seeds is None and not cfg.quick:
+            sizes["seeds"] = SUITE_SEEDS
     if not pairs_text:
         tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
         pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
