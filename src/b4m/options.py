@@ -180,6 +180,12 @@ class B4MStage2Options:
         "ridge relative to tr(G)/r; bounds the preconditioner's condition number",
         run_help="ridge relative to tr(G)/r",
     )
+    normalize: bool = opt(
+        True,
+        "divide the preconditioner by tr(G + delta I)/r so the learning rate keeps its meaning; --no-normalize "
+        "with --delta-rel 0 is Eq. 13-14 literally (magnitude balancing: a small partner gets a large step)",
+        run_help="stage 2: trace-normalise the preconditioner (--no-normalize --delta-rel 0: Eq. 13-14 literally)",
+    )
     reinit_every: int = opt(
         0,
         "reset B and D of every k-th fused layer to zero first (official: 2)",

@@ -10,9 +10,11 @@ arm                     B4M options it changes
 ``no-orth``             ``orth="none"``: random frozen parts, ``A C != 0`` (w/o Orth)
 ``approx-orth``         ``orth="approx"``: the official code's approximate orthogonal construction
 ``no-rp``               ``optimizer="adamw"``: plain AdamW in stage 2 (w/o RP, Eq. 13-14)
-``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14 literally, at its own learning rate:
-                        ``--sgd-lr``, or by default the value of :data:`SGD_LR_GRID` with the lowest stage-2
-                        training loss on the pair (the arm's own objective; no judge sees the candidates)
+``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14's SGD form with b4m's conditioning guard (relative
+                        ridge, trace normalisation), at its own learning rate: ``--sgd-lr``, or by default the
+                        value of :data:`SGD_LR_GRID` with the lowest stage-2 training loss on the pair (the arm's
+                        own objective; no judge sees the candidates)
+``rp-literal``          as ``rp-sgd`` with ``delta_rel=0, normalize=False``: Eq. 13-14 literally
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
 ``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
 ``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
@@ -85,7 +87,14 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-orth": ("w/o Orth (random frozen parts)", {"orth": "none"}),
     "approx-orth": ("approx orth (official construction)", {"orth": "approx"}),
     "no-rp": ("w/o RP (plain AdamW in stage 2)", {"optimizer": "adamw"}),
-    "rp-sgd": ("RP, SGD form (Eq. 13-14 literally)", {"optimizer": "riemannian-sgd", "stage2_lr": None}),
+    "rp-sgd": (
+        "RP, SGD form (ridge-regularised, trace-normalised)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None},
+    ),
+    "rp-literal": (
+        "RP, Eq. 13-14 literally (SGD, delta 1e-6 only, no normalisation)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None, "delta_rel": 0.0, "normalize": False},
+    ),
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
     # Where identity goes (issue H1): B4M's own fit, sampled through one of its parts; sampling only.
     "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
@@ -194,6 +203,12 @@ class BenchConfig:
     n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
     n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
+    aux_data: str = opt(
+        "plain",
+        "MCP's auxiliary folders: plain (one drawn content under every auxiliary style, captions without "
+        "identifiers) or official (distinct contents, captions reusing the identifiers, as the official scripts)",
+        choices=["plain", "official"],
+    )
     bootstrap: int | None = opt(
         None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)"
     )

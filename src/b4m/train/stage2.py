@@ -186,6 +186,7 @@ def train_stage2(
             operands=cfg.operands,
             delta=cfg.delta,
             delta_rel=cfg.delta_rel,
+            normalize=cfg.normalize,
         )
         unet = accelerator.prepare(denoiser(pipe))
         scheduler = training_scheduler(pipe)
