@@ -60,11 +60,11 @@ def bucket_step(pipe: Any, base: Any, resolution: int) -> int:
     patches, :func:`b4m.checks.pipeline_multiple`), raised to a multiple of 64 on SD/SDXL at ``resolution``
     >= 256 (not on the built-in world model or a b4m world base, nor on FLUX)."""
     from b4m.checks import pipeline_multiple
-    from b4m.diffusion import flux
     from b4m.options import preset_key
 
     k = pipeline_multiple(pipe)
-    if preset_key(base) == "builtin" or flux.is_flux(pipe) or resolution < SD_STEP_FROM:
+    is_flux = getattr(pipe, "transformer", None) is not None  # as pipeline_multiple tells FLUX from the UNets
+    if preset_key(base) == "builtin" or is_flux or resolution < SD_STEP_FROM:
         return k
     return math.lcm(k, SD_STEP)
 
