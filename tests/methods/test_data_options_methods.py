@@ -1,5 +1,5 @@
 """The data options reach every trained method: B4M's two stages (``b4m run b4m``) and the trained baselines train
-with --buckets (a 2:1 image as a 2:1 latent, SDXL), a loss mask and --repeats, from the API and the CLI/config."""
+with --buckets (a 2:1 image as a 2:1 latent), a loss mask and --repeats, from the API and the CLI/config."""
 
 import numpy as np
 import pytest
@@ -47,9 +47,9 @@ def spy(monkeypatch):
 
 
 @pytest.mark.parametrize("method_id", TRAINED)
-def test_trained_methods_use_buckets_masks_and_repeats(method_id, world, tiny_sdxl, tmp_path, spy):
+def test_trained_methods_use_buckets_masks_and_repeats(method_id, world, tiny_sd, tmp_path, spy):
     keys, extra = CASES[method_id]
-    data = world(tiny_sdxl().unet)
+    data = world(tiny_sd().unet)
     content = data["content_images"]
     if not (content / "02.png").exists():  # a 2:1 content image with a mask, counted three times
         rng = np.random.default_rng(9)
@@ -57,12 +57,12 @@ def test_trained_methods_use_buckets_masks_and_repeats(method_id, world, tiny_sd
         mask = np.full((32, 64), 255, np.uint8)
         mask[:, :20] = 0
         Image.fromarray(mask).save(content / "02.mask.png")
-    options = {k: data[k] for k in keys} | extra | DATA | {"steps": 4}
+    options = {k: data[k] for k in keys} | extra | DATA | {"steps": 2}
     fitted = fit_method(
-        method_id, pipe=tiny_sdxl(), progress=False, base="tiny", out=tmp_path / "o", **options
+        method_id, pipe=tiny_sd(), progress=False, base="tiny", out=tmp_path / "o", **options
     )
     assert fitted.path.is_file()
-    # some step drew the 2:1 image (a 12x24 latent of the tiny SDXL at 32 px) and its mask reached the loss
+    # some step drew the 2:1 image (a 12x24 latent of the tiny SD at 32 px) and its mask reached the loss
     assert (12, 24, True) in spy, spy
 
 
