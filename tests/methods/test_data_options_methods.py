@@ -58,9 +58,7 @@ def test_trained_methods_use_buckets_masks_and_repeats(method_id, world, tiny_sd
         mask[:, :20] = 0
         Image.fromarray(mask).save(content / "02.mask.png")
     options = {k: data[k] for k in keys} | extra | DATA | {"steps": 2}
-    fitted = fit_method(
-        method_id, pipe=tiny_sd(), progress=False, base="tiny", out=tmp_path / "o", **options
-    )
+    fitted = fit_method(method_id, pipe=tiny_sd(), progress=False, base="tiny", out=tmp_path / "o", **options)
     assert fitted.path.is_file()
     # some step drew the 2:1 image (a 12x24 latent of the tiny SD at 32 px) and its mask reached the loss
     assert (12, 24, True) in spy, spy
