@@ -49,3 +49,23 @@ def test_the_literal_preconditioner_is_an_option_and_an_arm():
         "normalize": False,
     }
     assert "literally" in ARMS["rp-literal"][0] and "literally" not in ARMS["rp-sgd"][0]
+
+
+def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, capsys):
+    from b4m.bench.catalogue import BenchConfig, arm_options, plan
+    from b4m.cli import main
+
+    p = plan(
+        BenchConfig(
+            pairs=["teddy#3:papercut#5"],
+            methods=["b4m"],
+            arms=["aux_lr_scale=0.1,stage2-lr=1e-3+normalize=false"],
+        )
+    )
+    assert p.arms == ("full", "aux_lr_scale=0.1", "stage2-lr=1e-3+normalize=false")
+    assert arm_options(p.arms[2], None) == {"stage2_lr": 1e-3, "normalize": False}
+    assert main(["bench", "--out", str(tmp_path / "b"), "--arms", "foo=1,rank=x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err
+    assert "--arms foo=1: foo is not a B4M training option" in err and "--arms rank=x: rank=x:" in err
+    assert not (tmp_path / "b").exists()

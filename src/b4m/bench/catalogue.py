@@ -29,6 +29,7 @@ Arms that change only stage-2 knobs (``no-rp``, ``rp-sgd``, ``fusion-only``) sha
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -181,7 +182,10 @@ class BenchConfig:
         [], "method ids, comma-separated, e.g. b4m,ziplora (default: all; 'b4m methods')"
     )
     arms: list[str] = opt(
-        [], f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full)"
+        [],
+        f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full); or option "
+        "arms: any B4M training option as key=value, several joined by '+' (aux_lr_scale=0.1, "
+        "stage2_lr=1e-3+stage2_steps=50)",
     )
     rho: list[str] = opt(
         [], "rho sweep values (paper Fig. 11), e.g. 1/8,3/8 or 'sweep' for 1/8..7/8 (default: none)"
@@ -275,11 +279,63 @@ class Plan:
     cfg: BenchConfig
 
 
+_NOT_ARM_OPTIONS = frozenset({"out", "overwrite", "base", "seed", "checkpoint_every", "mixed_precision"})
+
+
+def _option_value(key: str, text: str) -> Any:
+    """``text`` as the type of B4M's option ``key`` (ValueError: not a training option, or not of its type)."""
+    from b4m.methods.catalogue import B4MOptions
+
+    fields = {f.name: f for f in dataclasses.fields(B4MOptions)}
+    inputs = (
+        key.endswith(("_images", "_prompt", "_prompts", "_lora"))
+        or key.startswith("aux_")
+        and key != "aux_lr_scale"
+    )
+    if key not in fields or key in _NOT_ARM_OPTIONS or inputs:
+        raise ValueError(f"{key} is not a B4M training option")
+    kind, choices = str(fields[key].type), fields[key].metadata.get("choices")
+    if "bool" in kind:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{key} takes true or false")
+        return text.lower() == "true"
+    if "int" in kind:
+        return int(text)
+    if "float" in kind:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{key} takes a finite number")
+        return value
+    if choices and text not in choices:
+        raise ValueError(f"{key} takes one of {', '.join(choices)}")
+    return text
+
+
+def option_arm(arm: str) -> dict[str, Any]:
+    """The overrides of an option arm, ``key=value`` or several joined by ``+`` (``aux_lr_scale=0.1``,
+    ``stage2_lr=1e-3+stage2_steps=50``): any B4M training option (``b4m run b4m --help``; dashes or
+    underscores), for the dev suite's experiments. ValueError names what is wrong."""
+    out = {}
+    for part in arm.split("+"):
+        key, sep, text = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not text.strip():
+            raise ValueError(f"write {part!r} as key=value")
+        try:
+            out[key] = _option_value(key, text.strip())
+        except ValueError as err:
+            raise ValueError(str(err) if key in str(err) else f"{key}={text.strip()}: {err}") from None
+    return out
+
+
 def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
-    """B4M option overrides of ``arm`` (``"rho=3/8"`` included); ``sgd_lr=None`` marks ``rp-sgd``'s rate as
-    :data:`TUNED` (the grid goes into the spec, so a different grid is a different run)."""
+    """B4M option overrides of ``arm`` (``"rho=3/8"`` and option arms ``key=value`` included); ``sgd_lr=None``
+    marks ``rp-sgd``'s rate as :data:`TUNED` (the grid goes into the spec, so a different grid is a different
+    run)."""
     if arm.startswith("rho="):
         return {"rho": float(Fraction(arm[4:]))}
+    if "=" in arm:
+        return option_arm(arm)
     over = dict(ARMS[arm][1])
     if "stage2_lr" in over:
         over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
@@ -337,9 +393,16 @@ def plan(cfg: BenchConfig) -> Plan:
     arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
-    bad = [a for a in arms if a not in ARMS]
+    bad = [a for a in arms if a not in ARMS and "=" not in a]
     if bad:
-        problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none)")
+        problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none), or B4M option "
+                        "arms such as aux_lr_scale=0.1 or stage2_lr=1e-3+stage2_steps=50")  # fmt: skip
+    for a in arms:
+        if "=" in a and not a.startswith("rho="):
+            try:
+                option_arm(a)
+            except ValueError as err:
+                problems.append(f"--arms {a}: {err}")
     rhos = _rho_values(cfg.rho, problems)
     arms = ["full", *[a for a in arms if a != "full"]]
     arms += [f"rho={f.numerator}/{f.denominator}" for f in rhos if f != Fraction(1, 2)]
