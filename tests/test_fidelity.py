@@ -64,6 +64,8 @@ def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, caps
     )
     assert p.arms == ("full", "aux_lr_scale=0.1", "stage2-lr=1e-3+normalize=false")
     assert arm_options(p.arms[2], None) == {"stage2_lr": 1e-3, "normalize": False}
+    assert arm_options("content-block+aux_lr_scale=0.1", None) == {
+        "part": "content", "part_style_scale": 0.0, "aux_lr_scale": 0.1}  # fmt: skip
     assert main(["bench", "--out", str(tmp_path / "b"), "--arms", "foo=1,rank=x"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err

@@ -314,9 +314,13 @@ def _option_value(key: str, text: str) -> Any:
 def option_arm(arm: str) -> dict[str, Any]:
     """The overrides of an option arm, ``key=value`` or several joined by ``+`` (``aux_lr_scale=0.1``,
     ``stage2_lr=1e-3+stage2_steps=50``): any B4M training option (``b4m run b4m --help``; dashes or
-    underscores), for the dev suite's experiments. ValueError names what is wrong."""
-    out = {}
+    underscores), for the dev suite's experiments; a part arm among them samples that part of this fit
+    (``content-alone+aux_lr_scale=0.1``). ValueError names what is wrong."""
+    out: dict[str, Any] = {}
     for part in arm.split("+"):
+        if part in ARMS and PART in ARMS[part][1]:  # e.g. content-alone+aux_lr_scale=0.1: that fit's part
+            out |= ARMS[part][1]
+            continue
         key, sep, text = part.partition("=")
         key = key.strip().replace("-", "_")
         if not sep or not key or not text.strip():
