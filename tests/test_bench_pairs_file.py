@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from pairs_fixtures import save_encoders, save_pipeline, write_pairs_file
+from pairs_fixtures import image_folder, save_encoders, save_pipeline, write_pairs_file
 
 from b4m.bench import run as bench_run
 from b4m.cli import main
@@ -287,17 +287,18 @@ def test_two_by_two_three_methods_resume_after_a_kill(kind, world, tmp_path):
     out = tmp_path / "bench"
     args = _run_args(world, out, pairs)
     # killed while running: SIGKILL once the first runs are finished
-    proc = subprocess.Popen(_cli(args[1:] if args[0] == "bench" else args), env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
-    proc.args = None
+    log = (tmp_path / "killed.log").open("wb")
+    proc = subprocess.Popen(_cli(args), env=_env(), stdout=log, stderr=log, start_new_session=True)
     deadline = time.time() + 600
     while time.time() < deadline and len(list(out.glob("runs/*/*/done.json"))) < 3 and proc.poll() is None:
         time.sleep(0.2)
+    assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-2000:]  # still running: kill it
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     finished = {p: p.stat().st_mtime_ns for p in out.glob("runs/*/*/done.json")}
     assert finished, "the first runs did not finish"
-    subprocess.run(_cli(["bench", *args[1:]]), env=_env(), check=True, capture_output=True)
+    rerun = subprocess.run(_cli(args), env=_env(), capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
     results = json.loads((out / "results.json").read_text())
     assert len(results["rows"]) == 4 * 4 and results["computed"] == 16 - len(finished)
     for path, mtime in finished.items():  # a finished run is reused as it is
@@ -307,14 +308,15 @@ def test_two_by_two_three_methods_resume_after_a_kill(kind, world, tmp_path):
     assert len(list((out / "cache" / "b4m-stage1-content").iterdir())) == 2
     assert len(list((out / "cache" / "b4m-stage1-style").iterdir())) == 2
     # a rerun of the finished bench computes nothing
-    again = subprocess.run(_cli(["bench", *args[1:]]), env=_env(), check=True, capture_output=True, text=True)
+    again = subprocess.run(_cli(args), env=_env(), check=True, capture_output=True, text=True)
     assert "(0 computed now)" in again.stdout
 
 
 @pytest.mark.slow
 def test_two_shards_write_the_rows_of_one_process(world, tmp_path):
     args = _run_args(world, tmp_path / "one")[1:]
-    subprocess.run(_cli(["bench", *args]), env=_env(), check=True, capture_output=True)
+    one = subprocess.run(_cli(["bench", *args]), env=_env(), capture_output=True, text=True)
+    assert one.returncode == 0, one.stderr[-2000:]
     single = json.loads((tmp_path / "one" / "results.json").read_text())
     two = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in args]
     procs = [subprocess.Popen(_cli(["bench", *two, "--shard", f"{k}/2"]), env=_env(), stdout=subprocess.PIPE,
@@ -326,3 +328,24 @@ def test_two_shards_write_the_rows_of_one_process(world, tmp_path):
     assert _strip(both["rows"]) == _strip(single["rows"])
     # the shared concepts were fitted once, by whichever shard came first
     assert len(list((tmp_path / "two" / "cache" / "lora").iterdir())) == 4
+
+
+def test_the_example_pairs_file_is_valid(tmp_path):
+    """examples/pairs.yaml (the README's) passes every check once its folders exist."""
+    import shutil
+
+    from b4m.bench.pairs_file import load_pairs_file
+
+    example = shutil.copy(ROOT / "examples" / "pairs.yaml", tmp_path / "pairs.yaml")
+    data = yaml.safe_load(Path(example).read_text())
+    for section in ("contents", "styles"):
+        for k, concept in enumerate(data[section].values()):
+            image_folder(tmp_path / concept["images"], k)
+            for i, aux in enumerate(concept["aux"]):
+                image_folder(tmp_path / aux, 50 + i, n=1, caption="a caption")
+    spec = load_pairs_file(example, need_aux=True)
+    assert spec.pairs == (("teddy", "papercut"), ("teddy", "watercolor"), ("vase", "papercut"),
+                          ("vase", "watercolor"))  # fmt: skip
+    assert spec.base == "stabilityai/stable-diffusion-xl-base-1.0" and len(spec.prompts) == 5
+    assert spec.generation_prompts("teddy:papercut")[1] == "a snq teddy bear in wzk papercut style on a beach"
+    assert spec.scoring_prompts("teddy:papercut")[1] == "a teddy bear in papercut style on a beach"
