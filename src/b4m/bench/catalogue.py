@@ -10,10 +10,15 @@ arm                     B4M options it changes
 ``no-orth``             ``orth="none"``: random frozen parts, ``A C != 0`` (w/o Orth)
 ``approx-orth``         ``orth="approx"``: the official code's approximate orthogonal construction
 ``no-rp``               ``optimizer="adamw"``: plain AdamW in stage 2 (w/o RP, Eq. 13-14)
-``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14 literally, at its own learning rate:
-                        ``--sgd-lr``, or by default the value of :data:`SGD_LR_GRID` with the lowest stage-2
-                        training loss on the pair (the arm's own objective; no judge sees the candidates)
+``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14's SGD form with b4m's conditioning guard (relative
+                        ridge, trace normalisation), at its own learning rate: ``--sgd-lr``, or by default the
+                        value of :data:`SGD_LR_GRID` with the lowest stage-2 training loss on the pair (the arm's
+                        own objective; no judge sees the candidates)
+``rp-literal``          as ``rp-sgd`` with ``delta_rel=0, normalize=False``: Eq. 13-14 literally
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
+``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
+``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
+``style-alone``         ``full``'s stage-1 style adapter ``[A;B_aux][C,D_s]`` sampled alone
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
 
@@ -36,6 +41,8 @@ from b4m.options import STAGE2_OPTIONS
 __all__ = [
     "ARMS",
     "ARMS_OF",
+    "PART",
+    "PART_STYLE_SCALE",
     "BASE_LABEL",
     "DEFAULT_ARMS",
     "METRICS",
@@ -67,6 +74,12 @@ SGD_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 #: The ``stage2_lr`` of a run spec whose rate the bench tunes on the pair (:data:`SGD_LR_GRID`).
 TUNED = "tuned"
 
+PART = "part"
+"""An arm's key naming the part of B4M's fit it samples (:attr:`b4m.methods.base.Fitted.parts`) instead of the
+fused adapter; the fit itself is ``full``'s (the same cached sub-fits), so such an arm costs only its sampling."""
+PART_STYLE_SCALE = "part_style_scale"
+"""An arm's key: that part sampled with ``D`` scaled by this (0: the content block ``[A;B][C,0]`` alone)."""
+
 #: arm -> (what it is, B4M option overrides; ``None`` values are filled by the bench: ``rp-sgd``'s lr).
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("B4M (exact orth, MCP, RP-AdamW)", {}),
@@ -74,8 +87,19 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-orth": ("w/o Orth (random frozen parts)", {"orth": "none"}),
     "approx-orth": ("approx orth (official construction)", {"orth": "approx"}),
     "no-rp": ("w/o RP (plain AdamW in stage 2)", {"optimizer": "adamw"}),
-    "rp-sgd": ("RP, SGD form (Eq. 13-14 literally)", {"optimizer": "riemannian-sgd", "stage2_lr": None}),
+    "rp-sgd": (
+        "RP, SGD form (ridge-regularised, trace-normalised)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None},
+    ),
+    "rp-literal": (
+        "RP, Eq. 13-14 literally (SGD, delta 1e-6 only, no normalisation)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None, "delta_rel": 0.0, "normalize": False},
+    ),
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
+    # Where identity goes (issue H1): B4M's own fit, sampled through one of its parts; sampling only.
+    "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
+    "content-block": ("content block alone [A;B_c][C,0]", {PART: "content", PART_STYLE_SCALE: 0.0}),
+    "style-alone": ("stage-1 style adapter alone [A;B_aux][C,D_s]", {PART: "style"}),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 ARMS_OF = "b4m"
@@ -124,8 +148,8 @@ DEFAULT_SIZES: dict[str, int | None] = {
 """The bench's sizes when neither an option nor ``--quick`` sets them."""
 
 SIZE_HELP = (
-    "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
-    "4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
+    "Default size: both tracks (3 pairs), all 10 methods + 9 B4M arms (3 of them only sample parts of B4M's "
+    "fit) + the base model, 5 prompts x 4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
     "100 stage-2 / merger steps: about 45-60 min on 2 CPU cores (estimated from benchmarks/methods_cost.md). "
     "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only + rp-sgd, 1 seed, 10 "
     "training steps, 10 sampling steps: a few minutes (it checks the machinery, not the methods). "
@@ -146,6 +170,12 @@ class BenchConfig:
         [],
         "content:style pairs, comma-separated, e.g. teddy#3:papercut#5,mushroom:glass (default: the track's: "
         "instance teddy#3:papercut#5, cat#2:knit#1; new-class mushroom:glass)",
+    )
+    suite: str = opt(
+        "",
+        "a pre-registered suite instead of --pairs (docs/suites.md): dev (tune here: 8 instance pairs + "
+        "mushroom:glass) or test (report here, once: 16 instance pairs + 4 new-class pairs); 40 images per run",
+        choices=["", "dev", "test"],
     )
     methods: list[str] = opt(
         [], "method ids, comma-separated, e.g. b4m,ziplora (default: all; 'b4m methods')"
@@ -173,6 +203,12 @@ class BenchConfig:
     n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
     n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
+    aux_data: str = opt(
+        "plain",
+        "MCP's auxiliary folders: plain (one drawn content under every auxiliary style, captions without "
+        "identifiers) or official (distinct contents, captions reusing the identifiers, as the official scripts)",
+        choices=["plain", "official"],
+    )
     bootstrap: int | None = opt(
         None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)"
     )
@@ -263,9 +299,19 @@ def _check_pair(content: str, style: str, problems: list[str]) -> None:
             problems.append(f"--pairs {content}:{style}: {why}")
 
 
-def _world_pairs(cfg: BenchConfig, problems: list[str]) -> list[tuple[str, str]]:
-    """``--pairs`` (default: the tracks' pairs) as ``(content, style)`` names the world knows."""
+def _world_pairs(cfg: BenchConfig, sizes: dict[str, Any], problems: list[str]) -> list[tuple[str, str]]:
+    """``--pairs`` or ``--suite`` (default: the tracks' pairs) as ``(content, style)`` names the world knows."""
     pairs_text = _split(cfg.pairs)
+    if cfg.suite:
+        from b4m.bench.suites import SUITE_SEEDS, SUITES
+
+        if pairs_text:
+            problems.append(f"--suite {cfg.suite} and --pairs: give one of them")
+        pairs_text = list(SUITES[cfg.suite])
+        if cfg.track != "both":
+            pairs_text = [p for p in pairs_text if track_of(p) == cfg.track]
+        if cfg.seeds is None and not cfg.quick:
+            sizes["seeds"] = SUITE_SEEDS
     if not pairs_text:
         tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
         pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
@@ -337,7 +383,7 @@ def plan(cfg: BenchConfig) -> Plan:
         pairs = list(source.pairs) if source is not None else []
     else:
         source, base = None, "builtin"
-        pairs = _world_pairs(cfg, problems)
+        pairs = _world_pairs(cfg, sizes, problems)
     if len(set(pairs)) != len(pairs):
         problems.append("--pairs: a pair is listed twice")
     unknown = [m for m in methods if m not in CATALOGUE]

@@ -75,7 +75,7 @@ def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:
 
     content, _, style = pair.partition(":")
     refs = PairRefs(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
-                    n_style=p.sizes["n_style"])  # fmt: skip
+                    n_style=p.sizes["n_style"], aux_data=p.cfg.aux_data)  # fmt: skip
     return export_world_data(refs, root / "data" / slug(pair))
 
 

@@ -323,6 +323,10 @@ def check_bench_options(
     sizes["n_content"] = sizes["n_style"] = None  # the folders hold what they hold
     if cfg.pairs:
         problems.append("--pairs: with --pairs-file the pairs come from the file (its pairs: key)")
+    if getattr(cfg, "suite", None):
+        problems.append(
+            f"--suite {cfg.suite}: a built-in world suite; with --pairs-file the pairs come from the file"
+        )
     need_aux = any("aux_sets" in CATALOGUE[m].needs for m in methods if m in CATALOGUE)
     try:
         source = load_pairs_file(cfg.pairs_file, need_aux=need_aux)

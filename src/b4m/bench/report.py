@@ -67,6 +67,51 @@ def _md_table(rows: list[dict[str, Any]], first: str) -> list[str]:
     return lines
 
 
+def _diff_cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    lo, hi = d["ci95"]
+    p = d.get("p_holm", d["p"])
+    tag = f" **{d['verdict']}**" if "verdict" in d else ""
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={p:.2g}{tag}"
+
+
+def _md_comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Per track: B4M minus each other row, paired over the pairs both ran (:mod:`b4m.eval.paired`)."""
+    from b4m.eval.paired import MARGINS
+
+    lines: list[str] = ["", "## Paired comparisons"] if comparisons else []
+    for entry in comparisons:
+        cols = [m for m in ("hmean", "content_inst", "style_inst")
+                if any(m in t["diff"] for t in entry["comparators"])]  # fmt: skip
+        if not cols:
+            continue
+        lines += [
+            "",
+            f"### Paired: {entry['reference']} minus each row ({TRACKS.get(entry['track'], entry['track'])})",
+            "",
+            "Mean over pairs of the per-pair difference, its 95 % paired bootstrap interval (pairs, then the same "
+            "prompt x seed cells for both), the sign-flip p over pairs, Holm-adjusted across the rows; "
+            "a verdict needs p < 0.05, 'equivalent' a 90 % interval inside "
+            + ", ".join(f"±{MARGINS[m]:g} {HEADERS[m]}" for m in cols)
+            + ".",
+            "",
+            "| compared with | pairs | " + " | ".join(f"Δ {HEADERS[m]}" for m in cols) + " |",
+            "|---|---:|" + "---|" * len(cols),
+        ]
+        for t in entry["comparators"]:
+            cells = " | ".join(_diff_cell(t["diff"].get(m)) for m in cols)
+            lines.append(f"| {t['label']} | {len(t['pairs'])} | {cells} |")
+        ret = entry.get("identity_retention")
+        if ret and ret["ratio"] is not None:
+            lo, hi = ret["ci95"]
+            per = ", ".join(f"{p}: {f:.2f}/{a:.2f}" for p, f, a in
+                            zip(ret["pairs"], ret["fused"], ret["content_alone"], strict=True))  # fmt: skip
+            lines += ["", f"Identity retention (fused content inst. / content adapter alone, summed over pairs): "
+                      f"**{ret['ratio']:.2f}** [{lo:.2f}, {hi:.2f}] ({per})."]  # fmt: skip
+    return lines
+
+
 def write_markdown(results: dict[str, Any]) -> str:
     """``results.md``: per track a Table-1 style table of the aggregated rows, then one table per pair."""
     agg = results["aggregated"]
@@ -97,6 +142,7 @@ def write_markdown(results: dict[str, Any]) -> str:
                 "",
                 *_md_table(rows, "method"),
             ]
+    lines += _md_comparisons(results.get("comparisons", []))
     lines += ["", "## Per pair", ""]
     for pair in results["pairs"]:
         lines += [

@@ -35,7 +35,7 @@ from b4m.bench.catalogue import BenchConfig, plan
 from b4m.bench.context import Context
 from b4m.bench.execute import execute
 from b4m.bench.folder import STAMP, claim, done, finish, start_run
-from b4m.bench.results import aggregate, reference_folders, result_row
+from b4m.bench.results import aggregate, comparisons, reference_folders, result_row
 from b4m.bench.runs import BENCH_VERSION, Run, bench_runs
 from b4m.bench.shards import SHARDS, process_slot, wait_for
 from b4m.io import write_text
@@ -112,6 +112,7 @@ def run_bench(
         "prompts": {r.pair: r.spec["sample"]["prompts"] for r in runs},
         "rows": rows,
         "aggregated": aggregate(rows, reps),
+        "comparisons": comparisons(runs, records, p.sizes["bootstrap"]),
         "computed": computed,
         "references": reference_folders(root, p),
     }

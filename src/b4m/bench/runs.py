@@ -110,7 +110,8 @@ def bench_runs(p: Plan) -> list[Run]:
             "assets": fingerprint,
             "pair": pair,
             "seed": p.cfg.seed,
-            "refs": [p.sizes["n_content"], p.sizes["n_style"]],
+            "refs": [p.sizes["n_content"], p.sizes["n_style"]]
+            + ([p.cfg.aux_data] if p.cfg.aux_data != "plain" else []),  # plain: the keys runs always had
             "sample": {"seeds": p.sizes["seeds"], "steps": p.sizes["sample_steps"], "prompts": prompts,
                        "attributes": attributes},
         }  # fmt: skip

@@ -26,6 +26,7 @@ from typing import Any
 
 from b4m.config import load_config, to_dict
 from b4m.methods.base import Fitted, get_method, resolve_options
+from b4m.owned import Folder
 
 __all__ = [
     "assets_fingerprint",
@@ -96,7 +97,8 @@ def image_sets(
 def sub_fit_folder(
     kind: str, settings: Mapping[str, Any], sets: Sequence[tuple[Sequence[Path], Sequence[str]]]
 ) -> Path:
-    """The folder of a sub-fit under :func:`cache_root`: ``<cache>/<kind>/<hash of settings, data, assets>``."""
+    """The folder of a sub-fit under :func:`cache_root`: ``<cache>/<kind>/<hash of settings, data, assets>``, made
+    and recorded in the manifests (:mod:`b4m.owned`) of the levels above it."""
     from b4m.diffusion.builtin_base import weights_digest
     from b4m.train.identity import data_fingerprint, run_settings
 
@@ -112,7 +114,8 @@ def sub_fit_folder(
         "weights": weights_digest() if builtin else None,
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return root / kind / key
+    # made and recorded as b4m's at every level, so that whoever made the cache can clear it
+    return Folder(root).child(kind).child(key).path
 
 
 @contextmanager

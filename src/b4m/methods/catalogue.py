@@ -20,6 +20,7 @@ from b4m.options import (
     STAGE2_OPTIMIZERS,
     B4MStage1Options,
     B4MStage2Options,
+    DataOptions,
 )
 from b4m.options import PRESETS as B4M_PRESETS
 
@@ -46,7 +47,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedOptions(MethodOptions):
+class TrainedOptions(DataOptions, MethodOptions):
     """Options of every trained baseline (``lora``, ``joint``, ``ziplora``, ``qrlora``, ``duolora``): they
     checkpoint like B4M's stages, and the same command run again on an unfinished run resumes it."""
 
@@ -71,7 +72,7 @@ class B4MAuxSets:
 
 
 @dataclasses.dataclass(frozen=True)
-class B4MOptions(B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions):
+class B4MOptions(DataOptions, B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions):
     """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model.
 
     B4M's own options are the stage configs' groups (:class:`~b4m.config.B4MStage1Options`,
