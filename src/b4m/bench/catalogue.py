@@ -222,6 +222,41 @@ class BenchConfig:
         "K/N: this process runs pairs K, K+N, ... of the plan (0-based) and shard 0 writes the results once all "
         "are done; under 'accelerate launch --num_processes N' (or torchrun) it is set from the process rank",
     )
+    pairs_file: Path | None = opt(
+        None,
+        "YAML/TOML file of your content and style folders, their pairs and the evaluation prompts (README: "
+        "'Reproduce Table 1 on your GPU', examples/pairs.yaml); scored by --dino, --clip and --csd",
+    )
+    base: str | None = opt(
+        None,
+        "base model of --pairs-file: a diffusers SD/SDXL/FLUX folder or hub id (default: the file's base:)",
+    )
+    dino: str | None = opt(
+        None, "--pairs-file content encoder: DINOv2 folder or hub id, e.g. facebook/dinov2-base (CLS token)"
+    )
+    clip: str | None = opt(
+        None,
+        "--pairs-file style and prompt encoder: CLIP folder or hub id, e.g. openai/clip-vit-large-patch14",
+    )
+    csd: str | None = opt(
+        None, "--pairs-file CSD style encoder: a .safetensors file or a folder holding one (never a pickle)"
+    )
+    resolution: int | None = opt(
+        None,
+        "--pairs-file training and sampling resolution in px (default: the methods' preset for training, 512 on "
+        "SD/SDXL; the base's for sampling, 1024 on SDXL and FLUX)",
+    )
+    rank: int | None = opt(
+        None,
+        "--pairs-file LoRA rank of every method (default: their preset, 64 on SD/SDXL/FLUX as in the paper)",
+    )
+    dry_run: bool = opt(
+        False, "print the plan (fits after per-concept reuse, images, estimated GPU hours) and stop"
+    )
+    gpu_costs: list[str] = opt(
+        [],
+        "key=value overrides of the --dry-run cost constants (b4m.bench.costs.GPU_COSTS), e.g. peak_tflops=989",
+    )
 
 
 def parse_shard(text: str) -> tuple[int, int] | None:
@@ -268,6 +303,41 @@ def _check_pair(content: str, style: str, problems: list[str]) -> None:
             problems.append(f"--pairs {content}:{style}: {why}")
 
 
+def _world_pairs(cfg: BenchConfig, sizes: dict[str, Any], problems: list[str]) -> list[tuple[str, str]]:
+    """``--pairs`` or ``--suite`` (default: the tracks' pairs) as ``(content, style)`` names the world knows."""
+    pairs_text = _split(cfg.pairs)
+    if cfg.suite:
+        from b4m.bench.suites import SUITE_SEEDS, SUITES
+
+        if pairs_text:
+            problems.append(f"--suite {cfg.suite} and --pairs: give one of them")
+        pairs_text = list(SUITES[cfg.suite])
+        if cfg.track != "both":
+            pairs_text = [p for p in pairs_text if track_of(p) == cfg.track]
+        if cfg.seeds is None and not cfg.quick:
+            sizes["seeds"] = SUITE_SEEDS
+    if not pairs_text:
+        tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
+        pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
+        if cfg.quick:
+            pairs_text = pairs_text[:1]
+    pairs = []
+    for text in pairs_text:
+        content, sep, style = text.partition(":")
+        if not sep or not content or not style:
+            problems.append(f"--pairs {text}: write content:style, e.g. teddy#3:papercut#5")
+            continue
+        pairs.append((content.strip(), style.strip()))
+    for content, style in pairs:
+        _check_pair(content, style, problems)
+    only = [o for o in ("base", "dino", "clip", "csd", "resolution", "rank") if getattr(cfg, o) is not None]
+    if only:
+        problems.append(
+            f"--{only[0]}: only with --pairs-file (the built-in bench runs the built-in model and its judges)"
+        )
+    return pairs
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The validated protocol: what to run, at which size."""
@@ -277,6 +347,10 @@ class Plan:
     arms: tuple[str, ...]  # "full" first, then ablations and "rho=k/8"
     sizes: dict[str, Any]
     cfg: BenchConfig
+    source: Any = None
+    """The :class:`~b4m.bench.pairs_file.PairsFile` of ``--pairs-file`` (``None``: the built-in world)."""
+    base: str = "builtin"
+    """The base model: ``builtin``, or ``--pairs-file``'s folder or hub id."""
 
 
 _NOT_ARM_OPTIONS = frozenset({"out", "overwrite", "base", "seed", "checkpoint_every", "mixed_precision"})
@@ -359,41 +433,26 @@ def plan(cfg: BenchConfig) -> Plan:
     for k, default in DEFAULT_SIZES.items():
         given = getattr(cfg, k)
         sizes[k] = given if given is not None else QUICK[k] if cfg.quick else default
-    pairs_text = _split(cfg.pairs)
-    if cfg.suite:
-        from b4m.bench.suites import SUITE_SEEDS, SUITES
-
-        if pairs_text:
-            problems.append(f"--suite {cfg.suite} and --pairs: give one of them")
-        pairs_text = list(SUITES[cfg.suite])
-        if cfg.track != "both":
-            pairs_text = [p for p in pairs_text if track_of(p) == cfg.track]
-        if cfg.seeds is None and not cfg.quick:
-            sizes["seeds"] = SUITE_SEEDS
-    if not pairs_text:
-        tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
-        pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
-        if cfg.quick:
-            pairs_text = pairs_text[:1]
-    pairs = []
-    for text in pairs_text:
-        content, sep, style = text.partition(":")
-        if not sep or not content or not style:
-            problems.append(f"--pairs {text}: write content:style, e.g. teddy#3:papercut#5")
-            continue
-        pairs.append((content.strip(), style.strip()))
-    for content, style in pairs:
-        _check_pair(content, style, problems)
-    if len(set(pairs)) != len(pairs):
-        problems.append("--pairs: a pair is listed twice")
     methods = _split(cfg.methods) or (
         QUICK["methods"] if cfg.quick and "methods" not in explicit else list(CATALOGUE)
     )
+    if cfg.pairs_file is not None:
+        from b4m.bench.pairs_file import check_bench_options
+
+        source, base = check_bench_options(cfg, methods, sizes, problems)
+        pairs = list(source.pairs) if source is not None else []
+    else:
+        source, base = None, "builtin"
+        pairs = _world_pairs(cfg, sizes, problems)
+    if len(set(pairs)) != len(pairs):
+        problems.append("--pairs: a pair is listed twice")
     unknown = [m for m in methods if m not in CATALOGUE]
     if unknown:
         problems.append(f"--methods {','.join(unknown)}: unknown; known: {', '.join(CATALOGUE)}")
     # the ablations are B4M's: by default they run when b4m is among the methods
     default_arms = QUICK["arms"] if cfg.quick else list(DEFAULT_ARMS)
+    if source is not None or cfg.pairs_file is not None:  # real models: ablations only when asked for
+        default_arms = ["full"]
     arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
@@ -424,4 +483,6 @@ def plan(cfg: BenchConfig) -> Plan:
         problems.append(f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     if problems:
         raise B4MError("; ".join(problems))
-    return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)
+    return Plan(
+        tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg, source, base
+    )

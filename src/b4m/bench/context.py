@@ -30,7 +30,10 @@ class Context:
             from b4m.diffusion.pipeline import load_pipeline
 
             threads.apply()
-            self._pipe = load_pipeline(None)
+            builtin = self.plan.source is None
+            self._pipe = load_pipeline(None if builtin else self.plan.base)
+            if not builtin:
+                self._pipe.to(device())
         return self._pipe
 
     @property
@@ -38,16 +41,32 @@ class Context:
         if self._scorer is None:
             from b4m.eval.scoring import WorldScorer
 
-            self._scorer = WorldScorer()
+            if self.plan.source is not None:  # the paper's encoders (b4m.eval.protocol)
+                from b4m.eval.protocol import load_protocol_scorer
+
+                cfg = self.plan.cfg
+                self._scorer = load_protocol_scorer(cfg.clip, cfg.dino, cfg.csd, device())
+            else:
+                self._scorer = WorldScorer()
         return self._scorer
 
     def data(self, pair: str) -> dict[str, Any]:
+        if self.plan.source is not None:
+            return self.plan.source.data(pair)
         if pair not in self._data:
             self._data[pair] = export_pair(self.root, pair, self.plan)
         return self._data[pair]
 
     def fresh_pipe(self) -> Any:
         return copy.deepcopy(self.pipe)
+
+
+def device() -> str:
+    """Where a real base model samples and the encoders run: this process's GPU if there is one (a shard's,
+    :func:`b4m.bench.shards.process_slot`), else the CPU. Training moves its copy through its accelerator."""
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
 
 
 def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:

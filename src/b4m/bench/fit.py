@@ -36,6 +36,14 @@ def _inputs(ctx: Context, run: Run, needs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def _base(ctx: Context) -> dict[str, Any]:
+    """The options every fit of a ``--pairs-file`` bench adds: its base model, ``--resolution`` and ``--rank``."""
+    if ctx.plan.source is None:
+        return {}
+    given = {k: getattr(ctx.plan.cfg, k) for k in ("resolution", "rank")}
+    return {"base": ctx.plan.base, **{k: v for k, v in given.items() if v is not None}}
+
+
 def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
     """The adapter of ``run`` (``None``: the base model), fitted through the registry: its sources first (each
     the source method on one concept, cached per concept), then the method itself, cached."""
@@ -48,12 +56,13 @@ def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
     cache = ctx.root / CACHE
     train = {k: v for k, v in run.spec["train"].items()
              if k not in ("sources_steps", "sgd_lr_grid", PART, PART_STYLE_SCALE)}  # fmt: skip
-    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed}
+    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed, **_base(ctx)}
     for src in method.sources:
         source = get_method(src.method)
         own = {source.concept_option: src.concept} if source.concept_option else {}
         fitted = fit_cached(src.method, cache, pipe=ctx.fresh_pipe(), **own, seed=ctx.plan.cfg.seed,
-                            steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs))  # fmt: skip
+                            steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs),
+                            **_base(ctx))  # fmt: skip
         options[src.option] = fitted.path
     options |= {k: v for k, v in train.items() if v is not None}
     tuned = [k for k, v in options.items() if v == TUNED]

@@ -46,7 +46,9 @@ def result_row(
         "sample_s": record["sample_s"],
         "key": run.key,
         "samples": str((run.folder(root) / "samples.png").relative_to(root)),
-        **{k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss") if k in record},
+        **{
+            k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss", "peak_rss_mb", "peak_cuda_mb") if k in record
+        },
     }
     return row, reps
 
@@ -78,7 +80,11 @@ def aggregate(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) -> list[di
 
 
 def reference_folders(root: Path, p: Plan) -> dict[str, dict[str, str]]:
-    """Where the references of each pair are (without re-exporting them: a cached bench loads nothing)."""
+    """Where the references of each pair are (without re-exporting them: a cached bench loads nothing); a
+    ``--pairs-file`` pair's are its own folders."""
+    if p.source is not None:
+        return {f"{c}:{s}": {k: str(v) for k, v in p.source.data(f"{c}:{s}").items() if k in ("content", "style")}
+                for c, s in p.pairs}  # fmt: skip
     return {f"{c}:{s}": {k: f"data/{slug(f'{c}:{s}')}/{k}" for k in ("content", "style")} for c, s in p.pairs}
 
 

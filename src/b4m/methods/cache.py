@@ -28,7 +28,15 @@ from b4m.config import load_config, to_dict
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.owned import Folder
 
-__all__ = ["assets_fingerprint", "cache_root", "caching", "fit_cached", "image_sets", "sub_fit_folder"]
+__all__ = [
+    "assets_fingerprint",
+    "cache_root",
+    "caching",
+    "fit_cached",
+    "held",
+    "image_sets",
+    "sub_fit_folder",
+]
 
 _ROOT: ContextVar[Path | None] = ContextVar("b4m_fit_cache", default=None)
 
@@ -110,6 +118,27 @@ def sub_fit_folder(
     return Folder(root).child(kind).child(key).path
 
 
+@contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a sub-fit folder for as long as it is fitted, across processes (``flock`` on
+    ``<cache>/.locks/<kind>-<key>``): bench shards sharing a concept (a crossed pairs file) wait for the one fitting
+    it and then reuse its finished fit instead of training into the same folder. No-op outside a cache."""
+    root = cache_root()
+    if root is None:
+        yield
+        return
+    import fcntl
+
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.parent.name}-{folder.name}", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def _inputs(cfg: Any) -> list[tuple[list[Path], list[str]]]:
     """The data of a method config: its image folders with their prompts, its auxiliary folders, its source
     files' bytes (under their option's name), in a fixed order."""
@@ -144,4 +173,5 @@ def fit_cached(
     with caching(cache):
         settings = {k: v for k, v in to_dict(cfg).items() if k not in _OTHER_INPUTS}  # folders: in the data
         folder = sub_fit_folder(method_id, settings, _inputs(cfg))
-        return method.fit(dataclasses.replace(cfg, out=folder), pipe=pipe, progress=progress)
+        with held(folder):
+            return method.fit(dataclasses.replace(cfg, out=folder), pipe=pipe, progress=progress)
