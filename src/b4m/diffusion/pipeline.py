@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipelin
 from b4m.checks import check_base, raise_problems
 from b4m.diffusion import flux
 from b4m.diffusion.builtin_base import load_base_pipeline
+from b4m.diffusion.objective import Objective
 from b4m.errors import B4MError
 
 __all__ = [
@@ -253,9 +254,12 @@ def per_sample_loss(
     cond: Conditioning,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
+    objective: Objective | None = None,
 ) -> torch.Tensor:
     """The denoising loss of each sample, ``(B,)``: MSE between the denoiser's prediction and its target
-    (noise or v on the UNets, ``noise - latents`` on FLUX)."""
+    (noise or v on the UNets, ``noise - latents`` on FLUX), times ``objective``'s weights (min-SNR) if any."""
     target = _target(scheduler, latents, noise, timesteps)
     pred = predict(unet, scheduler, latents, cond, noise, timesteps)
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    loss = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    weights = None if objective is None else objective.loss_weights(scheduler, timesteps)
+    return loss if weights is None else loss * weights.to(loss.device)

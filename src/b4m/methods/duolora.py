@@ -196,8 +196,15 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                     rows.append(predict(session.unet, scheduler, x0, c, e, ti))
         return torch.cat(rows)
 
+    objective = session.objective
+
+    def mse(pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
+        if weights is None:
+            return F.mse_loss(pred, target.float())
+        return (F.mse_loss(pred, target.float(), reduction="none").mean(dim=(1, 2, 3)) * weights).mean()
+
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latents, cond, noise, t = sample_batch(sets, [1, 1], gen, scheduler)
+        latents, cond, noise, t = sample_batch(sets, [1, 1], gen, scheduler, objective)
         with torch.no_grad():
             with delta_mode("content"):
                 teach_c = predict(session.unet, scheduler, latents[:1], cond.index([0]), noise[:1], t[:1])
@@ -205,8 +212,9 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                 teach_s = predict(session.unet, scheduler, latents[1:], cond.index([1]), noise[1:], t[1:])
         cyc = cycle_targets(latents, cond, noise, t)
         pred = predict(session.unet, scheduler, latents, cond, noise, t).float()
-        merge = F.mse_loss(pred, torch.cat([teach_c, teach_s]).float())
-        cycle = F.mse_loss(pred, cyc.float())
+        weights = objective.loss_weights(scheduler, t)  # --snr-gamma
+        merge = mse(pred, torch.cat([teach_c, teach_s]), weights)
+        cycle = mse(pred, cyc, weights)
         rank = sum(d.rank_loss(cfg.lambda_hinge) for d in deltas.values())
         loss = merge + cfg.lambda_cycle * cycle + cfg.lambda_prior * rank
         return loss, {

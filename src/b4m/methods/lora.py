@@ -42,8 +42,9 @@ def denoising_step(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One sample of each set, one noise and one timestep; ``L = mean_i L_i`` (Eq. 1; Eq. 2 for two sets)."""
     scheduler = training_scheduler(session.pipe)
-    latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler)
-    losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t)
+    objective = session.objective
+    latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler, objective)
+    losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t, objective)
     return losses.mean(), {f"loss_{i}": x for i, x in enumerate(losses.detach())}
 
 

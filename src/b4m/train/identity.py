@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from b4m.errors import B4MError
+from b4m.options import NEUTRAL_DEFAULTS
 
 __all__ = ["check_same_run", "data_fingerprint", "run_settings"]
 
@@ -38,8 +39,13 @@ _NOT_IDENTITY = frozenset(
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a (preset-resolved) config dict that determine the result."""
-    return {k: v for k, v in sorted(config.items()) if k not in _NOT_IDENTITY}
+    """The settings of a (preset-resolved) config dict that determine the result (an option added later is left
+    out at the default that reproduces earlier runs: :data:`b4m.options.NEUTRAL_DEFAULTS`)."""
+    return {
+        k: v
+        for k, v in sorted(config.items())
+        if k not in _NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
+    }
 
 
 def data_fingerprint(sets: Iterable[tuple[Iterable[Path], Iterable[str]]]) -> str:
