@@ -309,6 +309,18 @@ def test_bad_values_are_one_line_each_naming_the_option(tmp_path):
         assert flag in str(err.value)
 
 
+def test_b4m_run_refuses_a_bad_stage_2_option_before_stage_1_trains(tmp_path):
+    from b4m.methods import fit_method
+
+    images = _folder(tmp_path / "c", 0)
+    with pytest.raises(B4MError, match=r"^--stage2-max-grad-norm -1\.0: give a finite norm"):
+        fit_method(
+            "b4m", content_images=images, style_images=images, mcp=False, out=tmp_path / "o",
+            stage2_max_grad_norm=-1.0, progress=False,
+        )  # fmt: skip
+    assert not (tmp_path / "o" / "content").exists()
+
+
 def test_a_missing_optimizer_package_is_one_line_with_its_pip_install(tmp_path, monkeypatch, capsys):
     import importlib.util
 
