@@ -404,9 +404,11 @@ def builtin_batch():
     return pipe, training_scheduler(pipe), (latents, cond, noise, torch.full((2,), 400))
 
 
-@pytest.mark.parametrize(("name", "lr", "rank"), [("adamw8bit", 2e-3, 32), ("prodigy", 1.0, 4)])
+@pytest.mark.parametrize(
+    ("name", "lr", "rank", "steps"), [("adamw8bit", 2e-3, 32, 4), ("prodigy", 1.0, 4, 10)]
+)
 def test_8bit_adamw_and_prodigy_train_the_builtin_base_and_checkpoint(
-    name, lr, rank, builtin_batch, tmp_path
+    name, lr, rank, steps, builtin_batch, tmp_path
 ):
     """Rank 32 gives the built-in base's 128-wide layers factors of 4096 entries, where bitsandbytes keeps 8-bit
     states (smaller tensors keep 32-bit ones); Prodigy grows its step from d0 = 1e-6, so it needs ~10 steps."""
@@ -427,7 +429,7 @@ def test_8bit_adamw_and_prodigy_train_the_builtin_base_and_checkpoint(
             return float(per_sample_loss(unet, sched, *batch).mean())
 
     before = loss_now()
-    _loop(lambda _: (per_sample_loss(unet, sched, *batch).mean(), {}), opt, 10, tmp_path)
+    _loop(lambda _: (per_sample_loss(unet, sched, *batch).mean(), {}), opt, steps, tmp_path)
     assert loss_now() < before * 0.99  # it trains
     if name == "adamw8bit":
         states = [s["__bnb_optimizer_quant_state__"]["state1"] for s in opt.state_dict()["state"].values()]
@@ -435,7 +437,7 @@ def test_8bit_adamw_and_prodigy_train_the_builtin_base_and_checkpoint(
 
     # Its state goes through a b4m checkpoint: a restored copy takes the same next step.
     gen = torch.Generator().manual_seed(0)
-    ckpt = save_checkpoint(tmp_path / "ckpt", 10, params, opt, gen)
+    ckpt = save_checkpoint(tmp_path / "ckpt", steps, params, opt, gen)
     saved = {k: p.detach().clone() for k, p in params.items()}
     twin = make_optimizer(name, list(params.values()), lr, weight_decay=1e-2)
     steps = []
@@ -576,3 +578,27 @@ def test_a_killed_run_with_a_schedule_resumes_bit_identical_on_the_builtin_base(
         for p in (tmp_path / "full" / "train_log.jsonl", tmp_path / "run" / "train_log.jsonl")
     ]
     assert logs[0]["lr"] == logs[1]["lr"] == pytest.approx(2e-3 * 0.5 * (1 + math.cos(math.pi * 1 / 2)))
+
+
+def test_flux_trains_with_logit_normal_timesteps_and_refuses_min_snr(tiny_flux, tmp_path, monkeypatch):
+    from b4m.methods import fit_method
+
+    seen = []
+    real = Objective.timestep
+    monkeypatch.setattr(Objective, "timestep", lambda self, *a: seen.append(real(self, *a)) or seen[-1])
+    images = _folder(tmp_path / "c", 0)
+    common = dict(
+        base="tiny-flux", steps=2, lr=1e-2, rank=2, resolution=32, content_images=images,
+        content_prompt="a photo of snq teddy", progress=False,
+    )  # fmt: skip
+    fitted = fit_method(
+        "lora",
+        pipe=tiny_flux(),
+        out=tmp_path / "o",
+        timestep_sampling="logit_normal",
+        logit_mean=1.0,
+        **common,
+    )
+    assert load_lora(fitted.path).meta["base_family"] == "flux" and len(seen) == 2
+    with pytest.raises(B4MError, match=r"^--snr-gamma: .*flow matching"):
+        fit_method("lora", pipe=tiny_flux(), out=tmp_path / "p", snr_gamma=5.0, **common)
