@@ -602,3 +602,30 @@ def test_flux_trains_with_logit_normal_timesteps_and_refuses_min_snr(tiny_flux, 
     assert load_lora(fitted.path).meta["base_family"] == "flux" and len(seen) == 2
     with pytest.raises(B4MError, match=r"^--snr-gamma: .*flow matching"):
         fit_method("lora", pipe=tiny_flux(), out=tmp_path / "p", snr_gamma=5.0, **common)
+
+
+def test_the_options_load_from_config_files_and_flags_alike(tmp_path):
+    import argparse
+
+    from b4m.config import add_config_args, config_from_args, load_config
+
+    (tmp_path / "c.yaml").write_text(
+        "lr-scheduler: cosine\nlr_warmup_steps: 10\nsnr_gamma: 5\ntrain_optimizer: prodigy\nsave_precision: bf16\n"
+    )
+    parser = argparse.ArgumentParser()
+    add_config_args(parser, Stage1Config)
+    args = parser.parse_args(
+        ["--config", str(tmp_path / "c.yaml"), "--lr-warmup-steps", "20", "--max-grad-norm", "1"]
+    )
+    cfg = config_from_args(Stage1Config, args)
+    assert (cfg.lr_scheduler, cfg.lr_warmup_steps, cfg.snr_gamma, cfg.max_grad_norm) == (
+        "cosine",
+        20,
+        5.0,
+        1.0,
+    )
+    assert (cfg.train_optimizer, cfg.save_precision) == ("prodigy", "bf16")
+    with pytest.raises(
+        B4MError, match="unknown option 'train_optimizer'"
+    ):  # stage 2 keeps its own --optimizer
+        load_config(Stage2Config, tmp_path / "c.yaml", {})
