@@ -78,6 +78,108 @@ ROUTINGS: tuple[str, ...] = ("strict", "leaky")
 """Stage-1 gradient routing: strict (Eq. 12, ``mcp_routing``) or leaky (the official code)."""
 
 
+LR_SCHEDULERS: tuple[str, ...] = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
+"""Learning-rate schedules, by the names of ``diffusers.optimization.get_scheduler`` (:mod:`b4m.train.recipe`)."""
+TRAIN_OPTIMIZERS: tuple[str, ...] = ("adamw", "adamw8bit", "prodigy")
+"""Optimizers of stage 1 and the trained baselines (:func:`b4m.train.recipe.make_optimizer`): torch's AdamW,
+bitsandbytes' ``AdamW8bit``, ``prodigyopt.Prodigy``."""
+OPTIMIZER_PACKAGES: dict[str, str] = {"adamw8bit": "bitsandbytes", "prodigy": "prodigyopt"}
+"""The package an optimizer needs (``pip install b4m[train]`` installs both)."""
+TIMESTEP_SAMPLINGS: tuple[str, ...] = ("uniform", "logit_normal", "mode", "sigmoid")
+"""FLUX timestep samplings (:class:`b4m.diffusion.objective.Objective`): ``uniform`` is today's (and diffusers'
+``none``); ``logit_normal`` and ``mode`` are diffusers' ``compute_density_for_timestep_sampling`` schemes (SD3
+paper); ``sigmoid`` is kohya's (``sigmoid(s * randn)``, ``s`` = ``--logit-std``)."""
+SAVE_PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16")
+"""The dtypes adapter files are written in (tensors cast on write; float32 trains either way)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SaveOptions:
+    """How adapter files are written: every trainer, and the merging methods that write one LoRA."""
+
+    save_precision: str = opt(
+        "fp32",
+        "dtype of the written adapter files: fp32, fp16 or bf16 (training stays fp32; the header records it)",
+        choices=SAVE_PRECISIONS,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeOptions(SaveOptions):
+    """The everyday training options every trainer shares (issue 28 item 3): stage 1, stage 2 (``b4m fuse``) and
+    the trained baselines; ``b4m run b4m`` gives them to all three of its runs. Defaults are today's behaviour
+    (the paper's recipe), bit for bit; documented in docs/training-options.md."""
+
+    gradient_accumulation_steps: int = opt(
+        1,
+        "accumulate the gradients of N batches into one optimizer step (a step is one optimizer step; under "
+        "b4m run b4m, in both stages)",
+    )
+    snr_gamma: float | None = opt(
+        None,
+        "min-SNR loss weighting min(SNR, gamma)/SNR (v-prediction: /(SNR+1)), Hang et al. 2023; 5 is usual; "
+        "not on FLUX (flow matching) (default: off)",
+    )
+    noise_offset: float = opt(
+        0.0,
+        "add offset * randn(B, C, 1, 1) to the noise (diffusers' convention; 0.05-0.1 helps very dark or "
+        "bright images) (default: 0, off)",
+    )
+    timestep_sampling: str = opt(
+        "uniform",
+        "FLUX timestep sampling: uniform, logit_normal (SD3; --logit-mean/--logit-std), mode (--mode-scale) "
+        "or sigmoid (kohya: sigmoid(logit_std * randn))",
+        choices=TIMESTEP_SAMPLINGS,
+    )
+    logit_mean: float = opt(0.0, "mean of --timestep-sampling logit_normal")
+    logit_std: float = opt(1.0, "std of --timestep-sampling logit_normal, scale of sigmoid")
+    mode_scale: float = opt(1.29, "scale of --timestep-sampling mode (SD3 paper)")
+    lr_num_cycles: int = opt(1, "hard restarts of --lr-scheduler cosine_with_restarts")
+    lr_power: float = opt(1.0, "power of --lr-scheduler polynomial (1: linear decay)")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingRecipeOptions(RecipeOptions):
+    """:class:`RecipeOptions` plus the optimizer and its schedule, for stage 1 and the trained baselines (under
+    ``b4m run b4m``, stage 1's; stage 2 has ``--optimizer`` and the ``--stage2-*`` options)."""
+
+    train_optimizer: str = opt(
+        "adamw",
+        "optimizer: adamw (torch), adamw8bit (bitsandbytes) or prodigy (prodigyopt: adapts its step, give "
+        "--lr 1.0)",
+        run_help="optimizer of the training (b4m: of stage 1; stage 2 has --optimizer): adamw, adamw8bit "
+        "(bitsandbytes) or prodigy (prodigyopt: adapts its step, give --lr 1.0)",
+        choices=TRAIN_OPTIMIZERS,
+    )
+    lr_scheduler: str = opt(
+        "constant",
+        "learning-rate schedule (diffusers' get_scheduler): constant, constant_with_warmup, linear, cosine, "
+        "cosine_with_restarts, polynomial",
+        run_help="learning-rate schedule (b4m: of stage 1; stage 2: --stage2-lr-scheduler): constant, "
+        "constant_with_warmup, linear, cosine, cosine_with_restarts, polynomial",
+        choices=LR_SCHEDULERS,
+    )
+    lr_warmup_steps: int = opt(
+        0,
+        "linear warm-up steps of the learning-rate schedule",
+        run_help="linear warm-up steps of --lr-scheduler",
+    )
+    max_grad_norm: float | None = opt(
+        None,
+        "clip the gradients' global norm to this (0 or unset: off; diffusers' scripts and the official B4M "
+        "code use 1.0)",
+        run_help="clip the gradients' global norm (b4m: in stage 1; stage 2: --stage2-max-grad-norm; off by "
+        "default, the official code: 1.0)",
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterOptions:
     """PLP adapter settings (must match between a content and a style adapter)."""
@@ -186,6 +288,22 @@ class B4MStage2Options:
         "with --delta-rel 0 is Eq. 13-14 literally (magnitude balancing: a small partner gets a large step)",
         run_help="stage 2: trace-normalise the preconditioner (--no-normalize --delta-rel 0: Eq. 13-14 literally)",
     )
+    stage2_weight_decay: float = opt(
+        0.0,
+        "AdamW weight decay of stage 2 (official code: 1e-2)",
+        run_help="stage-2 AdamW weight decay (official code: 1e-2)",
+    )
+    stage2_max_grad_norm: float | None = opt(
+        None,
+        "clip the gradients' global norm before preconditioning (0 or unset: off; official code: 1.0)",
+        run_help="stage 2: clip the gradients' global norm before preconditioning (official code: 1.0)",
+    )
+    stage2_lr_scheduler: str = opt(
+        "constant",
+        "learning-rate schedule of stage 2 (as --lr-scheduler)",
+        choices=LR_SCHEDULERS,
+    )
+    stage2_lr_warmup_steps: int = opt(0, "linear warm-up steps of --stage2-lr-scheduler")
     reinit_every: int = opt(
         0,
         "reset B and D of every k-th fused layer to zero first (official: 2)",
@@ -242,6 +360,34 @@ STAGE2_OPTIONS = option_names(B4MStage2Options)
 """The stage-2 group's option names."""
 
 
+def _defaults(group: type, names: Iterable[str] | None = None) -> dict[str, Any]:
+    return {
+        f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
+        for f in dataclasses.fields(group)
+        if names is None or f.name in names  # type: ignore[operator]
+    }
+
+
+NEUTRAL_DEFAULTS: dict[str, Any] = (
+    DATA_DEFAULTS
+    | _defaults(TrainingRecipeOptions)
+    | _defaults(SaveOptions)
+    | _defaults(
+        B4MStage2Options,
+        (
+            "stage2_weight_decay",
+            "stage2_max_grad_norm",
+            "stage2_lr_scheduler",
+            "stage2_lr_warmup_steps",
+            "normalize",
+        ),
+    )
+)
+"""Options added after runs were recorded, with the default that computes what those runs computed: at that
+default they are no part of a run's identity (:func:`b4m.train.identity.run_settings`), so finished runs,
+checkpoints and cached fits of earlier versions stay valid."""
+
+
 def split_deviations(config: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(settings, deviations)``: :func:`to_dict` of ``config`` without its fields marked ``deviation`` (the
     official code's behaviours: ``routing``, ``aux_lr_scale``, ``reinit_every``), and those fields when any of
@@ -266,7 +412,7 @@ OVERWRITE_HELP = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage1Config(DataOptions, B4MStage1Options):
+class Stage1Config(DataOptions, TrainingRecipeOptions, B4MStage1Options):
     """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
 
     images: Path | None = opt(None, "folder of target images (the content or the style to learn)")
@@ -313,7 +459,7 @@ class Stage2Inputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage2Config(DataOptions, B4MStage2Options, Stage2Inputs):
+class Stage2Config(DataOptions, RecipeOptions, B4MStage2Options, Stage2Inputs):
     """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
 
     resolution: int | None = opt(None, "training resolution in pixels")

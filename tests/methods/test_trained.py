@@ -82,9 +82,9 @@ def test_joint_trains_on_one_content_and_one_style_sample_per_step(world, tiny_s
     seen = []
     real = lora_mod.sample_batch
 
-    def spy(sets, counts, gen, scheduler):
+    def spy(sets, counts, gen, scheduler, *rest):
         seen.append(([s.prompts[0] for s in sets], counts))
-        return real(sets, counts, gen, scheduler)
+        return real(sets, counts, gen, scheduler, *rest)
 
     monkeypatch.setattr(lora_mod, "sample_batch", spy)
     keys = ("content_images", "content_prompt", "style_images", "style_prompt")

@@ -20,6 +20,7 @@ from diffusers import DDPMScheduler, DiffusionPipeline, StableDiffusionXLPipelin
 from b4m.checks import check_base, raise_problems
 from b4m.diffusion import flux
 from b4m.diffusion.builtin_base import load_base_pipeline
+from b4m.diffusion.objective import Objective
 from b4m.errors import B4MError
 
 __all__ = [
@@ -254,14 +255,18 @@ def per_sample_loss(
     cond: Conditioning,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
+    objective: Objective | None = None,
     mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The denoising loss of each sample, ``(B,)``: MSE between the denoiser's prediction and its target
     (noise or v on the UNets, ``noise - latents`` on FLUX); with ``mask`` (loss weights ``(B, 1, h, w)`` on the
-    latent grid, :mod:`b4m.data.masks`), the weighted mean :func:`masked_mse`."""
+    latent grid, :mod:`b4m.data.masks`), the weighted mean :func:`masked_mse`; times ``objective``'s weights
+    (min-SNR) if any."""
     target = _target(scheduler, latents, noise, timesteps)
     pred = predict(unet, scheduler, latents, cond, noise, timesteps)
-    return masked_mse(pred, target, mask)
+    loss = masked_mse(pred, target, mask)
+    weights = None if objective is None else objective.loss_weights(scheduler, timesteps)
+    return loss if weights is None else loss * weights.to(loss.device)
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

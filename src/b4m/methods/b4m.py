@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from b4m.adapters.codec import load_lora
-from b4m.checks import check_out_folder
+from b4m.checks import check_out_folder, raise_problems
 from b4m.config import to_dict
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.cache import cache_root, held, image_sets, session_policy, sub_fit_folder
@@ -74,6 +74,8 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
     sub-fit in the cache (reused by every fit with the same stage-1 config and data, whatever the other concept)
     and every run opens with ``policy="refresh"``; else all three live in ``--out``. ``Fitted.parts``: the two
     stage-1 adapters."""
+    from b4m.diffusion.pipeline import family_of_base
+    from b4m.train.recipe import check_family, check_recipe
     from b4m.train.stage1 import train_stage1
     from b4m.train.stage2 import train_stage2
 
@@ -81,6 +83,10 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
     check_out_folder(out)
     claim(out, (ADAPTER, CHECKPOINTS, LOG, "content", "style"), overwrite=cfg.overwrite)
     check_folders(cfg, ["content", "style"])
+    problems: list[str] = []
+    check_recipe(cfg, problems)  # stage 2's options too, before stage 1 trains
+    raise_problems(problems)
+    check_family(cfg, family_of_base(cfg.base))
     content, style, stage2 = stage_configs(cfg, out)
     policy = session_policy(cfg.overwrite)
 

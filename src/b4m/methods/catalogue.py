@@ -21,6 +21,8 @@ from b4m.options import (
     B4MStage1Options,
     B4MStage2Options,
     DataOptions,
+    SaveOptions,
+    TrainingRecipeOptions,
 )
 from b4m.options import PRESETS as B4M_PRESETS
 
@@ -47,7 +49,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedOptions(DataOptions, MethodOptions):
+class TrainedOptions(DataOptions, TrainingRecipeOptions, MethodOptions):
     """Options of every trained baseline (``lora``, ``joint``, ``ziplora``, ``qrlora``, ``duolora``): they
     checkpoint like B4M's stages, and the same command run again on an unfinished run resumes it."""
 
@@ -72,7 +74,9 @@ class B4MAuxSets:
 
 
 @dataclasses.dataclass(frozen=True)
-class B4MOptions(DataOptions, B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions):
+class B4MOptions(
+    DataOptions, B4MStage2Options, TrainingRecipeOptions, B4MStage1Options, B4MAuxSets, MethodOptions
+):
     """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model.
 
     B4M's own options are the stage configs' groups (:class:`~b4m.config.B4MStage1Options`,
@@ -125,7 +129,7 @@ class JointOptions(TrainedOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class DirectMergeOptions(MethodOptions):
+class DirectMergeOptions(SaveOptions, MethodOptions):
     """``b4m run direct-merge``: the weighted sum of a content and a style LoRA."""
 
     lambda_c: float = opt(1.0, "content strength l_c (Eq. 3)")
@@ -145,7 +149,7 @@ class ZipLoRAOptions(TrainedOptions):
 
 
 @dataclasses.dataclass(frozen=True)
-class NPLoRAOptions(MethodOptions):
+class NPLoRAOptions(SaveOptions, MethodOptions):
     """``b4m run nplora``: project the content LoRA away from the style LoRA's input subspace."""
 
     mu: float = opt(

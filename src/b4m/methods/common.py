@@ -19,7 +19,7 @@ from b4m.checks import check_base, check_out_folder, integer_at_least, raise_pro
 from b4m.config import load_config, to_dict
 from b4m.data.folders import check_masks, read_image_folder
 from b4m.data.repeats import check_repeats
-from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, predict
+from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, family_of_base, predict
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
 from b4m.methods.cache import session_policy
@@ -34,6 +34,7 @@ from b4m.train.loop import (
     run_steps,
     trigger_words_of,
 )
+from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, make_optimizer, save_dtype
 from b4m.train.session import ADAPTER, CHECKPOINTS
 from b4m.train.session import Session as TrainSession
 
@@ -112,8 +113,10 @@ class Session(TrainSession):
         problems: list[str] = []
         every = getattr(cfg, "checkpoint_every", 0)
         integer_at_least(every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+        check_recipe(cfg, problems)
         check_base(cfg.base, problems)
         raise_problems(problems)
+        check_family(cfg, family_of_base(cfg.base))
         out = Path(cfg.out or Path("runs") / method_id)
         check_out_folder(out)
         super().__init__(
@@ -130,7 +133,14 @@ class Session(TrainSession):
         """The accelerator (``--mixed-precision``) and the frozen pipeline, as every trainer starts."""
         cfg = self.cfg
         mp = getattr(cfg, "mixed_precision", "no") if mixed_precision is None else mixed_precision
-        return super().start(cfg.base, pipe, mp)
+        started = super().start(cfg.base, pipe, mp)
+        check_family(cfg, base_family(started, cfg.base))  # a pipeline given: known only now
+        return started
+
+    @property
+    def objective(self) -> Objective:
+        """The run's loss-side options (noise offset, min-SNR, FLUX timestep sampling)."""
+        return Objective.of(self.cfg)
 
     def generator(self, stream: int) -> torch.Generator:
         """The sampling generator of one of the method's streams (images, noise, timesteps): seeded from
@@ -219,11 +229,14 @@ def train_steps(
     after_step: Callable[[int], None] | None = None,
     checkpoints: Checkpoints | None = None,
 ) -> None:
-    """The trained baselines' training: AdamW on ``params``, then :func:`~b4m.train.loop.run_steps` on
-    ``step_fn`` with the session's accelerator, UNet and log (and ``checkpoints``, from
-    :meth:`Session.checkpoints`)."""
+    """The trained baselines' training: the run's ``--train-optimizer`` (AdamW by default) on ``params``, then
+    :func:`~b4m.train.loop.run_steps` on ``step_fn`` with the session's accelerator, UNet and log (and
+    ``checkpoints``, from :meth:`Session.checkpoints`) and the run's recipe (:func:`~b4m.train.recipe.loop_options`:
+    schedule, clipping, accumulation)."""
     acc = session.accelerator
-    optimizer = acc.prepare(torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay))
+    cfg = session.cfg
+    name = getattr(cfg, "train_optimizer", "adamw")
+    optimizer = acc.prepare(make_optimizer(name, params, lr, weight_decay))
     run_steps(
         step_fn,
         steps=steps,
@@ -236,6 +249,7 @@ def train_steps(
         after_step=after_step,
         checkpoints=checkpoints,
         average=params,  # the UNet is not DDP-wrapped: under accelerate launch, gradients are averaged here
+        **loop_options(cfg, optimizer, steps),
     )
 
 
@@ -276,7 +290,7 @@ def save_adapter(
     }
 
     def write(path: Path, hint: str) -> Path:
-        return save_file_for(family, path, pad_ranks(factors), header, hint)
+        return save_file_for(family, path, pad_ranks(factors), header, hint, save_dtype(cfg))
 
     if name == ADAPTER:
         return session.finish(write, checkpoints)

@@ -196,8 +196,18 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                     rows.append(predict(session.unet, scheduler, x0, c, e, ti))
         return torch.cat(rows)
 
+    objective = session.objective
+
+    def mse(
+        pred: torch.Tensor, target: torch.Tensor, weights: torch.Tensor | None, mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        if weights is None and mask is None:
+            return F.mse_loss(pred, target.float())
+        per = masked_mse(pred, target, mask)  # each sample's (masked) mean, then min-SNR weights
+        return (per if weights is None else per * weights).mean()
+
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = sample_batch(sets, [1, 1], gen, scheduler)
+        batch = sample_batch(sets, [1, 1], gen, scheduler, objective)
         latents, cond, noise, t = batch
         with torch.no_grad():
             with delta_mode("content"):
@@ -206,12 +216,9 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                 teach_s = predict(session.unet, scheduler, latents[1:], cond.index([1]), noise[1:], t[1:])
         cyc = cycle_targets(latents, cond, noise, t)
         pred = predict(session.unet, scheduler, latents, cond, noise, t).float()
-        if batch.mask is None:
-            merge = F.mse_loss(pred, torch.cat([teach_c, teach_s]).float())
-            cycle = F.mse_loss(pred, cyc.float())
-        else:  # loss masks: each sample's masked mean, then their mean
-            merge = masked_mse(pred, torch.cat([teach_c, teach_s]), batch.mask).mean()
-            cycle = masked_mse(pred, cyc, batch.mask).mean()
+        weights = objective.loss_weights(scheduler, t)  # --snr-gamma
+        merge = mse(pred, torch.cat([teach_c, teach_s]), weights, batch.mask)
+        cycle = mse(pred, cyc, weights, batch.mask)
         rank = sum(d.rank_loss(cfg.lambda_hinge) for d in deltas.values())
         loss = merge + cfg.lambda_cycle * cycle + cfg.lambda_prior * rank
         return loss, {

@@ -93,11 +93,15 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     gen = session.generator(3)
     history: list[float] = list(session.resume_info.get("max_move_per_step", []))  # the steps before a resume
 
+    objective = session.objective
+
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = sample_batch(sets, [1, 1], gen, scheduler)
+        batch = sample_batch(sets, [1, 1], gen, scheduler, objective)
         target = teacher_targets(session, scheduler, batch)
         pred = predict(session.unet, scheduler, *batch)
         mse = masked_mse(pred, target, batch.mask)
+        weights = objective.loss_weights(scheduler, batch[3])  # --snr-gamma
+        mse = mse if weights is None else mse * weights
         overlap = sum((d.m_c * d.m_s).sum().abs() for d in deltas.values())
         loss = mse.sum() + cfg.lambda_merge * overlap
         return loss, {

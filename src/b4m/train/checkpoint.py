@@ -39,26 +39,42 @@ _START_OVER = "it is the only checkpoint kept: pass --overwrite to start the run
 
 
 def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """An optimizer's state dict as safetensors tensors (``optim.<param>.<key>``) and JSON (the rest). Nested dicts
+    (bitsandbytes keeps its 8-bit states in one) join their keys with ``/``; their tensors are copied."""
     tensors: dict[str, torch.Tensor] = {}
     scalars: dict[str, Any] = {}
+
+    def put(path: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                put(f"{path}/{key}", inner)
+        elif torch.is_tensor(value):  # bitsandbytes shares its quantisation maps: safetensors wants copies
+            tensors[f"optim.{path}"] = value.clone() if "/" in path else value
+        else:
+            scalars[path] = value
+
     for idx, entry in state["state"].items():
         for key, value in entry.items():
-            if torch.is_tensor(value):
-                tensors[f"optim.{idx}.{key}"] = value
-            else:
-                scalars[f"{idx}.{key}"] = value
+            put(f"{idx}.{key}", value)
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
 def _unflatten_optimizer(tensors: dict[str, torch.Tensor], info: dict[str, Any]) -> dict[str, Any]:
     state: dict[int, dict[str, Any]] = {}
+
+    def put(path: str, value: Any) -> None:
+        idx, name = path.split(".", 1)
+        *outer, last = name.split("/")
+        entry = state.setdefault(int(idx), {})
+        for key in outer:
+            entry = entry.setdefault(key, {})
+        entry[last] = value
+
     for key, value in tensors.items():
         if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
+            put(key.removeprefix("optim."), value)
     for key, value in info["scalars"].items():
-        idx, name = key.split(".", 1)
-        state.setdefault(int(idx), {})[name] = value
+        put(key, value)
     return {"state": state, "param_groups": info["param_groups"]}
 
 

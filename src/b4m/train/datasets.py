@@ -33,6 +33,7 @@ from b4m.data.buckets import Placement, bucket_ladder, bucket_step, nearest_buck
 from b4m.data.folders import _CROP_WARN, ImageSet, load_images, open_rgb, read_image_folder
 from b4m.data.masks import check_mask, latent_mask
 from b4m.data.repeats import repeat_counts
+from b4m.diffusion.objective import Objective
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.errors import B4MError, warn
 from b4m.options import DATA_DEFAULTS
@@ -222,7 +223,13 @@ def _draw(s: CachedSet, k: int, gen: torch.Generator, only: tuple[int, int] | No
     return pool[torch.randint(len(pool), (k,), generator=gen)]
 
 
-def sample_sets(sets: list[CachedSet], counts: list[int], gen: torch.Generator, scheduler: Any) -> Batch:
+def sample_sets(
+    sets: list[CachedSet],
+    counts: list[int],
+    gen: torch.Generator,
+    scheduler: Any,
+    objective: Objective | None = None,
+) -> Batch:
     """:func:`~b4m.train.loop.sample_batch` for sets cached with data options: the same order of draws (indices
     set by set, then one noise, then one timestep), indices from each pool, the masks of the drawn samples, and
     with buckets every sample at the bucket of the leading set's first draw."""
@@ -251,7 +258,9 @@ def sample_sets(sets: list[CachedSet], counts: list[int], gen: torch.Generator, 
         mask = torch.cat(
             [m[i] if m is not None else torch.ones(len(i), 1, *grid) for _, _, m, i in parts]
         ).to(latents.device)
-    noise = torch.randn((1, *latents.shape[1:]), generator=gen).to(latents.device).expand_as(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
+    objective = objective or Objective()
+    noise = torch.randn((1, *latents.shape[1:]), generator=gen)
+    t = objective.timestep(scheduler, gen)
+    noise = objective.offset_noise(noise, gen).to(latents.device).expand_as(latents)
     timesteps = t.to(latents.device).expand(latents.shape[0])
     return Batch(latents, cond, noise.contiguous(), timesteps, mask)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from b4m.errors import B4MError
+from b4m.options import NEUTRAL_DEFAULTS
 
 __all__ = ["check_same_run", "data_fingerprint", "run_settings"]
 
@@ -38,15 +39,13 @@ _NOT_IDENTITY = frozenset(
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a (preset-resolved) config dict that determine the result. The data options
-    (:class:`~b4m.options.DataOptions`) count only off their defaults, so a run that uses none of them keeps the
-    identity it had before they existed (its checkpoints and cached fits stay valid)."""
-    from b4m.options import DATA_DEFAULTS
-
+    """The settings of a (preset-resolved) config dict that determine the result (an option added later is left
+    out at the default that reproduces earlier runs: :data:`b4m.options.NEUTRAL_DEFAULTS`, the data options
+    included)."""
     return {
         k: v
         for k, v in sorted(config.items())
-        if k not in _NOT_IDENTITY and not (k in DATA_DEFAULTS and v == DATA_DEFAULTS[k])
+        if k not in _NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
     }
 
 

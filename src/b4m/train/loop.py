@@ -15,6 +15,7 @@ from accelerate import Accelerator
 from tqdm.auto import tqdm
 
 from b4m.data.folders import load_images, read_image_folder
+from b4m.diffusion.objective import Objective
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.errors import DivergedError
 from b4m.io import JsonlLog
@@ -129,19 +130,29 @@ def cache_set(
     return CachedSet(Path(folder), latents, cond, prompts)
 
 
-def sample_batch(sets: list[CachedSet], counts: list[int], gen: torch.Generator, scheduler: Any) -> Batch:
+def sample_batch(
+    sets: list[CachedSet],
+    counts: list[int],
+    gen: torch.Generator,
+    scheduler: Any,
+    objective: Objective | None = None,
+) -> Batch:
     """``counts[i]`` random samples from ``sets[i]``, concatenated; one noise and one timestep for all of them
-    (the paper's MCP uses the same noise and timestep for target and auxiliary samples of a step). Sets cached
-    with data options are drawn by :func:`b4m.train.datasets.sample_sets` (repeats, masks, one bucket a step)."""
+    (the paper's MCP uses the same noise and timestep for target and auxiliary samples of a step). ``objective``:
+    the run's timestep sampling and noise offset (:class:`~b4m.diffusion.objective.Objective`; default: uniform
+    timesteps, no offset). Sets cached with data options are drawn by :func:`b4m.train.datasets.sample_sets`
+    (repeats, masks, one bucket a step)."""
+    objective = objective or Objective()
     if not all(s.plain for s in sets):
         from b4m.train.datasets import sample_sets
 
-        return sample_sets(sets, counts, gen, scheduler)
+        return sample_sets(sets, counts, gen, scheduler, objective)
     idx = [torch.randint(len(s), (k,), generator=gen) for s, k in zip(sets, counts, strict=True)]
     latents = torch.cat([s.latents[i.to(s.latents.device)] for s, i in zip(sets, idx, strict=True)])
     cond = Conditioning.cat([s.cond.index(i.to(s.latents.device)) for s, i in zip(sets, idx, strict=True)])
-    noise = torch.randn((1, *latents.shape[1:]), generator=gen).to(latents.device).expand_as(latents)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
+    noise = torch.randn((1, *latents.shape[1:]), generator=gen)
+    t = objective.timestep(scheduler, gen)
+    noise = objective.offset_noise(noise, gen).to(latents.device).expand_as(latents)
     timesteps = t.to(latents.device).expand(latents.shape[0])
     return Batch(latents, cond, noise.contiguous(), timesteps)
 
@@ -252,6 +263,9 @@ def run_steps(
     checkpoints: Checkpoints | None = None,
     average: Sequence[torch.Tensor] | None = None,
     lr_option: str = "--lr",
+    accumulation: int = 1,
+    max_grad_norm: float | None = None,
+    lr_scheduler: Any = None,
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
     ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
@@ -266,11 +280,25 @@ def run_steps(
     parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
     the loop and in eval mode after; the progress bar (``desc``, default ``name``) shows on the main process
     when ``progress``; ``lr_option`` names the learning-rate option in a diverged run's message. The caller builds the optimizer, owns the log file and saves the final adapter.
+
+    The training recipe (:func:`b4m.train.recipe.loop_options`; the defaults change nothing): ``accumulation``
+    calls of ``step_fn`` per step, each loss divided by it before its backward pass (under DDP only the last
+    synchronises), their mean logged; ``max_grad_norm``: the gradients' global norm clipped to it
+    (``accelerator.clip_grad_norm_``, after the averaging, before ``optimizer.step()``; the norm before clipping is
+    logged as ``grad_norm``); ``lr_scheduler``: stepped after every ``optimizer.step()``, its state saved in each
+    checkpoint and restored on resume, the rate of the step logged as ``lr``. A step is one optimizer step.
     """
     start = 0
     if checkpoints is not None and checkpoints.resume is not None:
         info = load_checkpoint(checkpoints.resume, checkpoints.params, optimizer, checkpoints.generator)
         start = info["step"] - checkpoints.offset
+        if lr_scheduler is not None:
+            if "lr_scheduler" in info:
+                lr_scheduler.load_state_dict(info["lr_scheduler"])
+            else:  # a checkpoint written without one (a rescue after the last step): replay the schedule
+                for _ in range(start):
+                    lr_scheduler.step()
+    clipped = _optimizer_params(optimizer) if max_grad_norm else []
     folder = None if checkpoints is None else checkpoints.folder
     bar = tqdm(
         range(start, steps),
@@ -281,35 +309,82 @@ def run_steps(
     )
     model.train()
     for step in bar:
-        with accelerator.autocast():
-            loss, record = step_fn(step)
         done = step + 1
-        check_finite_loss(loss, done, name, folder, lr_option)
-        accelerator.backward(loss)
+        if accumulation == 1:
+            with accelerator.autocast():
+                loss, record = step_fn(step)
+            check_finite_loss(loss, done, name, folder, lr_option)
+            accelerator.backward(loss)
+        else:
+            loss, record = _accumulate(
+                step_fn, step, accumulation, accelerator, model, (done, name, folder, lr_option)
+            )
         if average is not None:
             average_gradients(average, accelerator)
+        extra: dict[str, Any] = {}
+        if max_grad_norm:
+            extra["grad_norm"] = accelerator.clip_grad_norm_(clipped, max_grad_norm)
         optimizer.step()
+        if lr_scheduler is not None:
+            extra["lr"] = lr_scheduler.get_last_lr()[0]
+            lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
             after_step(step)
         if done % 10 == 0 or done == steps:  # .item() syncs the device: not every step
-            entry = {"step": done, "loss": loss.item(), **{k: _scalar(v) for k, v in record.items()}}
+            entry = {
+                "step": done,
+                "loss": loss.item(),
+                **{k: _scalar(v) for k, v in {**record, **extra}.items()},
+            }
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             log.write(**entry)
         if checkpoints is not None and _checkpoint_due(checkpoints.every, done, steps, accelerator):
             check_finite_params(checkpoints.params, done, name, folder, lr_option)
+            state = {} if lr_scheduler is None else {"lr_scheduler": lr_scheduler.state_dict()}
             save_checkpoint(
                 checkpoints.folder,
                 checkpoints.offset + done,
                 checkpoints.params,
                 optimizer,
                 checkpoints.generator,
-                checkpoints.extra,
+                {**checkpoints.extra, **state},
             )
     model.eval()
     if checkpoints is not None:
         check_finite_params(checkpoints.params, steps, name, folder, lr_option)
         checkpoints.optimizer, checkpoints.done = optimizer, checkpoints.offset + steps
+
+
+def _accumulate(
+    step_fn: StepFn,
+    step: int,
+    k: int,
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    where: tuple[int, str, Path | None, str],
+) -> tuple[torch.Tensor, dict[str, Any]]:
+    """``k`` calls of ``step_fn`` whose gradients add up to the gradient of their mean loss (each backward pass
+    gets ``loss / k``); DDP synchronises on the last only. Returns the mean loss and the mean of each record."""
+    losses, records = [], []
+    for micro in range(k):
+        sync = contextlib.nullcontext() if micro == k - 1 else accelerator.no_sync(model)
+        with sync:
+            with accelerator.autocast():
+                loss, record = step_fn(step)
+            check_finite_loss(loss, *where)
+            accelerator.backward(loss / k)
+        losses.append(loss.detach())
+        records.append(record)
+    mean = {key: sum(r[key] for r in records) / k for key in records[0]}
+    return torch.stack(losses).mean(), mean
+
+
+def _optimizer_params(optimizer: Any) -> list[torch.Tensor]:
+    """Every parameter ``optimizer`` updates (inside accelerate's or stage 2's wrapper), for clipping."""
+    from b4m.train.recipe import torch_optimizer
+
+    return [p for group in torch_optimizer(optimizer).param_groups for p in group["params"]]
 
 
 def average_gradients(params: Sequence[torch.Tensor], accelerator: Accelerator) -> None:

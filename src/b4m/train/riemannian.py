@@ -153,7 +153,7 @@ def make_stage2_optimizer(
     (the paper's "w/o RP" arm)."""
     params = [p for pair in pairs for p in pair[:2]]
     if name == "riemannian-sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr)
+        opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
     elif name in ("riemannian-adamw", "adamw"):
         opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     else:

@@ -35,6 +35,7 @@ from b4m.diffusion.pipeline import (
     base_model_name,
     default_targets,
     denoiser,
+    family_of_base,
     per_sample_loss,
     training_scheduler,
 )
@@ -51,6 +52,7 @@ from b4m.train.loop import (
     sample_batch,
     trigger_words_of,
 )
+from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, make_optimizer, save_dtype
 from b4m.train.session import Session
 
 __all__ = ["ROLES", "train_stage1"]
@@ -83,6 +85,7 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     finite(cfg.lr, "--lr", problems, positive=True)
     finite(cfg.weight_decay, "--weight-decay", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    check_recipe(cfg, problems)
     if pipe is None:
         check_base(cfg.base, problems)
     if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
@@ -94,6 +97,7 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     except B4MError as err:
         problems.append(str(err))
     raise_problems(problems)
+    check_family(cfg, base_family(pipe, cfg.base) if pipe is not None else family_of_base(cfg.base))
     check_out_folder(out)
     target = read_image_folder(cfg.images, "--images")
     sets = [(target, target.prompts(cfg.prompt, "--images"))]
@@ -113,14 +117,15 @@ def _step_fn(
     mcp: bool,
     strict: bool,
     target_part: str,
+    objective: Objective | None = None,
 ) -> StepFn:
     """Eq. 12 on one sample of every set (target first), batched into one forward: the paper (batch 1) and the
     official scripts."""
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = sample_batch(sets, [1] * len(sets), gen, scheduler)
+        batch = sample_batch(sets, [1] * len(sets), gen, scheduler, objective)
         with maybe(strict, mcp_routing(1, target_part)):
-            losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask)
+            losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask, objective=objective)
         loss_target = losses[:1].mean()
         loss = (loss_target + losses[1:].mean()) if mcp else loss_target
         return loss, {"loss_target": loss_target.detach()}
@@ -182,14 +187,14 @@ def train_stage1(
             {"params": adapter.parameters(target_part), "lr": cfg.lr},
             {"params": adapter.parameters(other_part), "lr": cfg.lr * cfg.aux_lr_scale},
         ]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg.train_optimizer, params, cfg.lr, cfg.weight_decay)
     unet, optimizer = accelerator.prepare(model, optimizer)
     scheduler = training_scheduler(pipe)
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + accelerator.process_index)
     checkpoints = session.checkpoints(adapter.named_parts(), gen)
 
     strict = cfg.mcp and cfg.routing == "strict"
-    step_fn = _step_fn(unet, scheduler, [target, *aux], gen, cfg.mcp, strict, target_part)
+    step_fn = _step_fn(unet, scheduler, [target, *aux], gen, cfg.mcp, strict, target_part, Objective.of(cfg))
     run_steps(
         step_fn,
         steps=cfg.steps,
@@ -200,6 +205,7 @@ def train_stage1(
         name=f"stage 1 ({role})",
         progress=progress,
         checkpoints=checkpoints,
+        **loop_options(cfg, optimizer, cfg.steps),
     )
 
     settings, deviations = split_deviations(cfg)  # a run as the paper describes it records no deviation
@@ -209,6 +215,7 @@ def train_stage1(
             adapter,
             path,
             hint=hint,
+            dtype=save_dtype(cfg),
             method="b4m",
             stage=1,
             role=role,

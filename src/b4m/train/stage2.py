@@ -29,13 +29,21 @@ from b4m.checks import (
 from b4m.config import to_dict
 from b4m.data.folders import check_images, read_image_folder
 from b4m.data.repeats import check_repeats
-from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
+from b4m.diffusion.pipeline import (
+    base_family,
+    base_model_name,
+    denoiser,
+    family_of_base,
+    per_sample_loss,
+    training_scheduler,
+)
 from b4m.errors import B4MError
 from b4m.options import Stage2Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.datasets import cache_all
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import CachedSet, StepFn, run_steps, sample_batch
+from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, save_dtype
 from b4m.train.riemannian import make_stage2_optimizer
 from b4m.train.session import Session
 
@@ -106,11 +114,13 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     integer_at_least(cfg.reinit_every, "--reinit-every", 0, problems, " (0: none)")
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     check_repeats(cfg.repeats, problems)
+    check_recipe(cfg, problems)
     if pipe is None:
         check_base(cfg.base, problems)
     if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
         check_resolution(cfg.resolution, cfg.base, "--resolution", problems, pipe=pipe)
     raise_problems(problems)
+    check_family(cfg, base_family(pipe, cfg.base) if pipe is not None else family_of_base(cfg.base))
 
 
 def train_stage2(
@@ -185,6 +195,7 @@ def train_stage2(
             pairs,
             cfg.optimizer,
             lr=cfg.stage2_lr,
+            weight_decay=cfg.stage2_weight_decay,
             operands=cfg.operands,
             delta=cfg.delta,
             delta_rel=cfg.delta_rel,
@@ -195,7 +206,7 @@ def train_stage2(
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + accelerator.process_index)
         checkpoints = session.checkpoints(adapter.named_parts(), gen)
         run_steps(
-            _step_fn(unet, scheduler, sets, gen),
+            _step_fn(unet, scheduler, sets, gen, Objective.of(cfg)),
             steps=cfg.stage2_steps,
             accelerator=accelerator,
             model=unet,
@@ -206,6 +217,7 @@ def train_stage2(
             progress=progress,
             checkpoints=checkpoints,
             lr_option="--stage2-lr",
+            **loop_options(cfg, optimizer, cfg.stage2_steps, stage2=True),
         )
 
     extra_meta = {
@@ -221,18 +233,30 @@ def train_stage2(
 
     def write(path: Path, hint: str) -> Path:
         return save_plp(
-            adapter, path, hint=hint, stage=2, config=portable_config(settings, out), **extra_meta
+            adapter,
+            path,
+            hint=hint,
+            dtype=save_dtype(cfg),
+            stage=2,
+            config=portable_config(settings, out),
+            **extra_meta,
         )
 
     return session.finish(write, checkpoints)
 
 
-def _step_fn(unet: torch.nn.Module, scheduler: Any, sets: list[CachedSet], gen: torch.Generator) -> StepFn:
+def _step_fn(
+    unet: torch.nn.Module,
+    scheduler: Any,
+    sets: list[CachedSet],
+    gen: torch.Generator,
+    objective: Objective | None = None,
+) -> StepFn:
     """``L_content + L_style`` on one content and one style sample, in one batched forward."""
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        batch = sample_batch(sets, [1, 1], gen, scheduler)
-        losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask)
+        batch = sample_batch(sets, [1, 1], gen, scheduler, objective)
+        losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask, objective=objective)
         return losses.sum(), {"loss_content": losses[0].detach(), "loss_style": losses[1].detach()}
 
     return step
