@@ -33,8 +33,10 @@ from b4m.train.loop import (
     run_steps,
     trigger_words_of,
 )
+from b4m.train.previews import PreviewPlan, baseline_plan
 from b4m.train.session import ADAPTER, CHECKPOINTS
 from b4m.train.session import Session as TrainSession
+from b4m.train.watch import check_options
 
 __all__ = [
     "ADAPTER",
@@ -105,6 +107,7 @@ class Session(TrainSession):
         problems: list[str] = []
         every = getattr(cfg, "checkpoint_every", 0)
         integer_at_least(every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+        check_options(cfg, problems)
         check_base(cfg.base, problems)
         raise_problems(problems)
         out = Path(cfg.out or Path("runs") / method_id)
@@ -116,8 +119,11 @@ class Session(TrainSession):
             policy=policy or session_policy(cfg.overwrite) or ("overwrite" if cfg.overwrite else "continue"),
             checkpoint_every=every,
             writes=writes,
+            options=cfg,
         )
         self.cfg = cfg
+        self.cached: dict[str, CachedSet] = {}
+        """The image sets cached so far, by concept (the previews' default prompts)."""
 
     def start(self, base: Any = None, pipe: Any = None, mixed_precision: str | None = None) -> Any:  # noqa: ARG002
         """The accelerator (``--mixed-precision``) and the frozen pipeline, as every trainer starts."""
@@ -143,7 +149,18 @@ class Session(TrainSession):
         if folder is None:
             raise B4MError(f"--{which}-images: give the folder of {which} images")
         prompt = getattr(self.cfg, f"{which}_prompt")
-        return cache_set(self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images")
+        self.cached[which] = cache_set(self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images")
+        return self.cached[which]
+
+    def preview_plan(self) -> PreviewPlan:
+        """The previews' default prompts: those of the sets it trains on, and content + style combined."""
+        prompts = [s.prompts[0] for s in self.cached.values()]
+        both = "content" in self.cached and "style" in self.cached
+        return baseline_plan(
+            prompts,
+            self.cached["content"].prompts[0] if both else None,
+            self.cached["style"].prompts[0] if both else None,
+        )
 
     def trigger_words(self, *sets: CachedSet) -> list[str]:
         words: list[str] = []
@@ -216,6 +233,7 @@ def train_steps(
         after_step=after_step,
         checkpoints=checkpoints,
         average=params,  # the UNet is not DDP-wrapped: under accelerate launch, gradients are averaged here
+        watch=session.watch(desc, session.preview_plan(), session.cfg.resolution),
     )
 
 

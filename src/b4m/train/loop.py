@@ -51,14 +51,15 @@ def base_dtype(mixed_precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present.
+def make_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
+    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present; ``kwargs`` go to
+    ``Accelerator`` (the tracker's ``log_with`` and ``project_dir``, :mod:`b4m.train.trackers`).
 
     Without a GPU, ``cpu=True`` lets processes started by ``accelerate launch``/torchrun form a gloo DDP group
     (accelerate only picks the CPU backend when told it runs on the CPU).
     """
     on_gpu = torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu, **kwargs)
 
 
 @dataclass
@@ -156,6 +157,16 @@ StepFn = Callable[[int], tuple[torch.Tensor, Record]]
 extra values to log (tensors are read with ``.item()`` only on the steps that log, so return them detached)."""
 
 
+class Watcher(Protocol):
+    """What :func:`run_steps` calls around its steps (:class:`b4m.train.watch.Watch`)."""
+
+    def begin(self, start: int) -> None: ...
+
+    def step(self, done: int, steps: int, entry: Mapping[str, Any] | None, optimizer: Any) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Optimizer(Protocol):
     """What the loop asks of an optimizer (torch's, accelerate's wrapper, stage 2's preconditioned one)."""
 
@@ -205,6 +216,7 @@ def run_steps(
     checkpoints: Checkpoints | None = None,
     average: Sequence[torch.Tensor] | None = None,
     lr_option: str = "--lr",
+    watch: Watcher | None = None,
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
     ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
@@ -219,6 +231,10 @@ def run_steps(
     parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
     the loop and in eval mode after; the progress bar (``desc``, default ``name``) shows on the main process
     when ``progress``; ``lr_option`` names the learning-rate option in a diverged run's message. The caller builds the optimizer, owns the log file and saves the final adapter.
+
+    ``watch`` (:class:`b4m.train.watch.Watch`): ``watch.begin(start)`` before the first step, ``watch.step(done,
+    steps, entry, optimizer)`` after each (``entry``: what the log got this step, else ``None``), ``watch.end()``
+    after the last: previews, the tracker, the encoders off the GPU meanwhile.
     """
     start = 0
     if checkpoints is not None and checkpoints.resume is not None:
@@ -232,6 +248,8 @@ def run_steps(
         initial=start,
         total=steps,
     )
+    if watch is not None:
+        watch.begin(start)
     model.train()
     for step in bar:
         with accelerator.autocast():
@@ -245,10 +263,13 @@ def run_steps(
         optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
             after_step(step)
+        entry = None
         if done % 10 == 0 or done == steps:  # .item() syncs the device: not every step
             entry = {"step": done, "loss": loss.item(), **{k: _scalar(v) for k, v in record.items()}}
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             log.write(**entry)
+        if watch is not None:
+            watch.step(done, steps, entry, optimizer)
         if checkpoints is not None and _checkpoint_due(checkpoints.every, done, steps, accelerator):
             check_finite_params(checkpoints.params, done, name, folder, lr_option)
             save_checkpoint(
@@ -260,6 +281,8 @@ def run_steps(
                 checkpoints.extra,
             )
     model.eval()
+    if watch is not None:
+        watch.end()
     if checkpoints is not None:
         check_finite_params(checkpoints.params, steps, name, folder, lr_option)
         checkpoints.optimizer, checkpoints.done = optimizer, checkpoints.offset + steps

@@ -34,8 +34,10 @@ from b4m.options import Stage2Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import CachedSet, StepFn, cache_set, run_steps, sample_batch
+from b4m.train.previews import plp_scales, stage2_plan
 from b4m.train.riemannian import make_stage2_optimizer
 from b4m.train.session import Session
+from b4m.train.watch import check_options
 
 __all__ = ["fuse", "train_stage2"]
 
@@ -103,6 +105,7 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     finite(cfg.delta_rel, "--delta-rel", problems)
     integer_at_least(cfg.reinit_every, "--reinit-every", 0, problems, " (0: none)")
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    check_options(cfg, problems)
     if pipe is None:
         check_base(cfg.base, problems)
     if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
@@ -153,6 +156,7 @@ def train_stage2(
         + _factors_digest(fused),
         policy=policy or ("overwrite" if cfg.overwrite else "continue"),
         checkpoint_every=cfg.checkpoint_every,
+        options=cfg,
     )
     if session.finished is not None:
         return session.finished
@@ -203,6 +207,11 @@ def train_stage2(
             progress=progress,
             checkpoints=checkpoints,
             lr_option="--stage2-lr",
+            watch=session.watch(
+                "stage 2",
+                stage2_plan(sets[0].prompts[0], sets[1].prompts[0], plp_scales(adapter)),
+                cfg.resolution,
+            ),
         )
 
     extra_meta = {
