@@ -125,7 +125,7 @@ def test_every_trainer_moves_the_encoders_off_while_it_trains(
 def _grads(pipe, adapter, checkpointing):
     unet = pipe.unet
     if checkpointing:
-        unet.enable_gradient_checkpointing()
+        memory.enable_checkpointing(unet)
     else:
         unet.disable_gradient_checkpointing()
     unet.train()
@@ -142,6 +142,8 @@ def _grads(pipe, adapter, checkpointing):
 
 
 def test_gradient_checkpointing_gives_the_same_gradients(tiny_sdxl, monkeypatch):
+    """Also under stage 1's strict MCP routing, a context that the backward pass's recomputation must see (plain
+    ``enable_gradient_checkpointing()`` fails there: torch finds another graph recomputed)."""
     pipe = tiny_sdxl()
     pipe.unet.requires_grad_(False)
     adapter = inject_plp(pipe.unet, PLPSpec(rank=4))

@@ -26,6 +26,8 @@ from b4m.errors import B4MError
 __all__ = [
     "ENCODERS",
     "check_quantize",
+    "checkpointed",
+    "enable_checkpointing",
     "dense_weight",
     "quantize_denoiser",
     "release_encoders",
@@ -70,6 +72,38 @@ def _device_of(module: nn.Module) -> torch.device:
     for p in module.parameters():
         return p.device
     return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------------------------- checkpointing
+def checkpointed(module: Any, *args: Any) -> Any:
+    """diffusers' gradient-checkpointing call (``torch.utils.checkpoint``, non-reentrant) with b4m's per-forward
+    settings restored while the backward pass recomputes the block: stage 1's strict MCP routing
+    (:func:`b4m.adapters.plp.mcp_routing`) and a baseline's delta mode (:func:`b4m.adapters.deltas.delta_mode`)
+    are context variables, unset by the time the backward pass runs; without them the recomputation would build
+    another graph (torch refuses it: "a different number of tensors was saved")."""
+    import contextlib
+
+    from b4m.adapters import deltas, plp
+
+    route, mode = plp._ROUTE.get(), deltas._MODE.get()
+
+    @contextlib.contextmanager
+    def restored() -> Any:
+        tokens = plp._ROUTE.set(route), deltas._MODE.set(mode)
+        try:
+            yield
+        finally:
+            deltas._MODE.reset(tokens[1])
+            plp._ROUTE.reset(tokens[0])
+
+    return torch.utils.checkpoint.checkpoint(
+        module.__call__, *args, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), restored())
+    )
+
+
+def enable_checkpointing(model: nn.Module) -> None:
+    """Gradient checkpointing on a diffusers UNet or FLUX transformer, through :func:`checkpointed`."""
+    model.enable_gradient_checkpointing(gradient_checkpointing_func=checkpointed)
 
 
 # --------------------------------------------------------------------------------------------- quantization

@@ -131,7 +131,7 @@ class Session:
         ``pipe`` (loaded from ``base`` if not given, in the mixed-precision dtype on a GPU) on the device, its
         denoiser quantized (``--quantize-base``) and checkpointed (``--gradient-checkpointing``) as the options
         say. Returns the pipeline."""
-        from b4m.diffusion.memory import quantize_denoiser
+        from b4m.diffusion.memory import enable_checkpointing, quantize_denoiser
         from b4m.diffusion.pipeline import denoiser, freeze, load_pipeline
 
         self.threads = threads.apply(recorded=recorded_threads(self.resume.parent) if self.resume else None)
@@ -147,7 +147,7 @@ class Session:
         freeze(self.pipe)
         quantize_denoiser(denoiser(self.pipe), getattr(self.options, "quantize_base", "none"), acc.device)
         if getattr(self.options, "gradient_checkpointing", False):
-            denoiser(self.pipe).enable_gradient_checkpointing()
+            enable_checkpointing(denoiser(self.pipe))
         self.pipe.to(acc.device)
         return self.pipe
 
