@@ -190,6 +190,11 @@ def test_stage2_and_baselines_train_the_same_with_gradient_checkpointing(
     def run(out, gc):
         if method_id == "stage2":
             return _stage2(tiny_sdxl, folders, tmp_path, out, gradient_checkpointing=gc)
+        if method_id == "stage1":  # strict MCP routing through the recomputation
+            cfg = Stage1Config(images=folders["content_images"], prompt=folders["content_prompt"],
+                               aux=folders["aux"], base="tiny", out=tmp_path / out, gradient_checkpointing=gc,
+                               **QUICK)  # fmt: skip
+            return train_stage1(cfg, "content", pipe=tiny_sdxl(), progress=False)
         options = {k: v for k, v in folders.items() if k != "aux"} | QUICK | _SOURCES.get(method_id, {})
         if method_id in _SOURCES:
             options |= _sources(tiny_sdxl, tmp_path)
