@@ -5,6 +5,7 @@ and (slow) the real quick bench end to end."""
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 from html.parser import HTMLParser
@@ -309,7 +310,14 @@ def test_bench_caches_resumes_and_lays_out_its_reports(tmp_path, monkeypatch):
         per = {k: np.asarray(v) for k, v in record["per_image"].items()}
         expected = _independent_ci(per, 300, int(r["key"][:8], 16))
         for k, v in r["ci"].items():
-            assert v == pytest.approx(expected[k], abs=1e-12), k
+            if k in ("content_acc", "style_acc", "content_inst", "style_inst"):  # 0/1 per image: Wilson
+                hits, n = float(np.sum(per[k])), len(per[k])
+                z2 = 1.959963984540054**2
+                centre = (hits + z2 / 2) / (n + z2)
+                half = math.sqrt(z2) * math.sqrt(hits * (n - hits) / n + z2 / 4) / (n + z2)
+                assert v == pytest.approx([max(0, centre - half), min(1, centre + half)], abs=1e-9), k
+            else:
+                assert v == pytest.approx(expected[k], abs=1e-12), k
         assert r["mean"] == pytest.approx(float(aggregate(per, np.arange(10)[None])["mean"][0]))
 
     # aggregated rows: one per track x method x arm
@@ -317,8 +325,21 @@ def test_bench_caches_resumes_and_lays_out_its_reports(tmp_path, monkeypatch):
     assert len(agg) == 12 and {a["track"] for a in agg} == {"instance", "new-class"}
     assert all(set(METRICS) <= set(a) and a["n"] == 10 for a in agg)
 
+    # paired comparisons: B4M minus each other row of its track, on the pairs both ran
+    (inst,) = [c for c in first["comparisons"] if c["track"] == "instance"]
+    assert [(t["method"], t["arm"]) for t in inst["comparators"]] == [
+        ("base", "full"), ("lora", "full"), ("ziplora", "full"), ("b4m", "no-rp"), ("b4m", "rho=1/4")]  # fmt: skip
+    point = {(r["method"], r["arm"]): r for r in rows if r["pair"] == "teddy#3:papercut#5"}
+    for t in inst["comparators"]:
+        want = point[("b4m", "full")]["hmean"] - point[(t["method"], t["arm"])]["hmean"]
+        assert t["diff"]["hmean"]["diff"] == pytest.approx(want, abs=1e-12)
+        assert (
+            t["diff"]["hmean"]["p"] == 1.0 and t["diff"]["hmean"]["verdict"] != "better"
+        )  # 1 pair decides nothing
+
     md = (out / "results.md").read_text()
     check_markdown(md, tracks=2, rows_per_track=6)
+    assert "## Paired comparisons" in md and "| compared with | pairs | Δ h-mean |" in md
     check_report_html(out / "report.html", ["teddy#3:papercut#5", "mushroom:glass"], rho=True)
 
     # a copied bench folder resumes too (cache keys hold no absolute paths)

@@ -1,5 +1,7 @@
 """B4M on the built-in base model: ordinary-LoRA round trip, and the demo beating the base model (slow)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from diffusers import DiffusionPipeline
@@ -66,24 +68,35 @@ def test_demo_runs_end_to_end_and_a_moved_folder_reuses_its_stages(tmp_path):
 
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     stages = ("content", "style", "fused")
-    before = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
-    run_demo(DemoConfig(out=tmp_path / "b", **quick), progress=False)
-    after = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
-    assert after == before
+
+    def adapters(results: dict) -> dict[str, tuple[str, int]]:
+        """Each stage's adapter file, relative to the demo folder, with its modification time."""
+        paths = {s: Path(results["adapters"][s]) for s in stages}
+        assert all(p.is_file() for p in paths.values())
+        return {s: (str(p.relative_to(p.parents[2])), p.stat().st_mtime_ns) for s, p in paths.items()}
+
+    moved = run_demo(DemoConfig(out=tmp_path / "b", **quick), progress=False)
+    assert Path(moved["adapter"]).is_relative_to(tmp_path / "b" / "fits")
+    before = adapters(moved)
+    assert {s: v[0] for s, v in before.items()} == {s: v[0] for s, v in adapters(results).items()}
+    first = {s: (tmp_path / "a" / "fits" / before[s][0]).stat().st_mtime_ns for s in stages}
+    assert {s: v[1] for s, v in before.items()} == first  # copied, not retrained
 
     # A changed stage-2 setting retrains stage 2 only.
-    run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", **quick), progress=False)
-    changed = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
+    changed = adapters(run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", **quick), progress=False))
     assert changed["content"] == before["content"] and changed["style"] == before["style"]
     assert changed["fused"] != before["fused"]
 
     # A changed stage-1 setting retrains stage 1 and everything made from it: the fused adapter reported is
     # this run's, never the old one (its own settings did not change).
-    old = (tmp_path / "b" / "fused" / "adapter.safetensors").read_bytes()
-    run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", lr=5e-3, **quick), progress=False)
-    again = {s: (tmp_path / "b" / s / "adapter.safetensors").stat().st_mtime_ns for s in stages}
-    assert all(again[s] != changed[s] for s in stages)
-    assert (tmp_path / "b" / "fused" / "adapter.safetensors").read_bytes() != old
+    again = adapters(
+        run_demo(DemoConfig(out=tmp_path / "b", optimizer="adamw", lr=5e-3, **quick), progress=False)
+    )
+    assert all(again[s][0] != changed[s][0] for s in stages)
+
+    # Another style reuses the content's stage 1 (a per-concept fit) and trains the rest.
+    other = adapters(run_demo(DemoConfig(out=tmp_path / "b", style="knit#1", **quick), progress=False))
+    assert other["content"] == before["content"] and other["style"][0] != before["style"][0]
 
     # --overwrite replaces what the demo made, and nothing else.
     (tmp_path / "b" / "notes.txt").write_text("mine")

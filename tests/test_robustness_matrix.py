@@ -133,10 +133,8 @@ def world(tmp_path_factory):
 
     _checkpoint(d / "runs" / "other", lr=0.01)
     _checkpoint(d / "runs" / "damaged", lr=0.001, damaged=True)
-    (d / "demo_user" / "content").mkdir(parents=True)
-    (d / "demo_user" / "content" / "adapter.safetensors").write_bytes(
-        (d / "content.safetensors").read_bytes()
-    )
+    (d / "demo_user" / "fits").mkdir(parents=True)
+    (d / "demo_user" / "fits" / "adapter.safetensors").write_bytes((d / "content.safetensors").read_bytes())
     from b4m.owned import Folder
 
     stamped = d / "demo_stamped"  # a demo folder whose data/content holds the user's photos
@@ -149,7 +147,7 @@ def world(tmp_path_factory):
 
 def _user_project(root: Path, demo: bool = False) -> None:
     """A user's project folder: their checkpoints, training log, photos and dot-files (``demo``: also names the
-    demo writes: a content/ folder and a report.html)."""
+    demo writes: a fits/ folder and a report.html)."""
     (root / "checkpoints" / "epoch10").mkdir(parents=True)
     (root / "checkpoints" / "epoch10" / "model.ckpt").write_bytes(b"the user's weights")
     (root / "train_log.jsonl").write_text('{"epoch": 10, "loss": 0.1}\n')
@@ -157,8 +155,8 @@ def _user_project(root: Path, demo: bool = False) -> None:
     (root / ".hidden").write_text("the user's settings")
     (root / "scores.json").write_text('{"fid": 12.3}')
     if demo:
-        (root / "content").mkdir()
-        _png(root / "content" / "my_teddy.png", 98)
+        (root / "fits").mkdir()
+        _png(root / "fits" / "my_teddy.png", 98)
         (root / "report.html").write_text("<p>the user's report</p>")
 
 
@@ -463,7 +461,7 @@ CASES = [
     (
         "demo-user-adapter",
         "demo --out {d}/demo_user",
-        r"--out .*demo_user: holds content/, which b4m demo did not make",
+        r"--out .*demo_user: holds fits/, which b4m demo did not make",
         None,
     ),
     (
@@ -498,13 +496,13 @@ CASES = [
     (
         "user-out-demo",
         "demo --out {d}/userdemo",
-        r"--out .*userdemo: holds content/, report.html, which b4m demo did not make",
+        r"--out .*userdemo: holds fits/, report.html, which b4m demo did not make",
         None,
     ),
     (
         "user-out-demo-overwrite",
         "demo --out {d}/userdemo --overwrite",
-        r"holds content/, report.html, which b4m demo did not make.*\(--overwrite too replaces only files b4m made\)",
+        r"holds fits/, report.html, which b4m demo did not make.*\(--overwrite too replaces only files b4m made\)",
         None,
     ),
     (

@@ -105,7 +105,7 @@ def _coerce(name: str, value: Any, tp: Any, problems: list[str]) -> Any:
     try:
         if origin in (list, tuple):
             item = (typing.get_args(inner) or (str,))[0]
-            if isinstance(value, str):
+            if isinstance(value, str | int | float) and not isinstance(value, bool):  # `repeats: 3`: one item
                 value = [value]
             return origin(_coerce(name, v, item, problems) for v in value)
         if inner is bool:

@@ -9,9 +9,11 @@
 4. generate the new subject in the new style under several prompts, with the base model for comparison;
 5. score both with the judges and write ``report.html``, ``results.json`` and PNG grids.
 
-A second run reuses every finished stage whose options and inputs are unchanged (the training session's
-identity: settings and the bytes of every file a stage was made from) and trains again whatever changed, the
-stages after it included. The demo writes only names it owns (:mod:`b4m.owned`): a folder whose ``content/``,
+B4M runs through the method registry like any method (``fit_cached("b4m")``): its fits live in ``<out>/fits``, keyed
+by what decides them (settings, the bytes of the images and the shipped base), each stage-1 adapter by its own
+concept alone. A second run reuses every finished fit whose options and inputs are unchanged (another style reuses
+the content's stage 1) and trains again whatever changed, the stages after it included; the report names the
+adapter file. The demo writes only names it owns (:mod:`b4m.owned`): a folder whose ``content/``,
 ``data/``, ``report.html``... b4m did not make is refused before any work, with or without ``--overwrite``, and
 everything else in the folder is left as it is.
 """
@@ -27,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from b4m import threads
 from b4m.config import opt, to_dict
 from b4m.errors import B4MError
-from b4m.options import ORTH_CHOICES, STAGE2_OPTIMIZERS, Stage1Config, Stage2Config, stage_options
+from b4m.options import ORTH_CHOICES, STAGE2_OPTIMIZERS
 from b4m.world.refs import (
     PROMPT_ATTRIBUTES,
     class_of,
@@ -127,7 +129,11 @@ def _check_concepts(cfg: DemoConfig) -> None:
         raise B4MError("; ".join(problems))
 
 
-_STAGES = ("content", "style", "fused")
+FITS = "fits"
+"""The demo's fit cache inside ``--out`` (:func:`b4m.methods.cache.fit_cached`)."""
+# The demo's own options that are B4M's too, passed on by name; its out, overwrite, content and style mean
+# something else here.
+_B4M_OPTIONS = ("steps", "stage2_steps", "lr", "stage2_lr", "rank", "seed", "orth", "mcp", "optimizer")
 _FILES = (
     "results.json",
     "report.html",
@@ -147,7 +153,7 @@ def _claim(cfg: DemoConfig) -> Any:
 
     out = Path(cfg.out)
     check_out_folder(out)
-    folder = claim(out, ("data", *_STAGES, *_FILES), overwrite=cfg.overwrite, what="b4m demo")
+    folder = claim(out, ("data", FITS, *_FILES), overwrite=cfg.overwrite, what="b4m demo")
     if folder.owns("data"):
         claim(out / "data", tuple(data_folders(cfg)), "--out", cfg.overwrite, "b4m demo")
     folder.save()
@@ -198,9 +204,8 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     from b4m.eval.metrics import score_world
     from b4m.eval.report import write_report
     from b4m.io import write_text
+    from b4m.methods.cache import fit_cached
     from b4m.models.judges.network import WorldJudges
-    from b4m.train.stage1 import train_stage1
-    from b4m.train.stage2 import train_stage2
     from b4m.world.render import Scene, caption
 
     cfg = cfg or DemoConfig()
@@ -208,46 +213,29 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
     out = Path(cfg.out)
     _check_concepts(cfg)
     folder = _claim(cfg)
-    policy = "overwrite" if cfg.overwrite else "refresh"  # the demo owns its stages: reuse or train again
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     data = export_world_data(cfg, out / "data", fresh=cfg.overwrite)
     timings["export references"] = time.perf_counter() - t0
+    if cfg.overwrite and (kept := folder.remove(FITS)):  # train everything again
+        raise B4MError(f"--out {out}: {FITS}/ holds {', '.join(kept)}, which b4m did not make; move it away")
 
-    # the demo's B4M options (steps, lr, rank, orth, mcp, seed; stage2_steps, stage2_lr, optimizer, seed) pass on
-    # by name; its out, overwrite, content and style mean something else here
-    own = ("out", "overwrite", "content", "style")
-    shared = stage_options(cfg, 1, skip=own)
-    s1 = {
-        "content": Stage1Config(
-            images=data["content"],
-            prompt=data["content_prompt"],
-            aux=[str(p) for p in data["aux_styles"]],
-            out=out / "content",
-            trigger_words=[content_phrase(cfg)],
-            **shared,
-        ),
-        "style": Stage1Config(
-            images=data["style"],
-            prompt=None,
-            aux=[str(p) for p in data["aux_contents"]],
-            out=out / "style",
-            trigger_words=[style_phrase(cfg)],
-            **shared,
-        ),
-    }
-    paths = {}
-    for role, s1cfg in s1.items():
-        t = time.perf_counter()
-        paths[role] = train_stage1(s1cfg, role, progress=progress, policy=policy)
-        timings[f"stage 1: {role}"] = time.perf_counter() - t
-
-    s2cfg = Stage2Config(
-        content=paths["content"], style=paths["style"], out=out / "fused", **stage_options(cfg, 2, skip=own)
-    )
     t = time.perf_counter()
-    fused = train_stage2(s2cfg, progress=progress, policy=policy)  # trained again when stage 1 changed
-    timings["stage 2: fuse + RP"] = time.perf_counter() - t
+    folder.child(FITS)
+    fitted = fit_cached(
+        "b4m",
+        out / FITS,
+        progress=progress,
+        content_images=data["content"],
+        content_prompt=data["content_prompt"],
+        style_images=data["style"],
+        style_prompt=data["style_prompt"],
+        aux_styles=[str(p) for p in data["aux_styles"]],
+        aux_contents=[str(p) for p in data["aux_contents"]],
+        **{k: getattr(cfg, k) for k in _B4M_OPTIONS},
+    )
+    fused = fitted.path
+    timings["B4M: stage 1 (content, style), stage 2 (fuse + RP)"] = time.perf_counter() - t
 
     t = time.perf_counter()
     prompts, wanted = [], []
@@ -266,7 +254,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "progress": progress,
     }
     outputs = {"base model (prompt only)": sample(pipe, prompts, **kw)}
-    load_adapter(pipe, paths["content"], adapter_name="content")
+    load_adapter(pipe, fitted.parts["content"], adapter_name="content")
     outputs["content adapter alone"] = sample(pipe, prompts, **kw)
     pipe.delete_adapters("content")
     load_adapter(pipe, fused)
@@ -300,6 +288,7 @@ def run_demo(cfg: DemoConfig | None = None, progress: bool = True) -> dict[str, 
         "references": refs,
         "timings": timings,
         "adapter": str(fused),
+        "adapters": {**{role: str(path) for role, path in fitted.parts.items()}, "fused": str(fused)},
         "config": to_dict(cfg),
         "commands": ["b4m demo" + (f" --out {cfg.out}" if str(cfg.out) != "demo" else "")],
     }

@@ -228,12 +228,55 @@ class B4MStage2Options:
         "ridge relative to tr(G)/r; bounds the preconditioner's condition number",
         run_help="ridge relative to tr(G)/r",
     )
+    normalize: bool = opt(
+        True,
+        "divide the preconditioner by tr(G + delta I)/r so the learning rate keeps its meaning; --no-normalize "
+        "with --delta-rel 0 is Eq. 13-14 literally (magnitude balancing: a small partner gets a large step)",
+        run_help="stage 2: trace-normalise the preconditioner (--no-normalize --delta-rel 0: Eq. 13-14 literally)",
+    )
     reinit_every: int = opt(
         0,
         "reset B and D of every k-th fused layer to zero first (official: 2)",
         run_help="stage 2: reset B and D of every k-th fused layer to zero first (official: 2)",
         deviation=True,
     )
+
+
+@dataclasses.dataclass(frozen=True)
+class DataOptions:
+    """The data group: how the image folders are sampled, weighted and cropped (``docs/data.md``).
+
+    :class:`Stage1Config`, :class:`Stage2Config`, ``b4m run b4m`` and the trained baselines inherit these fields;
+    at their defaults a run is what it was before they existed (the same tensors, the same run identity)."""
+
+    repeats: list[str] = opt(
+        [],
+        "how many times an image counts in its folder's sampling pool (kohya's repeats): GLOB=N for the files "
+        "whose name (or path tail, e.g. 'closeups/*') matches, a bare N for the others (default 1), e.g. "
+        "--repeats 'face*=3'; each step draws from every folder, so only counts within one folder matter",
+    )
+    masks: bool = opt(
+        True,
+        "use NAME.mask.png beside NAME.png: the loss counts only its white part (grey: partly, black: not); "
+        "--no-masks ignores them (mask files are never training images)",
+        run_help="use NAME.mask.png loss masks beside the images (--no-masks: ignore them)",
+    )
+    buckets: bool = opt(
+        False,
+        "aspect-ratio buckets: each image keeps its shape, resized to the nearest of a ladder of sizes of "
+        "about resolution^2 pixels (SD/SDXL: multiples of 64); the auxiliary (stage 2: style) images of a "
+        "step take the bucket of its target (content) image; SDXL gets each image's size and crop; default: "
+        "centre-crop squares",
+        run_help="aspect-ratio buckets instead of centre-crop squares (SDXL: with size/crop conditioning)",
+    )
+
+
+DATA_DEFAULTS: dict[str, Any] = {
+    f.name: (f.default_factory() if f.default is dataclasses.MISSING else f.default)  # type: ignore[misc]
+    for f in dataclasses.fields(DataOptions)
+}
+"""The data group's defaults: a run at all of them keeps the identity it had before the group existed
+(:func:`b4m.train.identity.run_settings` leaves them out)."""
 
 
 def option_names(group: type) -> frozenset[str]:
@@ -271,7 +314,7 @@ OVERWRITE_HELP = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage1Config(WatchOptions, MemoryOptions, B4MStage1Options):
+class Stage1Config(WatchOptions, MemoryOptions, DataOptions, B4MStage1Options):
     """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
 
     images: Path | None = opt(None, "folder of target images (the content or the style to learn)")
@@ -317,7 +360,7 @@ class Stage2Inputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage2Config(WatchOptions, MemoryOptions, B4MStage2Options, Stage2Inputs):
+class Stage2Config(WatchOptions, MemoryOptions, DataOptions, B4MStage2Options, Stage2Inputs):
     """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
 
     resolution: int | None = opt(None, "training resolution in pixels")

@@ -9,5 +9,9 @@ adapters and the same seeds, scored by the world's judges with bootstrap interva
   ``done.json`` records), :mod:`~b4m.bench.context` (the shared pipeline, judges, references),
   :mod:`~b4m.bench.fit` (sources, B4M's stages, the ``rp-sgd`` rate), :mod:`~b4m.bench.execute` (one run),
   :mod:`~b4m.bench.results` (rows, aggregation), :mod:`~b4m.bench.shards` (several processes);
-- :mod:`b4m.bench.report`: ``results.md`` (Table-1 layout) and the self-contained ``report.html``.
+- :mod:`b4m.bench.report`: ``results.md`` (Table-1 layout) and the self-contained ``report.html``;
+- ``--pairs-file``: :mod:`b4m.bench.pairs_file` (your content and style folders, pairs and prompts, on a real base
+  model, scored by :mod:`b4m.eval.protocol`: DINOv2, CLIP and CSD), :mod:`b4m.bench.costs` (``--dry-run``: fits
+  after reuse, images, GPU hours) and :mod:`b4m.bench.resources` (each run's wall time and peak memory); the same
+  runs, cache, shards and reports as the built-in world.
 """

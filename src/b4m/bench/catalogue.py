@@ -10,10 +10,15 @@ arm                     B4M options it changes
 ``no-orth``             ``orth="none"``: random frozen parts, ``A C != 0`` (w/o Orth)
 ``approx-orth``         ``orth="approx"``: the official code's approximate orthogonal construction
 ``no-rp``               ``optimizer="adamw"``: plain AdamW in stage 2 (w/o RP, Eq. 13-14)
-``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14 literally, at its own learning rate:
-                        ``--sgd-lr``, or by default the value of :data:`SGD_LR_GRID` with the lowest stage-2
-                        training loss on the pair (the arm's own objective; no judge sees the candidates)
+``rp-sgd``              ``optimizer="riemannian-sgd"``: Eq. 13-14's SGD form with b4m's conditioning guard (relative
+                        ridge, trace normalisation), at its own learning rate: ``--sgd-lr``, or by default the
+                        value of :data:`SGD_LR_GRID` with the lowest stage-2 training loss on the pair (the arm's
+                        own objective; no judge sees the candidates)
+``rp-literal``          as ``rp-sgd`` with ``delta_rel=0, normalize=False``: Eq. 13-14 literally
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
+``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
+``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
+``style-alone``         ``full``'s stage-1 style adapter ``[A;B_aux][C,D_s]`` sampled alone
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
 
@@ -24,6 +29,7 @@ Arms that change only stage-2 knobs (``no-rp``, ``rp-sgd``, ``fusion-only``) sha
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,8 @@ from b4m.options import STAGE2_OPTIONS
 __all__ = [
     "ARMS",
     "ARMS_OF",
+    "PART",
+    "PART_STYLE_SCALE",
     "BASE_LABEL",
     "DEFAULT_ARMS",
     "METRICS",
@@ -67,6 +75,12 @@ SGD_LR_GRID: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0)
 #: The ``stage2_lr`` of a run spec whose rate the bench tunes on the pair (:data:`SGD_LR_GRID`).
 TUNED = "tuned"
 
+PART = "part"
+"""An arm's key naming the part of B4M's fit it samples (:attr:`b4m.methods.base.Fitted.parts`) instead of the
+fused adapter; the fit itself is ``full``'s (the same cached sub-fits), so such an arm costs only its sampling."""
+PART_STYLE_SCALE = "part_style_scale"
+"""An arm's key: that part sampled with ``D`` scaled by this (0: the content block ``[A;B][C,0]`` alone)."""
+
 #: arm -> (what it is, B4M option overrides; ``None`` values are filled by the bench: ``rp-sgd``'s lr).
 ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "full": ("B4M (exact orth, MCP, RP-AdamW)", {}),
@@ -74,8 +88,19 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "no-orth": ("w/o Orth (random frozen parts)", {"orth": "none"}),
     "approx-orth": ("approx orth (official construction)", {"orth": "approx"}),
     "no-rp": ("w/o RP (plain AdamW in stage 2)", {"optimizer": "adamw"}),
-    "rp-sgd": ("RP, SGD form (Eq. 13-14 literally)", {"optimizer": "riemannian-sgd", "stage2_lr": None}),
+    "rp-sgd": (
+        "RP, SGD form (ridge-regularised, trace-normalised)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None},
+    ),
+    "rp-literal": (
+        "RP, Eq. 13-14 literally (SGD, delta 1e-6 only, no normalisation)",
+        {"optimizer": "riemannian-sgd", "stage2_lr": None, "delta_rel": 0.0, "normalize": False},
+    ),
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
+    # Where identity goes (issue H1): B4M's own fit, sampled through one of its parts; sampling only.
+    "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
+    "content-block": ("content block alone [A;B_c][C,0]", {PART: "content", PART_STYLE_SCALE: 0.0}),
+    "style-alone": ("stage-1 style adapter alone [A;B_aux][C,D_s]", {PART: "style"}),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 ARMS_OF = "b4m"
@@ -124,8 +149,8 @@ DEFAULT_SIZES: dict[str, int | None] = {
 """The bench's sizes when neither an option nor ``--quick`` sets them."""
 
 SIZE_HELP = (
-    "Default size: both tracks (3 pairs), all 10 methods + 6 B4M ablation arms + the base model, 5 prompts x "
-    "4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
+    "Default size: both tracks (3 pairs), all 10 methods + 9 B4M arms (3 of them only sample parts of B4M's "
+    "fit) + the base model, 5 prompts x 4 seeds, 400 training steps for stage 1 and every trained baseline (B4M's built-in preset is 800), "
     "100 stage-2 / merger steps: about 45-60 min on 2 CPU cores (estimated from benchmarks/methods_cost.md). "
     "--rho adds one B4M run per value. --quick: one pair, 4 methods, arms full + fusion-only + rp-sgd, 1 seed, 10 "
     "training steps, 10 sampling steps: a few minutes (it checks the machinery, not the methods). "
@@ -147,11 +172,20 @@ class BenchConfig:
         "content:style pairs, comma-separated, e.g. teddy#3:papercut#5,mushroom:glass (default: the track's: "
         "instance teddy#3:papercut#5, cat#2:knit#1; new-class mushroom:glass)",
     )
+    suite: str = opt(
+        "",
+        "a pre-registered suite instead of --pairs (docs/suites.md): dev (tune here: 8 instance pairs + "
+        "mushroom:glass) or test (report here, once: 16 instance pairs + 4 new-class pairs); 40 images per run",
+        choices=["", "dev", "test"],
+    )
     methods: list[str] = opt(
         [], "method ids, comma-separated, e.g. b4m,ziplora (default: all; 'b4m methods')"
     )
     arms: list[str] = opt(
-        [], f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full)"
+        [],
+        f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full); or option "
+        "arms: any B4M training option as key=value, several joined by '+' (aux_lr_scale=0.1, "
+        "stage2_lr=1e-3+stage2_steps=50)",
     )
     rho: list[str] = opt(
         [], "rho sweep values (paper Fig. 11), e.g. 1/8,3/8 or 'sweep' for 1/8..7/8 (default: none)"
@@ -173,6 +207,12 @@ class BenchConfig:
     n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
     n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
+    aux_data: str = opt(
+        "plain",
+        "MCP's auxiliary folders: plain (one drawn content under every auxiliary style, captions without "
+        "identifiers) or official (distinct contents, captions reusing the identifiers, as the official scripts)",
+        choices=["plain", "official"],
+    )
     bootstrap: int | None = opt(
         None, "bootstrap resamples of the 95 %% intervals (default 2000, --quick 500)"
     )
@@ -181,6 +221,41 @@ class BenchConfig:
         "",
         "K/N: this process runs pairs K, K+N, ... of the plan (0-based) and shard 0 writes the results once all "
         "are done; under 'accelerate launch --num_processes N' (or torchrun) it is set from the process rank",
+    )
+    pairs_file: Path | None = opt(
+        None,
+        "YAML/TOML file of your content and style folders, their pairs and the evaluation prompts (README: "
+        "'Reproduce Table 1 on your GPU', examples/pairs.yaml); scored by --dino, --clip and --csd",
+    )
+    base: str | None = opt(
+        None,
+        "base model of --pairs-file: a diffusers SD/SDXL/FLUX folder or hub id (default: the file's base:)",
+    )
+    dino: str | None = opt(
+        None, "--pairs-file content encoder: DINOv2 folder or hub id, e.g. facebook/dinov2-base (CLS token)"
+    )
+    clip: str | None = opt(
+        None,
+        "--pairs-file style and prompt encoder: CLIP folder or hub id, e.g. openai/clip-vit-large-patch14",
+    )
+    csd: str | None = opt(
+        None, "--pairs-file CSD style encoder: a .safetensors file or a folder holding one (never a pickle)"
+    )
+    resolution: int | None = opt(
+        None,
+        "--pairs-file training and sampling resolution in px (default: the methods' preset for training, 512 on "
+        "SD/SDXL; the base's for sampling, 1024 on SDXL and FLUX)",
+    )
+    rank: int | None = opt(
+        None,
+        "--pairs-file LoRA rank of every method (default: their preset, 64 on SD/SDXL/FLUX as in the paper)",
+    )
+    dry_run: bool = opt(
+        False, "print the plan (fits after per-concept reuse, images, estimated GPU hours) and stop"
+    )
+    gpu_costs: list[str] = opt(
+        [],
+        "key=value overrides of the --dry-run cost constants (b4m.bench.costs.GPU_COSTS), e.g. peak_tflops=989",
     )
 
 
@@ -228,6 +303,41 @@ def _check_pair(content: str, style: str, problems: list[str]) -> None:
             problems.append(f"--pairs {content}:{style}: {why}")
 
 
+def _world_pairs(cfg: BenchConfig, sizes: dict[str, Any], problems: list[str]) -> list[tuple[str, str]]:
+    """``--pairs`` or ``--suite`` (default: the tracks' pairs) as ``(content, style)`` names the world knows."""
+    pairs_text = _split(cfg.pairs)
+    if cfg.suite:
+        from b4m.bench.suites import SUITE_SEEDS, SUITES
+
+        if pairs_text:
+            problems.append(f"--suite {cfg.suite} and --pairs: give one of them")
+        pairs_text = list(SUITES[cfg.suite])
+        if cfg.track != "both":
+            pairs_text = [p for p in pairs_text if track_of(p) == cfg.track]
+        if cfg.seeds is None and not cfg.quick:
+            sizes["seeds"] = SUITE_SEEDS
+    if not pairs_text:
+        tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
+        pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
+        if cfg.quick:
+            pairs_text = pairs_text[:1]
+    pairs = []
+    for text in pairs_text:
+        content, sep, style = text.partition(":")
+        if not sep or not content or not style:
+            problems.append(f"--pairs {text}: write content:style, e.g. teddy#3:papercut#5")
+            continue
+        pairs.append((content.strip(), style.strip()))
+    for content, style in pairs:
+        _check_pair(content, style, problems)
+    only = [o for o in ("base", "dino", "clip", "csd", "resolution", "rank") if getattr(cfg, o) is not None]
+    if only:
+        problems.append(
+            f"--{only[0]}: only with --pairs-file (the built-in bench runs the built-in model and its judges)"
+        )
+    return pairs
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """The validated protocol: what to run, at which size."""
@@ -237,13 +347,73 @@ class Plan:
     arms: tuple[str, ...]  # "full" first, then ablations and "rho=k/8"
     sizes: dict[str, Any]
     cfg: BenchConfig
+    source: Any = None
+    """The :class:`~b4m.bench.pairs_file.PairsFile` of ``--pairs-file`` (``None``: the built-in world)."""
+    base: str = "builtin"
+    """The base model: ``builtin``, or ``--pairs-file``'s folder or hub id."""
+
+
+_NOT_ARM_OPTIONS = frozenset({"out", "overwrite", "base", "seed", "checkpoint_every", "mixed_precision"})
+
+
+def _option_value(key: str, text: str) -> Any:
+    """``text`` as the type of B4M's option ``key`` (ValueError: not a training option, or not of its type)."""
+    from b4m.methods.catalogue import B4MOptions
+
+    fields = {f.name: f for f in dataclasses.fields(B4MOptions)}
+    inputs = (
+        key.endswith(("_images", "_prompt", "_prompts", "_lora"))
+        or key.startswith("aux_")
+        and key != "aux_lr_scale"
+    )
+    if key not in fields or key in _NOT_ARM_OPTIONS or inputs:
+        raise ValueError(f"{key} is not a B4M training option")
+    kind, choices = str(fields[key].type), fields[key].metadata.get("choices")
+    if "bool" in kind:
+        if text.lower() not in ("true", "false"):
+            raise ValueError(f"{key} takes true or false")
+        return text.lower() == "true"
+    if "int" in kind:
+        return int(text)
+    if "float" in kind:
+        value = float(text)
+        if not math.isfinite(value):
+            raise ValueError(f"{key} takes a finite number")
+        return value
+    if choices and text not in choices:
+        raise ValueError(f"{key} takes one of {', '.join(choices)}")
+    return text
+
+
+def option_arm(arm: str) -> dict[str, Any]:
+    """The overrides of an option arm, ``key=value`` or several joined by ``+`` (``aux_lr_scale=0.1``,
+    ``stage2_lr=1e-3+stage2_steps=50``): any B4M training option (``b4m run b4m --help``; dashes or
+    underscores), for the dev suite's experiments; a part arm among them samples that part of this fit
+    (``content-alone+aux_lr_scale=0.1``). ValueError names what is wrong."""
+    out: dict[str, Any] = {}
+    for part in arm.split("+"):
+        if part in ARMS and PART in ARMS[part][1]:  # e.g. content-alone+aux_lr_scale=0.1: that fit's part
+            out |= ARMS[part][1]
+            continue
+        key, sep, text = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key or not text.strip():
+            raise ValueError(f"write {part!r} as key=value")
+        try:
+            out[key] = _option_value(key, text.strip())
+        except ValueError as err:
+            raise ValueError(str(err) if key in str(err) else f"{key}={text.strip()}: {err}") from None
+    return out
 
 
 def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
-    """B4M option overrides of ``arm`` (``"rho=3/8"`` included); ``sgd_lr=None`` marks ``rp-sgd``'s rate as
-    :data:`TUNED` (the grid goes into the spec, so a different grid is a different run)."""
+    """B4M option overrides of ``arm`` (``"rho=3/8"`` and option arms ``key=value`` included); ``sgd_lr=None``
+    marks ``rp-sgd``'s rate as :data:`TUNED` (the grid goes into the spec, so a different grid is a different
+    run)."""
     if arm.startswith("rho="):
         return {"rho": float(Fraction(arm[4:]))}
+    if "=" in arm:
+        return option_arm(arm)
     over = dict(ARMS[arm][1])
     if "stage2_lr" in over:
         over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
@@ -263,37 +433,39 @@ def plan(cfg: BenchConfig) -> Plan:
     for k, default in DEFAULT_SIZES.items():
         given = getattr(cfg, k)
         sizes[k] = given if given is not None else QUICK[k] if cfg.quick else default
-    pairs_text = _split(cfg.pairs)
-    if not pairs_text:
-        tracks = ("instance", "new-class") if cfg.track == "both" else (cfg.track,)
-        pairs_text = [p for t in tracks for p in TRACK_PAIRS[t]]
-        if cfg.quick:
-            pairs_text = pairs_text[:1]
-    pairs = []
-    for text in pairs_text:
-        content, sep, style = text.partition(":")
-        if not sep or not content or not style:
-            problems.append(f"--pairs {text}: write content:style, e.g. teddy#3:papercut#5")
-            continue
-        pairs.append((content.strip(), style.strip()))
-    for content, style in pairs:
-        _check_pair(content, style, problems)
-    if len(set(pairs)) != len(pairs):
-        problems.append("--pairs: a pair is listed twice")
     methods = _split(cfg.methods) or (
         QUICK["methods"] if cfg.quick and "methods" not in explicit else list(CATALOGUE)
     )
+    if cfg.pairs_file is not None:
+        from b4m.bench.pairs_file import check_bench_options
+
+        source, base = check_bench_options(cfg, methods, sizes, problems)
+        pairs = list(source.pairs) if source is not None else []
+    else:
+        source, base = None, "builtin"
+        pairs = _world_pairs(cfg, sizes, problems)
+    if len(set(pairs)) != len(pairs):
+        problems.append("--pairs: a pair is listed twice")
     unknown = [m for m in methods if m not in CATALOGUE]
     if unknown:
         problems.append(f"--methods {','.join(unknown)}: unknown; known: {', '.join(CATALOGUE)}")
     # the ablations are B4M's: by default they run when b4m is among the methods
     default_arms = QUICK["arms"] if cfg.quick else list(DEFAULT_ARMS)
+    if source is not None or cfg.pairs_file is not None:  # real models: ablations only when asked for
+        default_arms = ["full"]
     arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
-    bad = [a for a in arms if a not in ARMS]
+    bad = [a for a in arms if a not in ARMS and "=" not in a]
     if bad:
-        problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none)")
+        problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none), or B4M option "
+                        "arms such as aux_lr_scale=0.1 or stage2_lr=1e-3+stage2_steps=50")  # fmt: skip
+    for a in arms:
+        if "=" in a and not a.startswith("rho="):
+            try:
+                option_arm(a)
+            except ValueError as err:
+                problems.append(f"--arms {a}: {err}")
     rhos = _rho_values(cfg.rho, problems)
     arms = ["full", *[a for a in arms if a != "full"]]
     arms += [f"rho={f.numerator}/{f.denominator}" for f in rhos if f != Fraction(1, 2)]
@@ -311,4 +483,6 @@ def plan(cfg: BenchConfig) -> Plan:
         problems.append(f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
     if problems:
         raise B4MError("; ".join(problems))
-    return Plan(tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg)
+    return Plan(
+        tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg, source, base
+    )

@@ -30,7 +30,10 @@ class Context:
             from b4m.diffusion.pipeline import load_pipeline
 
             threads.apply()
-            self._pipe = load_pipeline(None)
+            builtin = self.plan.source is None
+            self._pipe = load_pipeline(None if builtin else self.plan.base)
+            if not builtin:
+                self._pipe.to(device())
         return self._pipe
 
     @property
@@ -38,10 +41,18 @@ class Context:
         if self._scorer is None:
             from b4m.eval.scoring import WorldScorer
 
-            self._scorer = WorldScorer()
+            if self.plan.source is not None:  # the paper's encoders (b4m.eval.protocol)
+                from b4m.eval.protocol import load_protocol_scorer
+
+                cfg = self.plan.cfg
+                self._scorer = load_protocol_scorer(cfg.clip, cfg.dino, cfg.csd, device())
+            else:
+                self._scorer = WorldScorer()
         return self._scorer
 
     def data(self, pair: str) -> dict[str, Any]:
+        if self.plan.source is not None:
+            return self.plan.source.data(pair)
         if pair not in self._data:
             self._data[pair] = export_pair(self.root, pair, self.plan)
         return self._data[pair]
@@ -50,13 +61,21 @@ class Context:
         return copy.deepcopy(self.pipe)
 
 
+def device() -> str:
+    """Where a real base model samples and the encoders run: this process's GPU if there is one (a shard's,
+    :func:`b4m.bench.shards.process_slot`), else the CPU. Training moves its copy through its accelerator."""
+    import torch
+
+    return f"cuda:{torch.cuda.current_device()}" if torch.cuda.is_available() else "cpu"
+
+
 def export_pair(root: Path, pair: str, p: Plan) -> dict[str, Any]:
     """The pair's reference folders, exported (or reused) by the world's exporter under ``root/data``."""
     from b4m.world.refs import PairRefs, export_world_data
 
     content, _, style = pair.partition(":")
     refs = PairRefs(content=content, style=style, seed=p.cfg.seed, n_content=p.sizes["n_content"],
-                    n_style=p.sizes["n_style"])  # fmt: skip
+                    n_style=p.sizes["n_style"], aux_data=p.cfg.aux_data)  # fmt: skip
     return export_world_data(refs, root / "data" / slug(pair))
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from b4m.bench.catalogue import SGD_LR_GRID, TUNED
+from b4m.bench.catalogue import PART, PART_STYLE_SCALE, SGD_LR_GRID, TUNED
 from b4m.bench.context import Context, image_options, relative
 from b4m.bench.runs import BASE, BENCH_VERSION, Run, slug, spec_hash
 from b4m.errors import DivergedError
@@ -36,6 +36,14 @@ def _inputs(ctx: Context, run: Run, needs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
+def _base(ctx: Context) -> dict[str, Any]:
+    """The options every fit of a ``--pairs-file`` bench adds: its base model, ``--resolution`` and ``--rank``."""
+    if ctx.plan.source is None:
+        return {}
+    given = {k: getattr(ctx.plan.cfg, k) for k in ("resolution", "rank")}
+    return {"base": ctx.plan.base, **{k: v for k, v in given.items() if v is not None}}
+
+
 def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
     """The adapter of ``run`` (``None``: the base model), fitted through the registry: its sources first (each
     the source method on one concept, cached per concept), then the method itself, cached."""
@@ -46,13 +54,15 @@ def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
         return None
     method = get_method(run.method)
     cache = ctx.root / CACHE
-    train = {k: v for k, v in run.spec["train"].items() if k not in ("sources_steps", "sgd_lr_grid")}
-    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed}
+    train = {k: v for k, v in run.spec["train"].items()
+             if k not in ("sources_steps", "sgd_lr_grid", PART, PART_STYLE_SCALE)}  # fmt: skip
+    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed, **_base(ctx)}
     for src in method.sources:
         source = get_method(src.method)
         own = {source.concept_option: src.concept} if source.concept_option else {}
         fitted = fit_cached(src.method, cache, pipe=ctx.fresh_pipe(), **own, seed=ctx.plan.cfg.seed,
-                            steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs))  # fmt: skip
+                            steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs),
+                            **_base(ctx))  # fmt: skip
         options[src.option] = fitted.path
     options |= {k: v for k, v in train.items() if v is not None}
     tuned = [k for k, v in options.items() if v == TUNED]
@@ -68,7 +78,18 @@ def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
         tuning = tune_sgd_lr(fit_at, [run.method, key, spec], shared)
         ctx.notes[run.key] = {"sgd_lr": tuning["chosen"], "sgd_lr_mean_loss": tuning["mean_loss"]}
         options[key] = tuning["chosen"]
-    return fit_cached(run.method, cache, pipe=ctx.fresh_pipe(), **options).path
+    fitted = fit_cached(run.method, cache, pipe=ctx.fresh_pipe(), **options)
+    part = run.spec["train"].get(PART)
+    if part is None:
+        return fitted.path
+    scale = run.spec["train"].get(PART_STYLE_SCALE)
+    if scale is None:
+        return fitted.parts[part]
+    from b4m.adapters.knobs import export_scaled
+
+    Folder(out.parent).child(out.name)  # in the run's folder, recorded: the scaled part is written there
+    return export_scaled(fitted.parts[part], out / f"{part}_style_x{scale:g}.safetensors", style_scale=scale,
+                         overwrite=True)  # fmt: skip
 
 
 def tune_sgd_lr(fit_at: Callable[[float, Path], Any], spec: Any, shared: Path) -> dict[str, Any]:

@@ -26,6 +26,10 @@ HEADERS: dict[str, str] = {
     "prompt": "prompt",
     "mean": "mean",
     "hmean": "h-mean",
+    "style_csd": "style (CSD)",
+    "content_centroid": "content (centroid)",
+    "style_centroid": "style (centroid)",
+    "style_csd_centroid": "style CSD (centroid)",
     "content_acc": "content acc.",
     "style_acc": "style acc.",
     "content_inst": "content inst.",
@@ -35,7 +39,7 @@ HEADERS: dict[str, str] = {
     "leak_style": "style leak",
     "leak_style_acc": "style leak acc.",
 }
-TRACKS = {"instance": "personal instances", "new-class": "new classes"}
+TRACKS = {"instance": "personal instances", "new-class": "new classes", "pairs-file": "your pairs"}
 SCALE = 4
 
 
@@ -63,19 +67,70 @@ def _md_table(rows: list[dict[str, Any]], first: str) -> list[str]:
     return lines
 
 
+def _diff_cell(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "–"
+    lo, hi = d["ci95"]
+    p = d.get("p_holm", d["p"])
+    tag = f" **{d['verdict']}**" if "verdict" in d else ""
+    return f"{d['diff']:+.3f} [{lo:+.3f}, {hi:+.3f}] p={p:.2g}{tag}"
+
+
+def _md_comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
+    """Per track: B4M minus each other row, paired over the pairs both ran (:mod:`b4m.eval.paired`)."""
+    from b4m.eval.paired import MARGINS
+
+    lines: list[str] = ["", "## Paired comparisons"] if comparisons else []
+    for entry in comparisons:
+        cols = [m for m in ("hmean", "content_inst", "style_inst")
+                if any(m in t["diff"] for t in entry["comparators"])]  # fmt: skip
+        if not cols:
+            continue
+        lines += [
+            "",
+            f"### Paired: {entry['reference']} minus each row ({TRACKS.get(entry['track'], entry['track'])})",
+            "",
+            "Mean over pairs of the per-pair difference, its 95 % paired bootstrap interval (pairs, then the same "
+            "prompt x seed cells for both), the sign-flip p over pairs, Holm-adjusted across the rows; "
+            "a verdict needs p < 0.05, 'equivalent' a 90 % interval inside "
+            + ", ".join(f"±{MARGINS[m]:g} {HEADERS[m]}" for m in cols)
+            + ".",
+            "",
+            "| compared with | pairs | " + " | ".join(f"Δ {HEADERS[m]}" for m in cols) + " |",
+            "|---|---:|" + "---|" * len(cols),
+        ]
+        for t in entry["comparators"]:
+            cells = " | ".join(_diff_cell(t["diff"].get(m)) for m in cols)
+            lines.append(f"| {t['label']} | {len(t['pairs'])} | {cells} |")
+        ret = entry.get("identity_retention")
+        if ret and ret["ratio"] is not None:
+            lo, hi = ret["ci95"]
+            per = ", ".join(f"{p}: {f:.2f}/{a:.2f}" for p, f, a in
+                            zip(ret["pairs"], ret["fused"], ret["content_alone"], strict=True))  # fmt: skip
+            lines += ["", f"Identity retention (fused content inst. / content adapter alone, summed over pairs): "
+                      f"**{ret['ratio']:.2f}** [{lo:.2f}, {hi:.2f}] ({per})."]  # fmt: skip
+    return lines
+
+
 def write_markdown(results: dict[str, Any]) -> str:
     """``results.md``: per track a Table-1 style table of the aggregated rows, then one table per pair."""
     agg = results["aggregated"]
+    n_prompts = len(next(iter(results["prompts"].values()), [])) or 5
+    scoring = results.get("scoring") or (
+        "Scores are the world judges' (b4m.eval.scoring): content / style = cosine to the references' centroid "
+        "embedding, prompt = fraction of asked attributes present, acc. = the judge names the target class, "
+        "inst. = it names the personal instance, leak = the other references' content (style) showing up (lower "
+        "is better; compare with the base model)."
+    )
+    steps = results["sizes"]["steps"]
+    steps_text = "the methods' preset" if steps is None else str(steps)
     lines = [
-        "# b4m bench: methods and B4M ablations on the built-in world",
+        f"# {results.get('heading') or 'b4m bench: methods and B4M ablations on the built-in world'}",
         "",
         f"Command: `{results['command']}`",
         "",
-        f"Pairs: {', '.join(results['pairs'])}; 5 prompts x {results['sizes']['seeds']} seeds per pair; "
-        f"{results['sizes']['steps']} training steps. Scores are the world judges' (b4m.eval.scoring): "
-        "content / style = cosine to the references' centroid embedding, prompt = fraction of asked attributes "
-        "present, acc. = the judge names the target class, inst. = it names the personal instance, leak = the "
-        "other references' content (style) showing up (lower is better; compare with the base model). "
+        f"Pairs: {', '.join(results['pairs'])}; {n_prompts} prompts x {results['sizes']['seeds']} seeds per "
+        f"pair; {steps_text} training steps. {scoring} "
         "± = half the 95 % bootstrap interval: over images per pair, over pairs then images per track.",
     ]
     for track, title in TRACKS.items():
@@ -87,6 +142,7 @@ def write_markdown(results: dict[str, Any]) -> str:
                 "",
                 *_md_table(rows, "method"),
             ]
+    lines += _md_comparisons(results.get("comparisons", []))
     lines += ["", "## Per pair", ""]
     for pair in results["pairs"]:
         lines += [
@@ -106,8 +162,16 @@ def write_markdown(results: dict[str, Any]) -> str:
     timed = [r for r in results["rows"] if r.get("fit_s") is not None]
     if timed:
         lines += ["Wall time per run (fit + sample):", ""]
-        lines += [f"- {r['pair']} / {r['label']}: {r['fit_s']:.0f} s + {r['sample_s']:.0f} s" for r in timed]
+        lines += [f"- {r['pair']} / {r['label']}: {r['fit_s']:.0f} s + {r['sample_s']:.0f} s{_memory(r)}"
+                  for r in timed]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _memory(row: dict[str, Any]) -> str:
+    """``", peak 1.2 GiB RSS, 10.3 GiB GPU"`` where the run recorded them (:mod:`b4m.bench.resources`)."""
+    parts = [f"{row[k] / 1024:.1f} GiB {name}" for k, name in (("peak_rss_mb", "RSS"), ("peak_cuda_mb", "GPU"))
+             if row.get(k) is not None]  # fmt: skip
+    return f", peak {', '.join(parts)}" if parts else ""
 
 
 # --------------------------------------------------------------------------------------------- HTML
@@ -262,7 +326,7 @@ def write_html(results: dict[str, Any], root: Path) -> str:
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(results['title'])}</title>"
         f"<style>{_CSS}</style></head><body>",
         f"<h1>{html.escape(results['title'])}</h1>",
-        f"<p>Command: <code>{html.escape(results['command'])}</code>. {html.escape(SIZE_HELP)}</p>",
+        f"<p>Command: <code>{html.escape(results['command'])}</code>. {html.escape(results.get('scoring') or SIZE_HELP)}</p>",
     ]
     agg = results["aggregated"]
     for track, title in TRACKS.items():

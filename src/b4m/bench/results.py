@@ -1,5 +1,6 @@
-"""The bench's results: one row per run (its image-bootstrap intervals), the rows aggregated per track x method x
-arm (the two-level pairs-then-images interval), and where each pair's references are."""
+"""The bench's results: one row per run (its image-bootstrap intervals; Wilson intervals for the 0/1 accuracies),
+the rows aggregated per track x method x arm (the two-level pairs-then-images interval), the paired comparisons
+of B4M with every other row (:func:`comparisons`), and where each pair's references are."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from b4m.bench.catalogue import METRICS, Plan
+from b4m.bench.catalogue import METRICS, Plan, run_label
 from b4m.bench.runs import Run, slug, spec_hash
 
 
@@ -16,10 +17,20 @@ def result_row(
     run: Run, record: dict[str, Any], n_boot: int, root: Path
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """The row of ``run`` from its ``done.json`` record, and its bootstrap replicates (for :func:`aggregate`)."""
+    from b4m.eval.paired import wilson
     from b4m.eval.stats import bootstrap
 
     per = {k: np.asarray(v) for k, v in record["per_image"].items()}
     point, ci, reps = bootstrap(per, n_boot, seed=int(run.key[:8], 16))
+    n = len(per["content"])
+    for k in (
+        "content_acc",
+        "style_acc",
+        "content_inst",
+        "style_inst",
+    ):  # 0/1 per image: Wilson, not bootstrap
+        if point.get(k) is not None and k in ci:
+            ci[k] = wilson(point[k] * n, n)
     metrics = {k: point.get(k) for k in METRICS}
     row = {
         "method": run.method,
@@ -35,7 +46,9 @@ def result_row(
         "sample_s": record["sample_s"],
         "key": run.key,
         "samples": str((run.folder(root) / "samples.png").relative_to(root)),
-        **{k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss") if k in record},
+        **{
+            k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss", "peak_rss_mb", "peak_cuda_mb") if k in record
+        },
     }
     return row, reps
 
@@ -67,5 +80,54 @@ def aggregate(rows: list[dict[str, Any]], reps: list[dict[str, Any]]) -> list[di
 
 
 def reference_folders(root: Path, p: Plan) -> dict[str, dict[str, str]]:
-    """Where the references of each pair are (without re-exporting them: a cached bench loads nothing)."""
+    """Where the references of each pair are (without re-exporting them: a cached bench loads nothing); a
+    ``--pairs-file`` pair's are its own folders."""
+    if p.source is not None:
+        return {f"{c}:{s}": {k: str(v) for k, v in p.source.data(f"{c}:{s}").items() if k in ("content", "style")}
+                for c, s in p.pairs}  # fmt: skip
     return {f"{c}:{s}": {k: f"data/{slug(f'{c}:{s}')}/{k}" for k in ("content", "style")} for c, s in p.pairs}
+
+
+def comparisons(
+    runs: list[Any], records: list[dict[str, Any]], n_boot: int, reference: tuple[str, str] = ("b4m", "full")
+) -> list[dict[str, Any]]:
+    """Per track: the paired difference ``reference - comparator`` (:func:`b4m.eval.paired.paired_difference`)
+    for every other ``(method, arm)`` on the pairs both have, with Holm-adjusted sign-flip p-values across the
+    track's comparators and a verdict per metric; plus the reference's identity retention (its content-instance
+    accuracy over the stage-1 content adapter's alone, arm ``content-alone``) when that arm ran."""
+    from b4m.eval.paired import MARGINS, holm, paired_difference, ratio_of_means, verdict
+
+    per = {(r.track, r.method, r.arm, r.pair): {k: np.asarray(v) for k, v in rec["per_image"].items()}
+           for r, rec in zip(runs, records, strict=True)}  # fmt: skip
+    out = []
+    for track in dict.fromkeys(r.track for r in runs):
+        ref_pairs = [p for (t, m, a, p) in per if (t, m, a) == (track, *reference)]
+        if not ref_pairs:
+            continue
+        others = list(dict.fromkeys((m, a) for (t, m, a, _) in per if t == track and (m, a) != reference))
+        table = []
+        for method, arm in others:
+            pairs = [p for p in ref_pairs if (track, method, arm, p) in per]
+            if not pairs:
+                continue
+            diff = paired_difference([per[(track, *reference, p)] for p in pairs],
+                                     [per[(track, method, arm, p)] for p in pairs], n_boot=n_boot,
+                                     seed=int(spec_hash([track, method, arm])[:8], 16))  # fmt: skip
+            table.append({"method": method, "arm": arm, "label": run_label(method, arm), "pairs": pairs,
+                          "diff": diff})  # fmt: skip
+        for metric in MARGINS:
+            rows = [t for t in table if metric in t["diff"]]
+            for t, p_adj in zip(rows, holm([t["diff"][metric]["p"] for t in rows]), strict=True):
+                t["diff"][metric]["p_holm"] = p_adj
+                t["diff"][metric]["verdict"] = verdict(t["diff"][metric], p_adj, MARGINS[metric])
+        entry: dict[str, Any] = {"track": track, "reference": run_label(*reference), "comparators": table}
+        alone = [p for p in ref_pairs if (track, reference[0], "content-alone", p) in per]
+        if alone and all("content_inst" in per[(track, *reference, p)] for p in alone):
+            fused = [float(per[(track, *reference, p)]["content_inst"].mean()) for p in alone]
+            base = [
+                float(per[(track, reference[0], "content-alone", p)]["content_inst"].mean()) for p in alone
+            ]
+            entry["identity_retention"] = {"pairs": alone, "fused": fused, "content_alone": base,
+                                           **ratio_of_means(fused, base, n_boot)}  # fmt: skip
+        out.append(entry)
+    return out

@@ -35,7 +35,7 @@ from b4m.bench.catalogue import BenchConfig, plan
 from b4m.bench.context import Context
 from b4m.bench.execute import execute
 from b4m.bench.folder import STAMP, claim, done, finish, start_run
-from b4m.bench.results import aggregate, reference_folders, result_row
+from b4m.bench.results import aggregate, comparisons, reference_folders, result_row
 from b4m.bench.runs import BENCH_VERSION, Run, bench_runs
 from b4m.bench.shards import SHARDS, process_slot, wait_for
 from b4m.io import write_text
@@ -54,6 +54,10 @@ def run_bench(
 
     cfg = cfg or BenchConfig()
     p = plan(cfg)  # every option checked before any model loads
+    if cfg.dry_run:  # the plan and its cost, nothing written
+        from b4m.bench.costs import describe
+
+        return {"dry_run": describe(p)}
     root = Path(cfg.out)
     rank, world = process_slot(cfg.shard)
     started = time.time()
@@ -98,6 +102,7 @@ def run_bench(
     command = "b4m bench" + ("" if argv is None else " " + " ".join(argv))
     results = {
         "title": "b4m bench: content-style customization on the built-in world",
+        **(_pairs_file_titles(p) if p.source is not None else {}),
         "command": command,
         "config": to_dict(cfg),
         "sizes": p.sizes,
@@ -107,6 +112,7 @@ def run_bench(
         "prompts": {r.pair: r.spec["sample"]["prompts"] for r in runs},
         "rows": rows,
         "aggregated": aggregate(rows, reps),
+        "comparisons": comparisons(runs, records, p.sizes["bootstrap"]),
         "computed": computed,
         "references": reference_folders(root, p),
     }
@@ -114,3 +120,21 @@ def run_bench(
     write_text(root / "results.md", write_markdown(results))
     write_text(root / "report.html", write_html(results, root))
     return results
+
+
+def _pairs_file_titles(p: Any) -> dict[str, str]:
+    """What the reports say of a ``--pairs-file`` bench: its title and how it scores (:mod:`b4m.eval.protocol`)."""
+    csd = " and CSD (style (CSD))" if p.cfg.csd else ""
+    return {
+        "title": f"b4m bench: content-style customization on {p.base}",
+        "heading": f"b4m bench: methods on the pairs of {p.cfg.pairs_file}, base {p.base}",
+        "scoring": (
+            f"Scores are the paper's encoders (b4m.eval.protocol): content = DINOv2 {p.cfg.dino} CLS cosine to the "
+            f"content references, style = CLIP {p.cfg.clip} image cosine to the style references{csd}, prompt = "
+            "CLIP text-image cosine to the prompt with each identifier replaced by its class words; each the "
+            "pairwise average over every generated x reference image (as Table 1 computes them), the cosine to "
+            "the references' centroid in the (centroid) columns; leak = the content features' cosine to the style "
+            "references and the style features' to the content references (lower is better; compare with the "
+            "base model)."
+        ),
+    }

@@ -45,7 +45,7 @@ class Run:
 
     @property
     def track(self) -> str:
-        return track_of(self.pair)
+        return self.spec.get("track") or track_of(self.pair)
 
     @property
     def label(self) -> str:
@@ -82,26 +82,40 @@ def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
     return spec
 
 
+def _items(p: Plan) -> list[tuple[str, str]]:
+    """The ``(method, arm)`` rows of every pair: the base model, each method, then B4M's arms."""
+    items = [(BASE, "full"), *[(m, "full") for m in p.methods]]
+    if ARMS_OF in p.methods or any(a != "full" for a in p.arms):
+        items += [(ARMS_OF, a) for a in p.arms if a != "full"]
+    return items
+
+
 def bench_runs(p: Plan) -> list[Run]:
     """Every run of the plan, in report order: per pair the base model, each method, then B4M's arms."""
     runs = []
     fingerprint = assets_fingerprint()
     for content, style in p.pairs:
         pair = f"{content}:{style}"
+        if p.source is not None:  # --pairs-file: b4m.bench.pairs_file
+            from b4m.bench.pairs_file import common_spec
+
+            common = common_spec(p, pair)
+            for method, arm in _items(p):
+                spec = {**common, "method": method, "arm": arm, "train": _train_spec(method, arm, p)}
+                runs.append(Run(method, arm, pair, spec))
+            continue
         prompts, attributes = _prompt_set(content, style)
         common = {
             "version": BENCH_VERSION,
             "assets": fingerprint,
             "pair": pair,
             "seed": p.cfg.seed,
-            "refs": [p.sizes["n_content"], p.sizes["n_style"]],
+            "refs": [p.sizes["n_content"], p.sizes["n_style"]]
+            + ([p.cfg.aux_data] if p.cfg.aux_data != "plain" else []),  # plain: the keys runs always had
             "sample": {"seeds": p.sizes["seeds"], "steps": p.sizes["sample_steps"], "prompts": prompts,
                        "attributes": attributes},
         }  # fmt: skip
-        items = [(BASE, "full"), *[(m, "full") for m in p.methods]]
-        if ARMS_OF in p.methods or any(a != "full" for a in p.arms):
-            items += [(ARMS_OF, a) for a in p.arms if a != "full"]
-        for method, arm in items:
+        for method, arm in _items(p):
             spec = {**common, "method": method, "arm": arm, "train": _train_spec(method, arm, p)}
             runs.append(Run(method, arm, pair, spec))
     return runs

@@ -14,6 +14,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
     cfg = config_from_args(BenchConfig, args)
     results = run_bench(cfg, argv=args.argv[1:])
+    if "dry_run" in results:
+        print(results["dry_run"])
+        return 0
     out = Path(cfg.out)
     if "shard" in results:  # a shard other than 0: its runs are done, shard 0 writes the results
         print(
@@ -30,10 +33,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "bench",
-        help="run every method and B4M ablation on the built-in world; results.json/.md, report.html",
+        help="run every method and B4M ablation on the built-in world or your own pairs (--pairs-file); "
+        "results.json/.md, report.html",
         description="The paper's protocol on the built-in world: per content-style pair, every method and "
         "every B4M ablation arm on the same references, source adapters and seeds, scored by the judges "
-        "with bootstrap intervals. " + SIZE_HELP,
+        "with bootstrap intervals. With --pairs-file: your own content and style folders on a real base model "
+        "(--base), scored by DINOv2, CLIP and CSD (--dino, --clip, --csd) as the paper's Table 1; --dry-run "
+        "prints the plan and its GPU-hour estimate first. " + SIZE_HELP,
     )
     add_config_args(p, BenchConfig)
     p.set_defaults(func=_cmd_bench)

@@ -6,6 +6,9 @@ portrait photo is stored sideways with a tag saying so; ``PIL.ImageOps.exif_tran
 grayscale scaled to 8 bits (not clipped to white), transparency composited on a white background
 (:data:`BACKGROUND`), the first frame of an animation. An undecodable file, an image over Pillow's decompression-bomb limit or a caption that is not UTF-8
 is one error naming the file; a centre crop that drops more than half of an image is one warning.
+
+``NAME.mask.png`` files are loss masks (:mod:`b4m.data.masks`), listed with their image (:attr:`ImageSet.masks`)
+and never read as training images; a mask without its image is an error naming it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from b4m.data.masks import MASK_TAG, check_mask, is_mask_file, mask_path_for
 from b4m.errors import B4MError, warn
 
 __all__ = [
@@ -25,6 +29,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "ImageSet",
     "check_images",
+    "check_masks",
     "load_images",
     "open_rgb",
     "read_image_folder",
@@ -39,11 +44,17 @@ _CROP_WARN = 0.5
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Image files of one folder, sorted by name, and their captions (``None`` where no ``.txt`` exists)."""
+    """Image files of one folder, sorted by name, their captions (``None`` where no ``.txt`` exists) and their loss
+    masks (``NAME.mask.png``; ``None`` where none lies beside the image; empty: none at all)."""
 
     folder: Path
     paths: tuple[Path, ...]
     captions: tuple[str | None, ...]
+    masks: tuple[Path | None, ...] = ()
+
+    def mask_of(self, i: int) -> Path | None:
+        """The mask file of image ``i``, or ``None``."""
+        return self.masks[i] if self.masks else None
 
     def prompts(self, prompt: str | None, option: str) -> list[str]:
         """One prompt per image: ``prompt`` for all of them if given, else each image's caption."""
@@ -84,20 +95,27 @@ def read_image_folder(folder: str | Path, option: str = "--images") -> ImageSet:
         raise B4MError(f"{option} {folder}: is a file, not a folder; give the folder that holds the images")
     if not folder.is_dir():
         raise B4MError(f"{option} {folder}: no such folder; give a folder of images (png/jpg/webp)")
-    paths = tuple(
-        sorted(
-            p
-            for p in folder.iterdir()
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
-        )
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".") and p.is_file()
     )
+    paths = tuple(p for p in files if not is_mask_file(p))
+    masks = tuple(mask_path_for(p) for p in paths)
+    used = set(masks)
+    for m in files:
+        if is_mask_file(m) and m not in used:
+            raise B4MError(
+                f"{option} {folder}: {m.name} is a loss mask without its image "
+                f"({m.stem[: -len(MASK_TAG)]}.png or .jpg...); rename it or remove it"
+            )
     if not paths:
         raise B4MError(f"{option} {folder}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     captions = []
     for p in paths:
         txt = p.with_suffix(".txt")
         captions.append(_read_caption(txt) if txt.is_file() else None)
-    return ImageSet(folder=folder, paths=paths, captions=tuple(captions))
+    return ImageSet(folder=folder, paths=paths, captions=tuple(captions), masks=masks if any(masks) else ())
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
@@ -170,7 +188,19 @@ def load_images(paths: tuple[Path, ...] | list[Path], resolution: int) -> torch.
     return torch.stack(out)
 
 
-def check_images(images: ImageSet) -> None:
-    """Decode every image of ``images`` once (before any model loads): a bad file fails in a second."""
-    for p in images.paths:
-        open_rgb(p)
+def check_images(images: ImageSet, masks: bool = True) -> None:
+    """Decode every image of ``images`` once (before any model loads): a bad file fails in a second. With
+    ``masks``, every loss mask too: readable, its image's size, not all black (:func:`b4m.data.masks.check_mask`)."""
+    for i, p in enumerate(images.paths):
+        im = open_rgb(p)
+        mask = images.mask_of(i) if masks else None
+        if mask is not None:
+            check_mask(mask, p, im.size)
+
+
+def check_masks(images: ImageSet) -> None:
+    """:func:`check_images`'s mask checks alone (the images with a mask are decoded for their size)."""
+    for i, p in enumerate(images.paths):
+        mask = images.mask_of(i)
+        if mask is not None:
+            check_mask(mask, p, open_rgb(p).size)

@@ -36,6 +36,7 @@ __all__ = [
     "freeze",
     "from_pretrained",
     "load_pipeline",
+    "masked_mse",
     "per_sample_loss",
     "predict",
     "training_scheduler",
@@ -253,9 +254,22 @@ def per_sample_loss(
     cond: Conditioning,
     noise: torch.Tensor,
     timesteps: torch.Tensor,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The denoising loss of each sample, ``(B,)``: MSE between the denoiser's prediction and its target
-    (noise or v on the UNets, ``noise - latents`` on FLUX)."""
+    (noise or v on the UNets, ``noise - latents`` on FLUX); with ``mask`` (loss weights ``(B, 1, h, w)`` on the
+    latent grid, :mod:`b4m.data.masks`), the weighted mean :func:`masked_mse`."""
     target = _target(scheduler, latents, noise, timesteps)
     pred = predict(unet, scheduler, latents, cond, noise, timesteps)
-    return F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return masked_mse(pred, target, mask)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample squared error, ``(B,)``: the plain mean over channels and pixels without ``mask``; with it,
+    ``sum(w * err) / sum(w)``, ``w`` the mask broadcast over the channels (a pixel of weight 0 adds nothing, not
+    even through its prediction: its gradient is exactly 0)."""
+    err = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if mask is None:
+        return err.mean(dim=(1, 2, 3))
+    w = mask.to(err.device, err.dtype).expand_as(err)
+    return (err * w).sum(dim=(1, 2, 3)) / w.sum(dim=(1, 2, 3))

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-__all__ = ["MEAN_KEYS", "METRICS", "aggregate", "bootstrap", "pair_bootstrap", "point"]
+__all__ = ["MEAN_KEYS", "METRICS", "PROTOCOL_KEYS", "aggregate", "bootstrap", "pair_bootstrap", "point"]
 
 MEAN_KEYS: tuple[str, ...] = (
     "content",
@@ -31,14 +31,16 @@ MEAN_KEYS: tuple[str, ...] = (
     "leak_style_acc",
 )
 """Per-image metrics whose aggregate is their mean."""
-METRICS: tuple[str, ...] = (*MEAN_KEYS[:2], "prompt", "mean", "hmean", *MEAN_KEYS[2:])
+PROTOCOL_KEYS: tuple[str, ...] = ("style_csd", "content_centroid", "style_centroid", "style_csd_centroid")
+"""Per-image metrics only the paper's encoders give (:mod:`b4m.eval.protocol`), also means over images."""
+METRICS: tuple[str, ...] = (*MEAN_KEYS[:2], "prompt", "mean", "hmean", *PROTOCOL_KEYS, *MEAN_KEYS[2:])
 """Every metric :func:`aggregate` returns, in the order tables show them (``leak_*``: leakage; lower is better)."""
 LEVEL = 0.95
 
 
 def aggregate(per: Mapping[str, np.ndarray], idx: np.ndarray) -> dict[str, np.ndarray]:
     """Every metric for each row of image indices ``idx`` (``(B, n)``): arrays of shape ``(B,)``."""
-    out = {k: np.asarray(per[k], dtype=float)[idx].mean(-1) for k in MEAN_KEYS if k in per}
+    out = {k: np.asarray(per[k], dtype=float)[idx].mean(-1) for k in (*MEAN_KEYS, *PROTOCOL_KEYS) if k in per}
     hit = np.asarray(per["prompt_hit"], dtype=float)[idx].sum(-1)
     asked = np.asarray(per["prompt_asked"], dtype=float)[idx].sum(-1)
     out["prompt"] = np.where(asked > 0, hit / np.maximum(asked, 1e-12), 1.0)

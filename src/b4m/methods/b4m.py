@@ -18,7 +18,7 @@ from b4m.adapters.codec import load_lora
 from b4m.checks import check_out_folder
 from b4m.config import to_dict
 from b4m.methods.base import Fitted, Method, register
-from b4m.methods.cache import cache_root, image_sets, session_policy, sub_fit_folder
+from b4m.methods.cache import cache_root, held, image_sets, session_policy, sub_fit_folder
 from b4m.methods.catalogue import CATALOGUE, B4MOfficialOptions, B4MOptions
 from b4m.methods.common import check_folders
 from b4m.options import Stage1Config, Stage2Config, stage_options
@@ -95,7 +95,8 @@ def fit_b4m(cfg: B4MOptions, pipe: Any = None, progress: bool = True, method_id:
         s1_policy = policy
         if cache_root() is not None:  # a per-concept sub-fit in the cache: reused whenever identical
             s1, s1_policy = dataclasses.replace(s1, out=stage1_folder(s1, role), overwrite=False), "refresh"
-        parts[role] = train_stage1(s1, role, pipe=fresh(), progress=progress, policy=s1_policy)
+        with held(Path(s1.out)):  # another bench shard may be fitting the same concept: wait, then reuse it
+            parts[role] = train_stage1(s1, role, pipe=fresh(), progress=progress, policy=s1_policy)
     stage2 = dataclasses.replace(stage2, content=parts["content"], style=parts["style"])
     path = train_stage2(stage2, pipe=fresh(), progress=progress, policy=policy)
     lora = load_lora(path)

@@ -26,8 +26,17 @@ from typing import Any
 
 from b4m.config import load_config, to_dict
 from b4m.methods.base import Fitted, get_method, resolve_options
+from b4m.owned import Folder
 
-__all__ = ["assets_fingerprint", "cache_root", "caching", "fit_cached", "image_sets", "sub_fit_folder"]
+__all__ = [
+    "assets_fingerprint",
+    "cache_root",
+    "caching",
+    "fit_cached",
+    "held",
+    "image_sets",
+    "sub_fit_folder",
+]
 
 _ROOT: ContextVar[Path | None] = ContextVar("b4m_fit_cache", default=None)
 
@@ -88,7 +97,8 @@ def image_sets(
 def sub_fit_folder(
     kind: str, settings: Mapping[str, Any], sets: Sequence[tuple[Sequence[Path], Sequence[str]]]
 ) -> Path:
-    """The folder of a sub-fit under :func:`cache_root`: ``<cache>/<kind>/<hash of settings, data, assets>``."""
+    """The folder of a sub-fit under :func:`cache_root`: ``<cache>/<kind>/<hash of settings, data, assets>``, made
+    and recorded in the manifests (:mod:`b4m.owned`) of the levels above it."""
     from b4m.diffusion.builtin_base import weights_digest
     from b4m.train.identity import data_fingerprint, run_settings
 
@@ -104,7 +114,29 @@ def sub_fit_folder(
         "weights": weights_digest() if builtin else None,
     }
     key = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    return root / kind / key
+    # made and recorded as b4m's at every level, so that whoever made the cache can clear it
+    return Folder(root).child(kind).child(key).path
+
+
+@contextmanager
+def held(folder: Path) -> Iterator[None]:
+    """An exclusive lock on a sub-fit folder for as long as it is fitted, across processes (``flock`` on
+    ``<cache>/.locks/<kind>-<key>``): bench shards sharing a concept (a crossed pairs file) wait for the one fitting
+    it and then reuse its finished fit instead of training into the same folder. No-op outside a cache."""
+    root = cache_root()
+    if root is None:
+        yield
+        return
+    import fcntl
+
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with open(locks / f"{folder.parent.name}-{folder.name}", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _inputs(cfg: Any) -> list[tuple[list[Path], list[str]]]:
@@ -141,4 +173,5 @@ def fit_cached(
     with caching(cache):
         settings = {k: v for k, v in to_dict(cfg).items() if k not in _OTHER_INPUTS}  # folders: in the data
         folder = sub_fit_folder(method_id, settings, _inputs(cfg))
-        return method.fit(dataclasses.replace(cfg, out=folder), pipe=pipe, progress=progress)
+        with held(folder):
+            return method.fit(dataclasses.replace(cfg, out=folder), pipe=pipe, progress=progress)

@@ -20,6 +20,7 @@ from b4m.options import (
     STAGE2_OPTIMIZERS,
     B4MStage1Options,
     B4MStage2Options,
+    DataOptions,
     MemoryOptions,
     WatchOptions,
 )
@@ -48,7 +49,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedOptions(WatchOptions, MemoryOptions, MethodOptions):
+class TrainedOptions(WatchOptions, MemoryOptions, DataOptions, MethodOptions):
     """Options of every trained baseline (``lora``, ``joint``, ``ziplora``, ``qrlora``, ``duolora``): they
     checkpoint like B4M's stages, and the same command run again on an unfinished run resumes it."""
 
@@ -73,7 +74,9 @@ class B4MAuxSets:
 
 
 @dataclasses.dataclass(frozen=True)
-class B4MOptions(WatchOptions, MemoryOptions, B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions):
+class B4MOptions(
+    WatchOptions, MemoryOptions, DataOptions, B4MStage2Options, B4MStage1Options, B4MAuxSets, MethodOptions
+):
     """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model.
 
     B4M's own options are the stage configs' groups (:class:`~b4m.config.B4MStage1Options`,

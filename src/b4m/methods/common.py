@@ -17,7 +17,8 @@ from b4m.adapters.files import save_file_for
 from b4m.adapters.flux_keys import is_flux_layout
 from b4m.checks import check_base, check_out_folder, integer_at_least, raise_problems
 from b4m.config import load_config, to_dict
-from b4m.data.folders import read_image_folder
+from b4m.data.folders import check_masks, read_image_folder
+from b4m.data.repeats import check_repeats
 from b4m.diffusion.pipeline import base_family, base_model_name, denoiser, predict
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, get_method, resolve_options
@@ -82,11 +83,17 @@ def _input_sets(cfg: Any, inputs: Sequence[str]) -> list[tuple[list[Path], list[
 
 
 def check_folders(cfg: Any, which: Iterable[str]) -> None:
-    """Fail in a second on a missing or empty image folder, before the (slow) model load."""
+    """Fail in a second on a missing or empty image folder, a bad ``--repeats`` or a bad loss mask (another size
+    than its image's, all black), before the (slow) model load."""
+    problems: list[str] = []
+    check_repeats(getattr(cfg, "repeats", []), problems)
+    raise_problems(problems)
     for name in which:
         folder = getattr(cfg, f"{name}_images")
         if folder is not None:
-            read_image_folder(folder, f"--{name}-images")
+            images = read_image_folder(folder, f"--{name}-images")
+            if getattr(cfg, "masks", False):
+                check_masks(images)
 
 
 class Session(TrainSession):
@@ -149,8 +156,25 @@ class Session(TrainSession):
         if folder is None:
             raise B4MError(f"--{which}-images: give the folder of {which} images")
         prompt = getattr(self.cfg, f"{which}_prompt")
-        self.cached[which] = cache_set(self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images")
+        self.cached[which] = cache_set(
+            self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images", data=self.cfg
+        )
         return self.cached[which]
+
+    def image_sets(self, *which: str) -> list[CachedSet]:
+        """Several image sets a step samples together (e.g. ``"content", "style"``), cached together: with
+        ``--buckets`` the first one's bucket is each step's (:mod:`b4m.train.datasets`)."""
+        from b4m.train.datasets import cache_all
+
+        entries = []
+        for name in which:
+            folder = getattr(self.cfg, f"{name}_images")
+            if folder is None:
+                raise B4MError(f"--{name}-images: give the folder of {name} images")
+            entries.append((folder, getattr(self.cfg, f"{name}_prompt"), f"--{name}-images"))
+        sets = cache_all(self.pipe, entries, self.cfg.resolution, self.cfg)
+        self.cached.update(zip(which, sets, strict=True))
+        return sets
 
     def preview_plan(self) -> PreviewPlan:
         """The previews' default prompts: those of the sets it trains on, and content + style combined."""

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from b4m.adapters.compose import concat, fold_ranks
 from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
-from b4m.diffusion.pipeline import encode_prompts, training_scheduler
+from b4m.diffusion.pipeline import encode_prompts, masked_mse, training_scheduler
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, DuoLoRAOptions
@@ -175,7 +175,7 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         )
     deltas = {n: DuoDelta(content[n], style[n], priors[n], cfg.prior_init) for n in names}
     attach(session.unet, deltas)
-    sets = [session.images("content"), session.images("style")]
+    sets = session.image_sets("content", "style")
     combined = cfg.combined_prompt or f"{sets[0].prompts[0]}, {sets[1].prompts[0]}"
     cond_cs = encode_prompts(session.pipe, [combined], cfg.resolution)
     scheduler = training_scheduler(session.pipe)
@@ -197,7 +197,8 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
         return torch.cat(rows)
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latents, cond, noise, t = sample_batch(sets, [1, 1], gen, scheduler)
+        batch = sample_batch(sets, [1, 1], gen, scheduler)
+        latents, cond, noise, t = batch
         with torch.no_grad():
             with delta_mode("content"):
                 teach_c = predict(session.unet, scheduler, latents[:1], cond.index([0]), noise[:1], t[:1])
@@ -205,8 +206,12 @@ def fit_duolora(cfg: DuoLoRAOptions, pipe: Any = None, progress: bool = True) ->
                 teach_s = predict(session.unet, scheduler, latents[1:], cond.index([1]), noise[1:], t[1:])
         cyc = cycle_targets(latents, cond, noise, t)
         pred = predict(session.unet, scheduler, latents, cond, noise, t).float()
-        merge = F.mse_loss(pred, torch.cat([teach_c, teach_s]).float())
-        cycle = F.mse_loss(pred, cyc.float())
+        if batch.mask is None:
+            merge = F.mse_loss(pred, torch.cat([teach_c, teach_s]).float())
+            cycle = F.mse_loss(pred, cyc.float())
+        else:  # loss masks: each sample's masked mean, then their mean
+            merge = masked_mse(pred, torch.cat([teach_c, teach_s]), batch.mask).mean()
+            cycle = masked_mse(pred, cyc, batch.mask).mean()
         rank = sum(d.rank_loss(cfg.lambda_hinge) for d in deltas.values())
         loss = merge + cfg.lambda_cycle * cycle + cfg.lambda_prior * rank
         return loss, {

@@ -24,7 +24,7 @@ def fit_joint(cfg: JointOptions, pipe: Any = None, progress: bool = True) -> Fit
     if session.finished is not None:
         return reused(session.finished)
     session.start(pipe=pipe)
-    sets = [session.images("content"), session.images("style")]
+    sets = session.image_sets("content", "style")
     deltas = plain_deltas(
         session.unet, default_targets(session.pipe, cfg.targets), cfg.rank, cfg.seed, cfg.blocks
     )

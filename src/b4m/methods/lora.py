@@ -42,8 +42,8 @@ def denoising_step(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One sample of each set, one noise and one timestep; ``L = mean_i L_i`` (Eq. 1; Eq. 2 for two sets)."""
     scheduler = training_scheduler(session.pipe)
-    latents, cond, noise, t = sample_batch(sets, [1] * len(sets), gen, scheduler)
-    losses = per_sample_loss(session.unet, scheduler, latents, cond, noise, t)
+    batch = sample_batch(sets, [1] * len(sets), gen, scheduler)
+    losses = per_sample_loss(session.unet, scheduler, *batch, mask=batch.mask)
     return losses.mean(), {f"loss_{i}": x for i, x in enumerate(losses.detach())}
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from b4m.adapters.compose import fold_columns
 from b4m.adapters.deltas import MergedPairDelta, attach, delta_mode, factors_of
-from b4m.diffusion.pipeline import training_scheduler
+from b4m.diffusion.pipeline import masked_mse, training_scheduler
 from b4m.errors import B4MError
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, ZipLoRAOptions
@@ -89,7 +88,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
     names, content, style = align_sources(content, style)
     deltas = {n: ZipDelta(content[n], style[n]) for n in names}
     attach(session.unet, deltas)
-    sets = [session.images("content"), session.images("style")]
+    sets = session.image_sets("content", "style")
     scheduler = training_scheduler(session.pipe)
     gen = session.generator(3)
     history: list[float] = list(session.resume_info.get("max_move_per_step", []))  # the steps before a resume
@@ -98,7 +97,7 @@ def fit_ziplora(cfg: ZipLoRAOptions, pipe: Any = None, progress: bool = True) ->
         batch = sample_batch(sets, [1, 1], gen, scheduler)
         target = teacher_targets(session, scheduler, batch)
         pred = predict(session.unet, scheduler, *batch)
-        mse = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        mse = masked_mse(pred, target, batch.mask)
         overlap = sum((d.m_c * d.m_s).sum().abs() for d in deltas.values())
         loss = mse.sum() + cfg.lambda_merge * overlap
         return loss, {

@@ -47,21 +47,34 @@ _NEUTRAL = {"quantize_base": "none"}
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings of a (preset-resolved) config dict that determine the result."""
+    """The settings of a (preset-resolved) config dict that determine the result. The data options
+    (:class:`~b4m.options.DataOptions`) count only off their defaults, so a run that uses none of them keeps the
+    identity it had before they existed (its checkpoints and cached fits stay valid)."""
+    from b4m.options import DATA_DEFAULTS
+
+    neutral = {**DATA_DEFAULTS, **_NEUTRAL}  # ``--quantize-base none`` likewise
+
     return {
         k: v
         for k, v in sorted(config.items())
-        if k not in _NOT_IDENTITY and not (k in _NEUTRAL and v == _NEUTRAL[k])
+        if k not in _NOT_IDENTITY and not (k in neutral and v == neutral[k])
     }
 
 
 def data_fingerprint(sets: Iterable[tuple[Iterable[Path], Iterable[str]]]) -> str:
-    """SHA-256 over every training set, in order: each image's bytes and the prompt it trains with."""
+    """SHA-256 over every training set, in order: each image's bytes, the bytes of its loss mask where one lies
+    beside it (``NAME.mask.png``, :func:`b4m.data.masks.mask_path_for`: a changed mask is other data) and the
+    prompt it trains with."""
+    from b4m.data.masks import mask_path_for
+
     h = hashlib.sha256()
     for k, (paths, prompts) in enumerate(sets):
         h.update(f"set {k}\n".encode())
         for path, prompt in zip(paths, prompts, strict=True):
             h.update(hashlib.sha256(Path(path).read_bytes()).digest())
+            mask = mask_path_for(Path(path))
+            if mask is not None:
+                h.update(b"mask " + hashlib.sha256(mask.read_bytes()).digest())
             h.update(prompt.encode("utf-8") + b"\n")
     return h.hexdigest()[:16]
 

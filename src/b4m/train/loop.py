@@ -23,6 +23,7 @@ from b4m.train.checkpoint import RESUME_HINT, latest_checkpoint, load_checkpoint
 
 __all__ = [
     "RESUME_HINT",
+    "Batch",
     "CachedSet",
     "Checkpoints",
     "StepFn",
@@ -64,18 +65,61 @@ def make_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
 
 @dataclass
 class CachedSet:
-    """One training set with its VAE latents and prompt embeddings computed once (the encoders are frozen)."""
+    """One training set with its VAE latents and prompt embeddings computed once (the encoders are frozen).
+
+    The data options (:class:`~b4m.options.DataOptions`, :mod:`b4m.train.datasets`) add: ``masks``, each image's
+    loss weights on the latent grid (``None``: 1 everywhere); ``pool``, the image indices to draw from, each
+    listed as often as ``--repeats`` counts it (``None``: each image once); ``views``, with ``--buckets``, the
+    images cached per bucket (``latents`` is then empty) and ``bucket_of``, each image's own bucket."""
 
     folder: Path
     latents: torch.Tensor
     cond: Conditioning
     prompts: list[str]
+    masks: torch.Tensor | None = None
+    pool: torch.Tensor | None = None
+    views: dict[tuple[int, int], Any] | None = None
+    bucket_of: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
-        return self.latents.shape[0]
+        return len(self.prompts)
+
+    @property
+    def plain(self) -> bool:
+        """No data option at work: sampled exactly as before the options existed."""
+        return self.masks is None and self.pool is None and self.views is None
 
 
-def cache_set(pipe: Any, folder: str | Path, prompt: str | None, resolution: int, option: str) -> CachedSet:
+class Batch(tuple):
+    """``(latents, cond, noise, timesteps)`` of one step, unpacked like a tuple, and ``mask``: the samples' loss
+    weights ``(B, 1, h, w)`` when a set has loss masks (else ``None``), for
+    :func:`~b4m.diffusion.pipeline.per_sample_loss`."""
+
+    mask: torch.Tensor | None
+
+    def __new__(
+        cls,
+        latents: torch.Tensor,
+        cond: Conditioning,
+        noise: torch.Tensor,
+        timesteps: torch.Tensor,
+        mask: torch.Tensor | None = None,
+    ) -> Batch:
+        batch = super().__new__(cls, (latents, cond, noise, timesteps))
+        batch.mask = mask
+        return batch
+
+
+def cache_set(
+    pipe: Any, folder: str | Path, prompt: str | None, resolution: int, option: str, data: Any = None
+) -> CachedSet:
+    """One image folder cached; ``data``: a config with the data options (:class:`~b4m.options.DataOptions`) and
+    ``base``, used when any is off its default (:func:`b4m.train.datasets.cache_sets`, which also caches several
+    sets that share buckets)."""
+    from b4m.train.datasets import cache_sets, uses_data_options
+
+    if uses_data_options(data, [folder]):
+        return cache_sets(pipe, [(folder, prompt, option)], resolution, data)[0]
     images = read_image_folder(folder, option)
     prompts = images.prompts(prompt, option)
     check_prompts(pipe.tokenizer, sorted(set(prompts)), option)
@@ -86,18 +130,21 @@ def cache_set(pipe: Any, folder: str | Path, prompt: str | None, resolution: int
     return CachedSet(Path(folder), latents, cond, prompts)
 
 
-def sample_batch(
-    sets: list[CachedSet], counts: list[int], gen: torch.Generator, scheduler: Any
-) -> tuple[torch.Tensor, Conditioning, torch.Tensor, torch.Tensor]:
+def sample_batch(sets: list[CachedSet], counts: list[int], gen: torch.Generator, scheduler: Any) -> Batch:
     """``counts[i]`` random samples from ``sets[i]``, concatenated; one noise and one timestep for all of them
-    (the paper's MCP uses the same noise and timestep for target and auxiliary samples of a step)."""
+    (the paper's MCP uses the same noise and timestep for target and auxiliary samples of a step). Sets cached
+    with data options are drawn by :func:`b4m.train.datasets.sample_sets` (repeats, masks, one bucket a step)."""
+    if not all(s.plain for s in sets):
+        from b4m.train.datasets import sample_sets
+
+        return sample_sets(sets, counts, gen, scheduler)
     idx = [torch.randint(len(s), (k,), generator=gen) for s, k in zip(sets, counts, strict=True)]
     latents = torch.cat([s.latents[i.to(s.latents.device)] for s, i in zip(sets, idx, strict=True)])
     cond = Conditioning.cat([s.cond.index(i.to(s.latents.device)) for s, i in zip(sets, idx, strict=True)])
     noise = torch.randn((1, *latents.shape[1:]), generator=gen).to(latents.device).expand_as(latents)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (1,), generator=gen)
     timesteps = t.to(latents.device).expand(latents.shape[0])
-    return latents, cond, noise.contiguous(), timesteps
+    return Batch(latents, cond, noise.contiguous(), timesteps)
 
 
 def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:

@@ -147,6 +147,7 @@ def make_stage2_optimizer(
     operands: str = "learnable",
     delta: float = 1e-6,
     delta_rel: float = 1e-2,
+    normalize: bool = True,
 ) -> _PreconditionedOptimizer:
     """The stage-2 optimizer by name: ``riemannian-adamw``, ``riemannian-sgd`` (Eq. 13-14), or ``adamw``
     (the paper's "w/o RP" arm)."""
@@ -159,5 +160,7 @@ def make_stage2_optimizer(
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}, got {name!r}")
     pre = None
     if name.startswith("riemannian"):
-        pre = RiemannianPreconditioner(pairs, operands=operands, delta=delta, delta_rel=delta_rel)
+        pre = RiemannianPreconditioner(
+            pairs, operands=operands, delta=delta, delta_rel=delta_rel, normalize=normalize
+        )
     return _PreconditionedOptimizer(opt, pre)

@@ -29,6 +29,7 @@ from b4m.checks import (
 )
 from b4m.config import to_dict
 from b4m.data.folders import ImageSet, check_images, read_image_folder
+from b4m.data.repeats import check_repeats
 from b4m.diffusion.pipeline import (
     base_family,
     base_model_name,
@@ -40,11 +41,11 @@ from b4m.diffusion.pipeline import (
 from b4m.errors import B4MError
 from b4m.options import ROUTINGS, Stage1Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config
+from b4m.train.datasets import cache_all
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import (
     CachedSet,
     StepFn,
-    cache_set,
     maybe,
     run_steps,
     sample_batch,
@@ -79,6 +80,7 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     if cfg.routing not in ROUTINGS:
         problems.append(f"--routing {cfg.routing}: give strict (Eq. 12) or leaky (the official code)")
     finite(cfg.aux_lr_scale, "--aux-lr-scale", problems)
+    check_repeats(cfg.repeats, problems)
     integer_at_least(cfg.steps, "--steps", 1, problems, " (a run of 0 steps would save an untrained adapter)")
     finite(cfg.lr, "--lr", problems, positive=True)
     finite(cfg.weight_decay, "--weight-decay", problems)
@@ -102,7 +104,7 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
         images = read_image_folder(folder, aux_opt)
         sets.append((images, images.prompts(cfg.aux_prompts[i] if cfg.aux_prompts else None, aux_opt)))
     for images, _ in sets:
-        check_images(images)
+        check_images(images, masks=cfg.masks)
     return sets
 
 
@@ -119,9 +121,9 @@ def _step_fn(
     official scripts."""
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latents, cond, noise, timesteps = sample_batch(sets, [1] * len(sets), gen, scheduler)
+        batch = sample_batch(sets, [1] * len(sets), gen, scheduler)
         with maybe(strict, mcp_routing(1, target_part)):
-            losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
+            losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask)
         loss_target = losses[:1].mean()
         loss = (loss_target + losses[1:].mean()) if mcp else loss_target
         return loss, {"loss_target": loss_target.detach()}
@@ -161,12 +163,11 @@ def train_stage1(
 
     pipe = session.start(cfg.base, pipe, cfg.mixed_precision)
     accelerator = session.accelerator
-    target = cache_set(pipe, cfg.images, cfg.prompt, cfg.resolution, "--images")
-    aux = []
+    entries = [(cfg.images, cfg.prompt, "--images")]
     if cfg.mcp:
         for i, folder in enumerate(cfg.aux):
-            prompt = cfg.aux_prompts[i] if cfg.aux_prompts else None
-            aux.append(cache_set(pipe, folder, prompt, cfg.resolution, aux_opt))
+            entries.append((folder, cfg.aux_prompts[i] if cfg.aux_prompts else None, aux_opt))
+    target, *aux = cache_all(pipe, entries, cfg.resolution, cfg)  # one bucket a step: the target's
 
     spec = PLPSpec(rank=cfg.rank, rho=cfg.rho, orth=cfg.orth, basis_seed=cfg.basis_seed)
     model = denoiser(pipe)

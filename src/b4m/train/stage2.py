@@ -28,12 +28,14 @@ from b4m.checks import (
 )
 from b4m.config import to_dict
 from b4m.data.folders import check_images, read_image_folder
+from b4m.data.repeats import check_repeats
 from b4m.diffusion.pipeline import base_model_name, denoiser, per_sample_loss, training_scheduler
 from b4m.errors import B4MError
 from b4m.options import Stage2Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config, resolve_recorded
+from b4m.train.datasets import cache_all
 from b4m.train.identity import data_fingerprint, run_settings
-from b4m.train.loop import CachedSet, StepFn, cache_set, run_steps, sample_batch
+from b4m.train.loop import CachedSet, StepFn, run_steps, sample_batch
 from b4m.train.previews import plp_scales, stage2_plan
 from b4m.train.riemannian import make_stage2_optimizer
 from b4m.train.session import Session
@@ -106,6 +108,7 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     integer_at_least(cfg.reinit_every, "--reinit-every", 0, problems, " (0: none)")
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     check_options(cfg, problems)
+    check_repeats(cfg.repeats, problems)
     if pipe is None:
         check_base(cfg.base, problems)
     if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
@@ -146,7 +149,7 @@ def train_stage2(
             folder = _recorded(value, meta, "images", option)
             prompt = _recorded(prompt, meta, "prompt", prompt_opt, required=False)
             images = read_image_folder(folder, option)
-            check_images(images)
+            check_images(images, masks=cfg.masks)
             sources.append((folder, prompt, option, images, images.prompts(prompt, option)))
     session = Session(
         out,
@@ -174,9 +177,8 @@ def train_stage2(
 
     checkpoints = None
     if cfg.stage2_steps > 0:
-        sets = [
-            cache_set(pipe, folder, prompt, cfg.resolution, option) for folder, prompt, option, *_ in sources
-        ]
+        entries = [(folder, prompt, option) for folder, prompt, option, *_ in sources]
+        sets = cache_all(pipe, entries, cfg.resolution, cfg)  # one bucket a step: the content image's
         pairs = [
             (adapter.up(m).learnable, adapter.down(m).learnable, adapter.up(m).frozen, adapter.down(m).frozen)
             for m in adapter.module_names
@@ -190,6 +192,7 @@ def train_stage2(
             operands=cfg.operands,
             delta=cfg.delta,
             delta_rel=cfg.delta_rel,
+            normalize=cfg.normalize,
         )
         unet = accelerator.prepare(denoiser(pipe))
         scheduler = training_scheduler(pipe)
@@ -237,8 +240,8 @@ def _step_fn(unet: torch.nn.Module, scheduler: Any, sets: list[CachedSet], gen: 
     """``L_content + L_style`` on one content and one style sample, in one batched forward."""
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        latents, cond, noise, timesteps = sample_batch(sets, [1, 1], gen, scheduler)
-        losses = per_sample_loss(unet, scheduler, latents, cond, noise, timesteps)
+        batch = sample_batch(sets, [1, 1], gen, scheduler)
+        losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask)
         return losses.sum(), {"loss_content": losses[0].detach(), "loss_style": losses[1].detach()}
 
     return step

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "AUX_DATA",
     "PROMPT_ATTRIBUTES",
     "PairRefs",
     "content_phrase",
@@ -41,11 +42,23 @@ class PairRefs:
     aux_styles: list[str] = dataclasses.field(default_factory=lambda: ["stripes", "dots", "checker"])
     aux_contents: list[str] = dataclasses.field(default_factory=lambda: ["car", "house", "fish"])
     seed: int = 0
+    aux_data: str = "plain"
+    """How the auxiliary folders are made (:data:`AUX_DATA`)."""
 
     @classmethod
     def of(cls, cfg: Any) -> PairRefs:
-        """The fields of ``cfg`` (e.g. the demo's config) that a :class:`PairRefs` has."""
-        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+        """The fields of ``cfg`` (e.g. the demo's config) that a :class:`PairRefs` has (the others: defaults)."""
+        return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls) if hasattr(cfg, f.name)})
+
+
+AUX_DATA: dict[str, str] = {
+    "plain": "each auxiliary style over one drawn content (with n=1 and one seed, the same content in every "
+    "folder), captioned without identifiers",
+    "official": "as the official B4M scripts: each auxiliary style over a different content, each auxiliary "
+    "content a photo, every caption reusing the pair's identifier ('a fish in wzk stripes style', 'a photo of "
+    "a snq car')",
+}
+"""The ways of making MCP's auxiliary folders (``--aux-data``)."""
 
 
 def class_of(name: str) -> str:
@@ -85,6 +98,15 @@ def data_folders(cfg: Any) -> dict[str, dict[str, Any]]:
             "contents": [c for c in HELD_IN_CONTENTS if c != class_of(cfg.content)],
         },
     }
+    if getattr(cfg, "aux_data", "plain") == "official":
+        # distinct contents under the auxiliary styles: neither the target's class nor an auxiliary content
+        pool = [c for c in HELD_IN_CONTENTS if c != class_of(cfg.content) and c not in cfg.aux_contents]
+        folders |= {f"aux-style-{s}": {"style": s, "n": 1, "contents": [pool[k % len(pool)]],
+                                       "style_word": f"{cfg.style_word} {s}".strip()}
+                    for k, s in enumerate(cfg.aux_styles)}  # fmt: skip
+        folders |= {f"aux-content-{c}": {"content": c, "n": 1, "content_word": f"{cfg.content_word} {c}".strip()}
+                    for c in cfg.aux_contents}  # fmt: skip
+        return folders
     folders |= {f"aux-style-{s}": {"style": s, "n": 1} for s in cfg.aux_styles}
     folders |= {f"aux-content-{c}": {"content": c, "n": 1} for c in cfg.aux_contents}
     return folders
