@@ -237,8 +237,15 @@ def measure(name, make_step, args, resolution, samples, precision) -> Result:
     dtype = torch.bfloat16 if precision == "bf16" and device == "cuda" else torch.float32
     flux = args.model == "flux"
     unet = (build_flux if flux else build_unet)(args.tiny, device, dtype)
+    if args.quantize_base != "none":  # b4m's own quantization of the frozen base (b4m.diffusion.memory)
+        from b4m.diffusion.memory import quantize_denoiser
+
+        quantize_denoiser(unet, args.quantize_base, device)
+        unet.to(device)
     if args.gradient_checkpointing and (name.startswith("b4m") or flux):  # FLUX needs it in every arm
-        unet.enable_gradient_checkpointing()
+        from b4m.diffusion.memory import enable_checkpointing
+
+        enable_checkpointing(unet)  # keeps stage 1's MCP routing in the recomputation
     batch = (flux_inputs if flux else inputs)(unet, N_SAMPLES, resolution, device, dtype)
 
     def autocast():
@@ -290,6 +297,12 @@ def main(argv: list[str] | None = None) -> Path:
     parser.add_argument("--precision", choices=["bf16", "fp32"], default="bf16")
     parser.add_argument("--reference-precision", choices=["same", "fp32"], default="same")
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--quantize-base",
+        choices=["none", "int8", "fp8", "nf4"],
+        default="none",
+        help="quantize the frozen base as b4m's --quantize-base does (measures benchmarks/memory.md's estimates)",
+    )
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet forward (b4m arms)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--iters", type=int, default=10)
@@ -348,7 +361,8 @@ def main(argv: list[str] | None = None) -> Path:
         f"Device: {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, peft {peft.__version__}; "
         f"precision: b4m {args.precision} (bf16 = autocast over bf16 base weights, fp32 adapter weights), "
         f"reference {ref_precision}; "
-        f"gradient checkpointing: {args.gradient_checkpointing}; compile: {args.compile}; "
+        f"gradient checkpointing: {args.gradient_checkpointing}; quantized base: {args.quantize_base}; "
+        f"compile: {args.compile}; "
         f"{model_text}; "
         f"rank {'at most ' if args.tiny else ''}64 on all {kinds} attention projection kinds; warmup {args.warmup}, {args.iters} timed steps.",
         "",

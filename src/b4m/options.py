@@ -180,6 +180,54 @@ class TrainingRecipeOptions(RecipeOptions):
     )
 
 
+REPORT_TO: tuple[str, ...] = ("none", "tensorboard", "wandb")
+"""Trackers of ``--report-to`` (through accelerate's trackers, :mod:`b4m.train.trackers`)."""
+QUANTIZE_CHOICES: tuple[str, ...] = ("none", "int8", "fp8", "nf4")
+"""``--quantize-base``: the frozen denoiser's weights as they are, int8 or fp8 (optimum-quanto), or NF4
+(bitsandbytes); the adapters stay full precision (:mod:`b4m.diffusion.memory`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WatchOptions:
+    """Watching a run learn (:mod:`b4m.train.previews`, :mod:`b4m.train.trackers`): preview images every N steps
+    and a tracker. None of these changes the trained adapter (they are not part of a run's identity)."""
+
+    sample_every: int = opt(
+        0, "write preview images and a contact sheet into <out>/samples/step-NNNNN every N steps (0: never)"
+    )
+    sample_prompts: list[str] = opt(
+        [],
+        "preview prompts (default per stage: stage-1 content: the content prompt in a few contexts; stage-1 "
+        "style: the style on a few contents; stage 2: the combined prompt at 3 content/style strengths; "
+        "baselines: their prompts)",
+    )
+    sample_seed: int = opt(0, "seed of the preview images (fixed, so that successive previews compare)")
+    sample_steps: int | None = opt(
+        None, "sampling steps of a preview (default: the base model's generation default)"
+    )
+    report_to: str = opt(
+        "none",
+        "tracker: none, tensorboard (<out>/tensorboard) or wandb (losses, learning rates, previews)",
+        choices=REPORT_TO,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class MemoryOptions:
+    """Fitting the card (:mod:`b4m.diffusion.memory`): the text encoders and the VAE leave the GPU once their
+    outputs are cached (always); these trade compute or precision of the frozen base for memory."""
+
+    gradient_checkpointing: bool = opt(
+        False, "trade compute for memory: recompute the denoiser's activations in the backward pass"
+    )
+    quantize_base: str = opt(
+        "none",
+        "quantize the frozen denoiser's weights: none, int8 or fp8 (optimum-quanto), nf4 (bitsandbytes); "
+        "adapters stay full precision",
+        choices=QUANTIZE_CHOICES,
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class AdapterOptions:
     """PLP adapter settings (must match between a content and a style adapter)."""
@@ -412,7 +460,7 @@ OVERWRITE_HELP = (
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage1Config(DataOptions, TrainingRecipeOptions, B4MStage1Options):
+class Stage1Config(WatchOptions, MemoryOptions, DataOptions, TrainingRecipeOptions, B4MStage1Options):
     """Stage 1 (paper Sec. 4.2, Eq. 12): a content or a style PLP trained with multi-correspondence data."""
 
     images: Path | None = opt(None, "folder of target images (the content or the style to learn)")
@@ -436,7 +484,6 @@ class Stage1Config(DataOptions, TrainingRecipeOptions, B4MStage1Options):
     mixed_precision: str = opt(
         "no", "autocast dtype on GPU: no, bf16, fp16 (adapter weights stay fp32)", choices=MIXED_PRECISION
     )
-    gradient_checkpointing: bool = opt(False, "trade compute for memory in the UNet")
     trigger_words: list[str] = opt(
         [], "trigger words to record in the adapter file (default: guessed from the prompt)"
     )
@@ -459,7 +506,7 @@ class Stage2Inputs:
 
 
 @dataclasses.dataclass(frozen=True)
-class Stage2Config(DataOptions, RecipeOptions, B4MStage2Options, Stage2Inputs):
+class Stage2Config(WatchOptions, MemoryOptions, DataOptions, RecipeOptions, B4MStage2Options, Stage2Inputs):
     """Stage 2 (paper Sec. 4.2 end, 4.3, Eq. 13-14): fuse a content and a style PLP, then fine-tune briefly."""
 
     resolution: int | None = opt(None, "training resolution in pixels")

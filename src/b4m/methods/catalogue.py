@@ -21,8 +21,10 @@ from b4m.options import (
     B4MStage1Options,
     B4MStage2Options,
     DataOptions,
+    MemoryOptions,
     SaveOptions,
     TrainingRecipeOptions,
+    WatchOptions,
 )
 from b4m.options import PRESETS as B4M_PRESETS
 
@@ -49,7 +51,7 @@ TRAIN_PRESETS: dict[str, dict[str, Any]] = {
 
 
 @dataclasses.dataclass(frozen=True)
-class TrainedOptions(DataOptions, TrainingRecipeOptions, MethodOptions):
+class TrainedOptions(WatchOptions, MemoryOptions, DataOptions, TrainingRecipeOptions, MethodOptions):
     """Options of every trained baseline (``lora``, ``joint``, ``ziplora``, ``qrlora``, ``duolora``): they
     checkpoint like B4M's stages, and the same command run again on an unfinished run resumes it."""
 
@@ -75,7 +77,14 @@ class B4MAuxSets:
 
 @dataclasses.dataclass(frozen=True)
 class B4MOptions(
-    DataOptions, B4MStage2Options, TrainingRecipeOptions, B4MStage1Options, B4MAuxSets, MethodOptions
+    WatchOptions,
+    MemoryOptions,
+    DataOptions,
+    B4MStage2Options,
+    TrainingRecipeOptions,
+    B4MStage1Options,
+    B4MAuxSets,
+    MethodOptions,
 ):
     """``b4m run b4m``: stage 1 content + stage 1 style + stage 2, with B4M's presets per base model.
 

@@ -34,9 +34,11 @@ from b4m.train.loop import (
     run_steps,
     trigger_words_of,
 )
+from b4m.train.previews import PreviewPlan, baseline_plan
 from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, make_optimizer, save_dtype
 from b4m.train.session import ADAPTER, CHECKPOINTS
 from b4m.train.session import Session as TrainSession
+from b4m.train.watch import check_options
 
 __all__ = [
     "ADAPTER",
@@ -114,6 +116,7 @@ class Session(TrainSession):
         every = getattr(cfg, "checkpoint_every", 0)
         integer_at_least(every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
         check_recipe(cfg, problems)
+        check_options(cfg, problems)
         check_base(cfg.base, problems)
         raise_problems(problems)
         check_family(cfg, family_of_base(cfg.base))
@@ -126,8 +129,11 @@ class Session(TrainSession):
             policy=policy or session_policy(cfg.overwrite) or ("overwrite" if cfg.overwrite else "continue"),
             checkpoint_every=every,
             writes=writes,
+            options=cfg,
         )
         self.cfg = cfg
+        self.cached: dict[str, CachedSet] = {}
+        """The image sets cached so far, by concept (the previews' default prompts)."""
 
     def start(self, base: Any = None, pipe: Any = None, mixed_precision: str | None = None) -> Any:  # noqa: ARG002
         """The accelerator (``--mixed-precision``) and the frozen pipeline, as every trainer starts."""
@@ -160,7 +166,10 @@ class Session(TrainSession):
         if folder is None:
             raise B4MError(f"--{which}-images: give the folder of {which} images")
         prompt = getattr(self.cfg, f"{which}_prompt")
-        return cache_set(self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images", data=self.cfg)
+        self.cached[which] = cache_set(
+            self.pipe, folder, prompt, self.cfg.resolution, f"--{which}-images", data=self.cfg
+        )
+        return self.cached[which]
 
     def image_sets(self, *which: str) -> list[CachedSet]:
         """Several image sets a step samples together (e.g. ``"content", "style"``), cached together: with
@@ -173,7 +182,19 @@ class Session(TrainSession):
             if folder is None:
                 raise B4MError(f"--{name}-images: give the folder of {name} images")
             entries.append((folder, getattr(self.cfg, f"{name}_prompt"), f"--{name}-images"))
-        return cache_all(self.pipe, entries, self.cfg.resolution, self.cfg)
+        sets = cache_all(self.pipe, entries, self.cfg.resolution, self.cfg)
+        self.cached.update(zip(which, sets, strict=True))
+        return sets
+
+    def preview_plan(self) -> PreviewPlan:
+        """The previews' default prompts: those of the sets it trains on, and content + style combined."""
+        prompts = [s.prompts[0] for s in self.cached.values()]
+        both = "content" in self.cached and "style" in self.cached
+        return baseline_plan(
+            prompts,
+            self.cached["content"].prompts[0] if both else None,
+            self.cached["style"].prompts[0] if both else None,
+        )
 
     def trigger_words(self, *sets: CachedSet) -> list[str]:
         words: list[str] = []
@@ -250,6 +271,7 @@ def train_steps(
         checkpoints=checkpoints,
         average=params,  # the UNet is not DDP-wrapped: under accelerate launch, gradients are averaged here
         **loop_options(cfg, optimizer, steps),
+        watch=session.watch(desc, session.preview_plan(), session.cfg.resolution),
     )
 
 

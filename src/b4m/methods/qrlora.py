@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from b4m.adapters.deltas import Delta, attach, factors_of, target_linears
+from b4m.diffusion.memory import dense_weight
 from b4m.diffusion.pipeline import default_targets
 from b4m.methods.base import Fitted, Method, register
 from b4m.methods.catalogue import CATALOGUE, QRLoRAOptions
@@ -74,7 +75,7 @@ def fit_qrlora(cfg: QRLoRAOptions, pipe: Any = None, progress: bool = True) -> F
     layers = target_linears(session.unet, default_targets(session.pipe, cfg.targets), cfg.blocks)
     deltas: dict[str, QRDelta] = {}
     for name, layer in sorted(layers.items()):
-        q, _ = qr_basis(layer.weight, cfg.rank)
+        q, _ = qr_basis(dense_weight(layer), cfg.rank)
         r = q.shape[1]
         deltas[name] = QRDelta(q, (cfg.alpha if cfg.alpha is not None else r) / r)
     attach(session.unet, deltas)

@@ -53,14 +53,15 @@ def base_dtype(mixed_precision: str) -> torch.dtype:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision, torch.float32)
 
 
-def make_accelerator(mixed_precision: str) -> Accelerator:
-    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present.
+def make_accelerator(mixed_precision: str, **kwargs: Any) -> Accelerator:
+    """An Accelerator (DDP under ``accelerate launch``); autocast only where a GPU is present; ``kwargs`` go to
+    ``Accelerator`` (the tracker's ``log_with`` and ``project_dir``, :mod:`b4m.train.trackers`).
 
     Without a GPU, ``cpu=True`` lets processes started by ``accelerate launch``/torchrun form a gloo DDP group
     (accelerate only picks the CPU backend when told it runs on the CPU).
     """
     on_gpu = torch.cuda.is_available()
-    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu)
+    return Accelerator(mixed_precision=mixed_precision if on_gpu else "no", cpu=not on_gpu, **kwargs)
 
 
 @dataclass
@@ -214,6 +215,16 @@ StepFn = Callable[[int], tuple[torch.Tensor, Record]]
 extra values to log (tensors are read with ``.item()`` only on the steps that log, so return them detached)."""
 
 
+class Watcher(Protocol):
+    """What :func:`run_steps` calls around its steps (:class:`b4m.train.watch.Watch`)."""
+
+    def begin(self, start: int) -> None: ...
+
+    def step(self, done: int, steps: int, entry: Mapping[str, Any] | None, optimizer: Any) -> None: ...
+
+    def end(self) -> None: ...
+
+
 class Optimizer(Protocol):
     """What the loop asks of an optimizer (torch's, accelerate's wrapper, stage 2's preconditioned one)."""
 
@@ -266,6 +277,7 @@ def run_steps(
     accumulation: int = 1,
     max_grad_norm: float | None = None,
     lr_scheduler: Any = None,
+    watch: Watcher | None = None,
 ) -> None:
     """The one training loop: steps ``start .. steps - 1`` of ``step_fn``, ``start`` being 0 or the step of
     ``checkpoints.resume`` less ``checkpoints.offset`` (parameters, optimizer and generator restored from it
@@ -287,6 +299,9 @@ def run_steps(
     (``accelerator.clip_grad_norm_``, after the averaging, before ``optimizer.step()``; the norm before clipping is
     logged as ``grad_norm``); ``lr_scheduler``: stepped after every ``optimizer.step()``, its state saved in each
     checkpoint and restored on resume, the rate of the step logged as ``lr``. A step is one optimizer step.
+    ``watch`` (:class:`b4m.train.watch.Watch`): ``watch.begin(start)`` before the first step, ``watch.step(done,
+    steps, entry, optimizer)`` after each (``entry``: what the log got this step, else ``None``), ``watch.end()``
+    after the last: previews, the tracker, the encoders off the GPU meanwhile.
     """
     start = 0
     if checkpoints is not None and checkpoints.resume is not None:
@@ -307,6 +322,8 @@ def run_steps(
         initial=start,
         total=steps,
     )
+    if watch is not None:
+        watch.begin(start)
     model.train()
     for step in bar:
         done = step + 1
@@ -331,6 +348,7 @@ def run_steps(
         optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
             after_step(step)
+        entry = None
         if done % 10 == 0 or done == steps:  # .item() syncs the device: not every step
             entry = {
                 "step": done,
@@ -339,6 +357,8 @@ def run_steps(
             }
             bar.set_postfix(loss=f"{entry['loss']:.4f}")
             log.write(**entry)
+        if watch is not None:
+            watch.step(done, steps, entry, optimizer)
         if checkpoints is not None and _checkpoint_due(checkpoints.every, done, steps, accelerator):
             check_finite_params(checkpoints.params, done, name, folder, lr_option)
             state = {} if lr_scheduler is None else {"lr_scheduler": lr_scheduler.state_dict()}
@@ -351,6 +371,8 @@ def run_steps(
                 {**checkpoints.extra, **state},
             )
     model.eval()
+    if watch is not None:
+        watch.end()
     if checkpoints is not None:
         check_finite_params(checkpoints.params, steps, name, folder, lr_option)
         checkpoints.optimizer, checkpoints.done = optimizer, checkpoints.offset + steps

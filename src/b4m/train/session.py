@@ -23,6 +23,7 @@ from b4m import threads
 from b4m.errors import B4MError, warn
 from b4m.io import JsonlLog, clean_temp_files
 from b4m.owned import Folder, claim
+from b4m.train import trackers
 from b4m.train.checkpoint import (
     RESUME_HINT,
     clean_stale,
@@ -33,6 +34,8 @@ from b4m.train.checkpoint import (
 )
 from b4m.train.identity import check_same_run, differences
 from b4m.train.loop import Checkpoints, base_dtype, make_accelerator
+from b4m.train.previews import PreviewPlan
+from b4m.train.watch import Watch, watched_writes
 
 __all__ = ["ADAPTER", "CHECKPOINTS", "LOG", "POLICIES", "RESUME_HINT", "Session"]
 
@@ -61,6 +64,7 @@ class Session:
         checkpoint_every: int = 0,
         option: str = "--out",
         writes: tuple[str, ...] = (),
+        options: Any = None,
     ) -> None:
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
@@ -73,6 +77,9 @@ class Session:
 
             settings = {**settings, "base_weights": weights_digest()}
         self.identity = {"settings": dict(settings), "data": data}
+        self.options = options
+        """The run's config: its watch and memory options (:mod:`b4m.train.watch`) are read from it."""
+        writes = (*writes, *watched_writes(options))
         self.folder = claim(self.out, (ADAPTER, CHECKPOINTS, LOG, *writes), option, policy == "overwrite")
         self.finished: Path | None = None
         self.resume: Path | None = None
@@ -83,6 +90,7 @@ class Session:
         self.writes = writes
         self.accelerator: Any = None
         self.pipe: Any = None
+        self._trackers: list[str] = []
         recorded = self.folder.info.get("run")
         if self.folder.owns(ADAPTER) and self.folder.info.get("finished"):
             same = not differences(recorded or {}, self.identity)
@@ -120,20 +128,55 @@ class Session:
         """Start the run: threads (the recorded count on resume), the accelerator, the folder (what a killed
         write left is cleaned; on a fresh start b4m's own adapter, checkpoints and log of an earlier run are
         removed, nothing else; on resume the log loses what was logged after the checkpoint) and the frozen
-        ``pipe`` (loaded from ``base`` if not given, in the mixed-precision dtype on a GPU) on the device.
-        Returns the pipeline."""
-        from b4m.diffusion.pipeline import freeze, load_pipeline
+        ``pipe`` (loaded from ``base`` if not given, in the mixed-precision dtype on a GPU) on the device, its
+        denoiser quantized (``--quantize-base``) and checkpointed (``--gradient-checkpointing``) as the options
+        say. Returns the pipeline."""
+        from b4m.diffusion.memory import enable_checkpointing, quantize_denoiser
+        from b4m.diffusion.pipeline import denoiser, freeze, load_pipeline
 
         self.threads = threads.apply(recorded=recorded_threads(self.resume.parent) if self.resume else None)
-        self.accelerator = acc = make_accelerator(mixed_precision)
+        report_to = getattr(self.options, "report_to", "none")
+        self.accelerator = acc = make_accelerator(
+            mixed_precision, **trackers.accelerator_kwargs(report_to, self.out)
+        )
         self.log = JsonlLog(self.out / LOG, enabled=False)
         if acc.is_main_process:
             self._prepare_folder()
         acc.wait_for_everyone()
         self.pipe = pipe if pipe is not None else load_pipeline(base, dtype=base_dtype(mixed_precision))
         freeze(self.pipe)
+        quantize_denoiser(denoiser(self.pipe), getattr(self.options, "quantize_base", "none"), acc.device)
+        if getattr(self.options, "gradient_checkpointing", False):
+            enable_checkpointing(denoiser(self.pipe))
         self.pipe.to(acc.device)
         return self.pipe
+
+    def watch(self, name: str, plan: PreviewPlan | None = None, resolution: int | None = None) -> Watch:
+        """The callback of one training loop named ``name`` (:class:`b4m.train.watch.Watch`): previews of
+        ``plan`` (the stage's default prompts) at ``resolution``, the tracker's run ``name`` started on first
+        use, the encoders off the GPU while it trains."""
+        report_to = getattr(self.options, "report_to", "none")
+        if report_to != "none" and name not in self._trackers and not self._trackers:
+            trackers.start(self.accelerator, report_to, _run_name(name), self.out, self.identity["settings"])
+            self._trackers.append(name)
+        return Watch(self, name, plan, resolution)
+
+    def record_tracker(self, flush: bool = False, end: bool = False) -> None:
+        """Flush (or end) the tracker and record TensorBoard's files in the manifest (main process only)."""
+        if not self._trackers or self.accelerator is None:
+            return
+        acc = self.accelerator
+        report_to = getattr(self.options, "report_to", "none")
+        if end:  # not accelerator.end_training(): it also ends the process group the next run may need
+            for tracker in acc.trackers:
+                tracker.finish()
+            acc.trackers = []
+        elif flush and report_to == "tensorboard" and acc.is_main_process:
+            acc.get_tracker("tensorboard", unwrap=True).flush()
+        if report_to == "tensorboard" and acc.is_main_process:
+            trackers.record_event_files(self.out, _run_name(self._trackers[0]))
+        if end:
+            self._trackers = []
 
     def begin(self) -> None:
         """Start a run that needs no accelerator or pipeline (the merges): the folder only."""
@@ -192,6 +235,7 @@ class Session:
         write fails (a full disk), the trained state is kept where the message says: a checkpoint of the last
         step (the same command then only saves), else the trained tensors in the system's temporary folder."""
         path = self.out / ADAPTER
+        self.record_tracker(end=True)
         try:
             write(path, RESUME_HINT)
         except B4MError as err:
@@ -209,6 +253,13 @@ class Session:
         if self.accelerator is not None:
             self.accelerator.wait_for_everyone()
         return self.out / ADAPTER
+
+
+def _run_name(name: str) -> str:
+    """A tracker run's name from a loop's name: ``"stage 1 (content)"`` -> ``"stage-1-content"``."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9]+", "-", name).strip("-") or "run"
 
 
 def _rescue(checkpoints: Checkpoints) -> str:

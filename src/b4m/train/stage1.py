@@ -52,8 +52,10 @@ from b4m.train.loop import (
     sample_batch,
     trigger_words_of,
 )
+from b4m.train.previews import stage1_plan
 from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, make_optimizer, save_dtype
 from b4m.train.session import Session
+from b4m.train.watch import check_options
 
 __all__ = ["ROLES", "train_stage1"]
 
@@ -86,6 +88,7 @@ def _check(cfg: Stage1Config, role: str, out: Path, pipe: Any = None) -> list[tu
     finite(cfg.weight_decay, "--weight-decay", problems)
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
     check_recipe(cfg, problems)
+    check_options(cfg, problems)
     if pipe is None:
         check_base(cfg.base, problems)
     if not problems or not problems[-1].startswith("--base"):  # a missing base has no size to check against
@@ -156,6 +159,7 @@ def train_stage1(
         data_fingerprint((s.paths, prompts) for s, prompts in files),
         policy=policy or ("overwrite" if cfg.overwrite else "continue"),
         checkpoint_every=cfg.checkpoint_every,
+        options=cfg,
     )
     if session.finished is not None:
         return session.finished
@@ -179,8 +183,6 @@ def train_stage1(
         p.requires_grad_(False)
     for p in trained:
         p.requires_grad_(True)
-    if cfg.gradient_checkpointing:
-        model.enable_gradient_checkpointing()
     params: Any = trained
     if cfg.aux_lr_scale != 1.0 and cfg.mcp:  # official code: a lower rate for the auxiliary part
         params = [
@@ -206,6 +208,11 @@ def train_stage1(
         progress=progress,
         checkpoints=checkpoints,
         **loop_options(cfg, optimizer, cfg.steps),
+        watch=session.watch(
+            f"stage 1 ({role})",
+            stage1_plan(role, cfg.prompt or target.prompts[0], [a.prompts[0] for a in aux]),
+            cfg.resolution,
+        ),
     )
 
     settings, deviations = split_deviations(cfg)  # a run as the paper describes it records no deviation

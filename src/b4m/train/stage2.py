@@ -43,9 +43,11 @@ from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.datasets import cache_all
 from b4m.train.identity import data_fingerprint, run_settings
 from b4m.train.loop import CachedSet, StepFn, run_steps, sample_batch
+from b4m.train.previews import plp_scales, stage2_plan
 from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, save_dtype
 from b4m.train.riemannian import make_stage2_optimizer
 from b4m.train.session import Session
+from b4m.train.watch import check_options
 
 __all__ = ["fuse", "train_stage2"]
 
@@ -113,6 +115,7 @@ def _check(cfg: Stage2Config, pipe: Any = None) -> None:
     finite(cfg.delta_rel, "--delta-rel", problems)
     integer_at_least(cfg.reinit_every, "--reinit-every", 0, problems, " (0: none)")
     integer_at_least(cfg.checkpoint_every, "--checkpoint-every", 0, problems, " (0: no checkpoints)")
+    check_options(cfg, problems)
     check_repeats(cfg.repeats, problems)
     check_recipe(cfg, problems)
     if pipe is None:
@@ -166,6 +169,7 @@ def train_stage2(
         + _factors_digest(fused),
         policy=policy or ("overwrite" if cfg.overwrite else "continue"),
         checkpoint_every=cfg.checkpoint_every,
+        options=cfg,
     )
     if session.finished is not None:
         return session.finished
@@ -218,6 +222,11 @@ def train_stage2(
             checkpoints=checkpoints,
             lr_option="--stage2-lr",
             **loop_options(cfg, optimizer, cfg.stage2_steps, stage2=True),
+            watch=session.watch(
+                "stage 2",
+                stage2_plan(sets[0].prompts[0], sets[1].prompts[0], plp_scales(adapter)),
+                cfg.resolution,
+            ),
         )
 
     extra_meta = {
