@@ -129,11 +129,13 @@ def held(folder: Path) -> Iterator[None]:
         return
     import fcntl
 
-    locks = root / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with open(locks / f"{folder.parent.name}-{folder.name}", "a+b") as handle:
+    locks = Folder(root).child(".locks")  # b4m's: whoever made the cache can clear it, locks included
+    name = f"{folder.parent.name}-{folder.name}"
+    with open(locks.path / name, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
+            if not locks.owns(name):
+                locks.record(name)
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
