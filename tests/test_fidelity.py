@@ -71,3 +71,27 @@ def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, caps
     assert "\n" not in err
     assert "--arms foo=1: foo is not a B4M training option" in err and "--arms rank=x: rank=x:" in err
     assert not (tmp_path / "b").exists()
+
+
+def test_row_fusion_keeps_each_stage1_adapters_own_rows():
+    import pytest
+    import torch
+
+    from b4m.adapters.plp import assemble, delta_blocks, row_fusion
+
+    g = torch.Generator().manual_seed(0)
+    m, n, r, d_out, d_in = 10, 12, 4, 5, 6
+    a, c = torch.randn(d_out, r, generator=g), torch.randn(r, d_in, generator=g)
+    b_c, d_aux = torch.randn(m - d_out, r, generator=g), torch.randn(r, n - d_in, generator=g)
+    b_aux, d_s = torch.randn(m - d_out, r, generator=g), torch.randn(r, n - d_in, generator=g)
+    content, style = assemble(a, b_c, c, d_aux), assemble(a, b_aux, c, d_s)
+    up, down = row_fusion(content, style, d_out, d_in)
+    assert up.shape == (m, 2 * r) and down.shape == (2 * r, n)
+    dw = up @ down
+    want = torch.cat([torch.cat([a @ c, a @ d_s], 1), torch.cat([b_c @ c, b_c @ d_aux], 1)], 0)
+    torch.testing.assert_close(dw, want)
+    blocks_c, blocks_s = delta_blocks(*content, d_out, d_in), delta_blocks(*style, d_out, d_in)
+    torch.testing.assert_close(dw[d_out:, d_in:], blocks_c["BD"])  # the content's interaction block kept
+    torch.testing.assert_close(dw[:d_out, d_in:], blocks_s["AD"])  # the style block from the style adapter
+    with pytest.raises(ValueError, match="same basis"):
+        row_fusion(content, assemble(a + 1, b_aux, c, d_s), d_out, d_in)

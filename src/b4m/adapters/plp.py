@@ -191,6 +191,33 @@ def scale_parts(
     return assemble(a, b * content_scale, c, d * style_scale)
 
 
+def row_fusion(
+    content: tuple[torch.Tensor, torch.Tensor],
+    style: tuple[torch.Tensor, torch.Tensor],
+    d_out: int,
+    d_in: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fusion **beyond the paper** (issue 27, H1): each stage-1 adapter keeps the rows it trained.
+
+    The paper's ``LoRA_f = [A; B_c] x [C, D_s]`` gives the content rows ``[B_c C, B_c D_s]``: the content's
+    interaction block ``B_c D_aux`` -- where much of the subject's identity lives after stage 1 -- is replaced by
+    ``B_c D_s``. Here the content rows stay the content adapter's and the style rows the style adapter's::
+
+        dW = [[A C, A D_s], [B_c C, B_c D_aux]] = [A; 0] [C, D_s] + [0; B_c] [C, D_aux]
+
+    an ordinary LoRA of rank ``2 r`` (``U = [[A, 0], [0, B_c]]``, ``V = [[C, D_s], [C, D_aux]]``). Both adapters
+    must share the frozen basis (``A``, ``C``)."""
+    a, b_c, c, d_aux = split_factors(*content, d_out, d_in)
+    a_s, _, c_s, d_s = split_factors(*style, d_out, d_in)
+    if not (torch.equal(a, a_s) and torch.equal(c, c_s)):
+        raise ValueError("row_fusion needs the two adapters' frozen parts A, C to be the same basis")
+    up = torch.cat(
+        [torch.cat([a, torch.zeros_like(a)], dim=1), torch.cat([torch.zeros_like(b_c), b_c], dim=1)], dim=0
+    )
+    down = torch.cat([torch.cat([c, d_s], dim=1), torch.cat([c, d_aux], dim=1)], dim=0)
+    return up, down
+
+
 # --- Modules -------------------------------------------------------------------------------------------------
 #
 # peft's LoRA layer computes ``lora_B(lora_A(x)) * scaling`` and reads ``lora_A.weight`` / ``lora_B.weight`` for

@@ -19,6 +19,7 @@ arm                     B4M options it changes
 ``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
 ``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
 ``style-alone``         ``full``'s stage-1 style adapter ``[A;B_aux][C,D_s]`` sampled alone
+``fusion-rows``         beyond the paper: the stage-1 adapters' own rows, ``[A;0][C,D_s] + [0;B_c][C,D_aux]``
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
 
@@ -44,6 +45,7 @@ __all__ = [
     "ARMS_OF",
     "PART",
     "PART_STYLE_SCALE",
+    "ROWS",
     "BASE_LABEL",
     "DEFAULT_ARMS",
     "METRICS",
@@ -78,6 +80,8 @@ TUNED = "tuned"
 PART = "part"
 """An arm's key naming the part of B4M's fit it samples (:attr:`b4m.methods.base.Fitted.parts`) instead of the
 fused adapter; the fit itself is ``full``'s (the same cached sub-fits), so such an arm costs only its sampling."""
+ROWS = "rows"
+"""The part value of the ``fusion-rows`` arm: the row fusion of B4M's two stage-1 adapters."""
 PART_STYLE_SCALE = "part_style_scale"
 """An arm's key: that part sampled with ``D`` scaled by this (0: the content block ``[A;B][C,0]`` alone)."""
 
@@ -101,6 +105,11 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
     "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
     "content-block": ("content block alone [A;B_c][C,0]", {PART: "content", PART_STYLE_SCALE: 0.0}),
     "style-alone": ("stage-1 style adapter alone [A;B_aux][C,D_s]", {PART: "style"}),
+    # Beyond the paper: each stage-1 adapter keeps the rows it trained (b4m.adapters.plp.row_fusion).
+    "fusion-rows": (
+        "row fusion [A;0][C,D_s] + [0;B_c][C,D_aux], no stage 2 (beyond the paper)",
+        {PART: ROWS},
+    ),
 }
 DEFAULT_ARMS: tuple[str, ...] = tuple(ARMS)
 ARMS_OF = "b4m"

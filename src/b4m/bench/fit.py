@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from b4m.bench.catalogue import PART, PART_STYLE_SCALE, SGD_LR_GRID, TUNED
+from b4m.bench.catalogue import PART, PART_STYLE_SCALE, ROWS, SGD_LR_GRID, TUNED
 from b4m.bench.context import Context, image_options, relative
 from b4m.bench.runs import BASE, BENCH_VERSION, Run, slug, spec_hash
 from b4m.errors import DivergedError
@@ -83,13 +83,35 @@ def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
     if part is None:
         return fitted.path
     scale = run.spec["train"].get(PART_STYLE_SCALE)
-    if scale is None:
+    if part in fitted.parts and scale is None:
         return fitted.parts[part]
+    Folder(out.parent).child(out.name)  # in the run's folder, recorded: the derived adapter is written there
+    if part == ROWS:
+        return write_row_fusion(
+            fitted.parts["content"], fitted.parts["style"], out / "row_fusion.safetensors"
+        )
     from b4m.adapters.knobs import export_scaled
 
-    Folder(out.parent).child(out.name)  # in the run's folder, recorded: the scaled part is written there
     return export_scaled(fitted.parts[part], out / f"{part}_style_x{scale:g}.safetensors", style_scale=scale,
                          overwrite=True)  # fmt: skip
+
+
+def write_row_fusion(content: Path, style: Path, path: Path) -> Path:
+    """The row fusion of two stage-1 adapters (:func:`b4m.adapters.plp.row_fusion`) as one ordinary LoRA."""
+    from b4m.adapters.codec import load_lora, save_kohya
+    from b4m.adapters.knobs import plp_rho
+    from b4m.adapters.plp import row_fusion, split_dims
+    from b4m.owned import record_file
+
+    c, s = load_lora(content), load_lora(style)
+    rho = plp_rho(c, "--content")
+    factors = {}
+    for module, (u, v) in c.factors.items():
+        d_out, d_in = split_dims(u.shape[0], v.shape[1], rho)
+        factors[module] = row_fusion((u, v), s.factors[module], d_out, d_in)
+    meta = {k: c.meta[k] for k in ("base_model", "base_family") if k in c.meta}
+    save_kohya(path, factors, meta={**meta, "method": "b4m-rows (row fusion, beyond the paper)"})
+    return record_file(path)
 
 
 def tune_sgd_lr(fit_at: Callable[[float, Path], Any], spec: Any, shared: Path) -> dict[str, Any]:
