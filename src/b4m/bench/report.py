@@ -131,7 +131,8 @@ def write_markdown(results: dict[str, Any]) -> str:
         "",
         f"Pairs: {', '.join(results['pairs'])}; {n_prompts} prompts x {results['sizes']['seeds']} seeds per "
         f"pair; {steps_text} training steps. {scoring} "
-        "± = half the 95 % bootstrap interval: over images per pair, over pairs then images per track.",
+        "± = half the 95 % interval: per pair, the image bootstrap (Wilson score intervals for the 0/1 accuracies); "
+        "per track, over pairs then images.",
     ]
     for track, title in TRACKS.items():
         rows = [r for r in agg if r["track"] == track]
