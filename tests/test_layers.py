@@ -1,6 +1,7 @@
 """Imports point down: every module of ``src/b4m`` imports only from its own layer or lower ones.
 
-Layers, lowest first: the core helpers (config, errors, checks, threads, paths, prompts, data) < adapters (pure
+Layers, lowest first: the core helpers (config, errors, checks, threads, paths, prompts, data, io, owned, the
+option groups options and trainer_options) < adapters (pure
 torch) < diffusion < world (numpy + PIL) < train < models (the world's base model and judges) < methods, eval
 < harness (``b4m base``, ``b4m judges``), api, demo (and the ``b4m`` package, which re-exports the API)
 < bench (``b4m bench``: runs methods, trains, evaluates) < cli. The walk reads each file with :mod:`ast`, so
@@ -19,7 +20,19 @@ from pathlib import Path
 import b4m
 
 SRC = Path(b4m.__file__).resolve().parent
-CORE = {"config", "errors", "checks", "threads", "paths", "prompts", "data", "io", "owned"}
+CORE = {
+    "config",
+    "errors",
+    "checks",
+    "threads",
+    "paths",
+    "prompts",
+    "data",
+    "io",
+    "owned",
+    "options",
+    "trainer_options",
+}
 ABOVE_MODELS = {"methods", "eval", "harness", "api", "demo", "bench", "cli"}
 ABOVE_TRAIN = {"models"} | ABOVE_MODELS
 ABOVE_WORLD = {"train"} | ABOVE_TRAIN
