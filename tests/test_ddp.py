@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 
@@ -43,6 +44,7 @@ def _launch(script, *args):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.slow  # the same DDP machinery as the lora baseline's test, which stays in the default run
 def test_stage1_under_accelerate_launch_two_cpu_processes(tmp_path):
     _folder(tmp_path / "content", 0, 3)
     _folder(tmp_path / "aux0", 1, 1, "a cup in stripes style")

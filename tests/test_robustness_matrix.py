@@ -654,11 +654,15 @@ USED_AS_IS = [
     ("fuse", FUSE),
     ("run-lora", RUN["lora"]),
     ("generate", "generate --prompt x -n 1"),
-    ("demo", "demo --steps 2 --stage2-steps 1 -n 1 --n-content 2 --n-style 2"),
+    pytest.param(
+        "demo", "demo --steps 2 --stage2-steps 1 -n 1 --n-content 2 --n-style 2", marks=pytest.mark.slow
+    ),  # two tiny demos (35 s); the demo's refusals are the matrix's user-out-demo cases
 ]
 
 
-@pytest.mark.parametrize(("case", "command"), USED_AS_IS, ids=[c[0] for c in USED_AS_IS])
+@pytest.mark.parametrize(
+    ("case", "command"), USED_AS_IS, ids=["train", "fuse", "run-lora", "generate", "demo"]
+)
 def test_an_out_folder_with_other_files_is_used_without_touching_them(
     world, tmp_path, monkeypatch, case, command
 ):

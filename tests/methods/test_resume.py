@@ -66,7 +66,9 @@ def _log(out):
         ("ziplora", 2, 4),
         ("duolora", 1, 2),
         ("qrlora", 1, 2),
-        ("qrlora", 3, 8),
+        pytest.param(
+            "qrlora", 3, 8, marks=pytest.mark.slow
+        ),  # its second loop; the first is in the default run
     ],
 )
 def test_a_killed_run_resumes_to_the_same_adapter(world, tiny_sdxl, tmp_path, monkeypatch, method, nth, step):
@@ -132,7 +134,7 @@ def test_a_finished_run_is_reused_and_checkpoint_every_0_writes_none(world, tiny
         _fit("lora", data, tiny_sdxl, tmp_path / "c", checkpoint_every=-1)
 
 
-@pytest.mark.parametrize("where", ["stage1-style", "stage2"])
+@pytest.mark.parametrize("where", [pytest.param("stage1-style", marks=pytest.mark.slow), "stage2"])
 def test_a_killed_b4m_run_resumes_to_the_same_files(world, tiny_sdxl, tmp_path, monkeypatch, where):
     """``b4m run b4m`` killed in its style stage (right after its checkpoint) or in stage 2, then run again by
     the same command: every file (content, style, fused) equals an uninterrupted run's, bit for bit, and the
