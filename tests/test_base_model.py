@@ -170,33 +170,48 @@ def test_a_finished_run_continues_when_train_steps_grow_and_refuses_other_change
     assert json.loads((tmp_path / "pipeline" / INFO_FILE).read_text())["diffusion_steps"] == 4
 
 
-def test_ema_follows_the_previous_formula_and_diffusers_decay_schedule():
-    """The EMA of phase 2 (b4m.models.base.ema): bit for bit the formula the shipped model was trained with; its
-    decay is diffusers' EMAModel's with update_after_step=-1 at every step, and EMAModel's update agrees up to
-    rounding (not bit for bit: the reason the update is kept)."""
-    from diffusers.training_utils import EMAModel
+def test_the_base_trainer_uses_diffusers_ema_and_min_snr(monkeypatch, tmp_path):
+    """Phase 2's EMA is diffusers' EMAModel and its min-SNR weights diffusers' compute_snr (both spied on a tiny
+    run); EMAModel's recursion with update_after_step=-1 equals an independent float64 computation of
+    ``ema <- d ema + (1 - d) p`` with the warm-up decay ``d = min(0.999, (1 + s) / (10 + s))`` after step ``s``
+    (the resume test checks that a resumed run continues that schedule)."""
+    import diffusers.training_utils as tu
 
-    from b4m.models.base.ema import ema_decay, ema_update
+    from b4m.models.base import phases
+
+    calls = {"ema": 0, "snr": 0}
+    real_step, real_snr = tu.EMAModel.step, tu.compute_snr
+
+    def step(self, parameters):
+        calls["ema"] += 1
+        return real_step(self, parameters)
+
+    def snr(scheduler, t):
+        calls["snr"] += 1
+        return real_snr(scheduler, t)
+
+    monkeypatch.setattr(tu.EMAModel, "step", step)
+    monkeypatch.setattr(phases, "compute_snr", snr)
+    cfg = BaseModelConfig(
+        **{**TINY.to_dict(), "pool_size": 16, "vae_steps": 1, "train_steps": 2, "batch_size": 2,
+           "vae_batch_size": 2, "checkpoint_every": 2, "log_every": 2, "snr_gamma": 5.0}
+    )  # fmt: skip
+    train_base_model(cfg, tmp_path / "run", progress=False)
+    assert calls == {"ema": 2, "snr": 2}
 
     torch.manual_seed(0)
-    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((7,), (33, 17), (5, 3, 3, 3))]
-    ours = [p.detach().clone() for p in params]
-    previous = [p.detach().clone() for p in params]
-    theirs = EMAModel(params, decay=0.999, update_after_step=-1, foreach=True)
-    for step in range(1, 16):
+    params = [torch.nn.Parameter(torch.randn(shape)) for shape in ((7,), (33, 17))]
+    ema = tu.EMAModel(params, decay=0.999, update_after_step=-1, foreach=True)
+    want = [p.detach().double().clone() for p in params]
+    for s in range(1, 16):
         with torch.no_grad():
             for p in params:
                 p.add_(torch.randn_like(p))
-        decay = min(0.999, (1 + step) / (10 + step))  # the code before the refactor, inline in the loop
-        assert ema_decay(step, 0.999) == decay == theirs.get_decay(step)
-        ema_update(ours, params, ema_decay(step, 0.999))
-        with torch.no_grad():
-            torch._foreach_lerp_(previous, [p.detach() for p in params], 1.0 - decay)
-        theirs.step(params)
-        for a, b, c in zip(ours, previous, theirs.shadow_params, strict=True):
-            assert torch.equal(a, b)
-            torch.testing.assert_close(a, c, rtol=1e-6, atol=1e-6)
-    assert ema_decay(20_000, 0.999) == 0.999 == theirs.get_decay(20_000)
+        d = min(0.999, (1 + s) / (10 + s))
+        want = [d * w + (1 - d) * p.detach().double() for w, p in zip(want, params, strict=True)]
+        ema.step(params)
+    for w, e in zip(want, ema.shadow_params, strict=True):
+        torch.testing.assert_close(e.double(), w, rtol=1e-6, atol=1e-6)
 
 
 def test_fillers_are_inserted_between_bos_and_eos_and_get_fresh_random_embeddings():

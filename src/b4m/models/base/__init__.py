@@ -31,8 +31,8 @@ One module per job:
 - :mod:`~b4m.models.base.tokenizer`: the offline word-level tokenizer;
 - :mod:`~b4m.models.base.build`: untrained components and pipelines, and loading earlier weights into them;
 - :mod:`~b4m.models.base.data`: the world's vocabulary, the rendered training pool, caption fillers, latents;
-- :mod:`~b4m.models.base.ema`: the exponential moving average of the weights;
-- :mod:`~b4m.models.base.phases`: the two training phases (autoencoder, then UNet and text encoder);
+- :mod:`~b4m.models.base.phases`: the two training phases (autoencoder, then UNet and text encoder, with
+  diffusers' ``EMAModel`` and ``compute_snr``);
 - :mod:`~b4m.models.base.train`: a whole resumable run (:func:`~b4m.models.base.train.train_base_model`);
 - :mod:`~b4m.models.base.ship`: writing a pipeline folder with its ``b4m_base.json``;
 - :mod:`~b4m.models.base.sample`: sampling images from prompts;

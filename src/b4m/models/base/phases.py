@@ -14,12 +14,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL
+from diffusers.training_utils import EMAModel, compute_snr
 from tqdm.auto import tqdm
 
 from b4m.models.base.build import noise_scheduler
 from b4m.models.base.config import BaseModelConfig
 from b4m.models.base.data import filler_hook, insert_fillers, to_model_range
-from b4m.models.base.ema import ema_decay, ema_update
 from b4m.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainLog", "lr_at", "train_diffusion", "train_vae"]
@@ -149,7 +149,8 @@ def train_diffusion(
         lr=cfg.lr,
         betas=(0.9, 0.99),
     )
-    ema = [p.detach().clone() for p in params]
+    # diffusers' EMA with its warm-up decay min(ema_decay, (1 + step) / (10 + step)) after optimizer step `step`
+    ema = EMAModel(params, decay=cfg.ema_decay, update_after_step=-1, foreach=True)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     alphas_cumprod = noise_sched.alphas_cumprod
     step = 0
@@ -158,10 +159,11 @@ def train_diffusion(
     state = (
         {f"unet.{k}": v for k, v in unet.state_dict().items()}
         | {f"text_encoder.{k}": v for k, v in text_encoder.state_dict().items()}
-        | {f"ema.{i}": e for i, e in enumerate(ema)}
+        | {f"ema.{i}": e for i, e in enumerate(ema.shadow_params)}
     )
     if (ckpt := latest_checkpoint(ckpt_dir)) is not None:
         step = load_checkpoint(ckpt, state, opt, gen)["step"]
+        ema.optimization_step = step  # the decay schedule continues where the checkpoint left it
     unet.train()
     text_encoder.train()
     # BOS never occurs past position 0, so it marks the filler slots; they are filled in by the hook.
@@ -191,9 +193,9 @@ def train_diffusion(
         pred = unet(xt, t, encoder_hidden_states=enc).sample
         per_sample = (pred - target).pow(2).mean(dim=(1, 2, 3))
         if cfg.snr_gamma > 0:
-            # diffusers.training_utils.compute_snr is the same quantity as (sqrt(a) / sqrt(1 - a)) ** 2, which
-            # rounds differently in float32 (642 of the 1000 timesteps, up to 3e-7 relative): kept as trained
-            snr = alphas_cumprod[t] / (1 - alphas_cumprod[t])
+            snr = compute_snr(
+                noise_sched, t
+            )  # Hang et al.'s min-SNR weights, as diffusers' scripts compute them
             w = snr.clamp(max=cfg.snr_gamma) / (snr if cfg.prediction_type == "epsilon" else snr + 1)
             per_sample = per_sample * w
         loss = per_sample.mean()
@@ -202,7 +204,7 @@ def train_diffusion(
         torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         opt.step()
         step += 1
-        ema_update(ema, params, ema_decay(step, cfg.ema_decay))
+        ema.step(params)
         loss_acc += loss.item()
         loss_n += 1
         bar.update(1)
@@ -219,9 +221,7 @@ def train_diffusion(
     bar.close()
     if hook is not None:
         hook.remove()
-    with torch.no_grad():
-        for p, e in zip(params, ema, strict=True):
-            p.copy_(e)
+    ema.copy_to(params)
     unet.eval()
     text_encoder.eval()
     return {"steps": step, "wall_s": time.time() - t0}
