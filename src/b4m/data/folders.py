@@ -14,8 +14,10 @@ and never read as training images; a mask without its image is an error naming i
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +25,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from b4m.data.masks import MASK_TAG, check_mask, is_mask_file, mask_path_for
 from b4m.errors import B4MError, warn
+
+T = TypeVar("T")
 
 __all__ = [
     "BACKGROUND",
@@ -144,15 +148,21 @@ def _upright(im: Image.Image) -> Image.Image:
         return im
 
 
+def decode_upright(path: Path, convert: Callable[[Image.Image], T]) -> T:
+    """``convert`` of ``path``'s first frame, decoded under Pillow's size guard (its warning raised as an error)
+    and turned upright by its EXIF orientation; Pillow's errors pass through for the caller to name."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        with Image.open(path) as im:
+            im.seek(0)
+            im.load()
+            return convert(_upright(im))
+
+
 def open_rgb(path: Path) -> Image.Image:
     """``path`` decoded to RGB (see the module docstring); one :class:`B4MError` naming the file otherwise."""
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.seek(0)
-                im.load()
-                return _to_rgb(_upright(im))
+        return decode_upright(path, _to_rgb)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise B4MError(
             f"{path}: image too large to decode safely (over Pillow's {Image.MAX_IMAGE_PIXELS} pixel limit); "

@@ -14,7 +14,6 @@ cheaply (:func:`mask_path_for`).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -67,15 +66,10 @@ def _gray(im: Image.Image) -> np.ndarray:
 
 def open_mask(path: Path) -> np.ndarray:
     """``path`` as a ``(H, W)`` float32 array in ``[0, 1]``, upright; one :class:`B4MError` naming it otherwise."""
-    from b4m.data.folders import _upright
+    from b4m.data.folders import decode_upright
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.seek(0)
-                im.load()
-                return _gray(_upright(im))
+        return decode_upright(path, _gray)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
         raise B4MError(f"{path}: mask too large to decode safely; downscale it with its image") from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
