@@ -95,3 +95,17 @@ def test_row_fusion_keeps_each_stage1_adapters_own_rows():
     torch.testing.assert_close(dw[:d_out, d_in:], blocks_s["AD"])  # the style block from the style adapter
     with pytest.raises(ValueError, match="same basis"):
         row_fusion(content, assemble(a + 1, b_aux, c, d_s), d_out, d_in)
+
+
+def test_the_paper_arm_runs_stage2_at_stage1s_rate_with_the_official_clipping_and_decay():
+    import dataclasses
+
+    from b4m.bench.arms import ARMS, arm_options
+    from b4m.methods.catalogue import B4MOptions
+    from b4m.options import PRESETS
+
+    over = arm_options("paper", None)
+    assert over == {"stage2_lr": PRESETS["builtin"]["lr"], "stage2_steps": 40, "stage2_max_grad_norm": 1.0,
+                    "stage2_weight_decay": 1e-2}  # fmt: skip
+    assert set(over) <= {f.name for f in dataclasses.fields(B4MOptions)}
+    assert "paper" in ARMS

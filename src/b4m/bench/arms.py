@@ -16,6 +16,8 @@ arm                     B4M options it changes
                         own objective; no judge sees the candidates)
 ``rp-literal``          as ``rp-sgd`` with ``delta_rel=0, normalize=False``: Eq. 13-14 literally
 ``fusion-only``         ``stage2_steps=0``: the fused stage-1 adapters, no fine-tuning
+``paper``               the paper's stage-2 recipe in the built-in world's proportions: stage 2 at stage 1's learning
+                        rate, 40 steps ("a few dozen"), the official code's clipping 1.0 and weight decay 1e-2
 ``content-alone``       ``full``'s stage-1 content adapter ``[A;B_c][C,D_aux]`` sampled alone (where identity goes)
 ``content-block``       its content block alone, ``[A;B_c][C,0]`` (``D_aux`` scaled to 0)
 ``style-alone``         ``full``'s stage-1 style adapter ``[A;B_aux][C,D_s]`` sampled alone
@@ -34,7 +36,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
-from b4m.options import STAGE2_OPTIONS
+from b4m.options import PRESETS, STAGE2_OPTIONS
 
 __all__ = [
     "ARMS",
@@ -82,6 +84,17 @@ ARMS: dict[str, tuple[str, dict[str, Any]]] = {
         {"optimizer": "riemannian-sgd", "stage2_lr": None, "delta_rel": 0.0, "normalize": False},
     ),
     "fusion-only": ("no stage 2 (fusion only)", {"stage2_steps": 0}),
+    # The paper's recipe in the built-in world's proportions: stage 2 at stage 1's rate (paper: 1e-4 both; the
+    # built-in preset's stage-1 rate is 2e-3) for "a few dozen" steps, with the official clipping and decay.
+    "paper": (
+        "the paper's recipe in proportion (stage-2 lr = stage-1 lr, 40 steps, clip 1.0, weight decay 1e-2)",
+        {
+            "stage2_lr": PRESETS["builtin"]["lr"],
+            "stage2_steps": 40,
+            "stage2_max_grad_norm": 1.0,
+            "stage2_weight_decay": 1e-2,
+        },
+    ),  # fmt: skip
     # Where identity goes (issue H1): B4M's own fit, sampled through one of its parts; sampling only.
     "content-alone": ("stage-1 content adapter alone [A;B_c][C,D_aux]", {PART: "content"}),
     "content-block": ("content block alone [A;B_c][C,0]", {PART: "content", PART_STYLE_SCALE: 0.0}),
@@ -175,7 +188,7 @@ def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
     if "=" in arm:
         return option_arm(arm)
     over = dict(ARMS[arm][1])
-    if "stage2_lr" in over:
+    if "stage2_lr" in over and over["stage2_lr"] is None:  # the rp-sgd arms' rate: tuned, or --sgd-lr
         over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
         if sgd_lr is None:
             over["sgd_lr_grid"] = list(SGD_LR_GRID)
