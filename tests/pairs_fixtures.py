@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
+from helpers import image_folder  # noqa: F401 - re-exported to the pairs-file tests
 
 TINY_CLIP = {
     "text": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
@@ -16,16 +15,6 @@ TINY_CLIP = {
     "vision": dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=30,
                    patch_size=6),
 }  # fmt: skip
-
-
-def image_folder(path: Path, seed: int, n: int = 2, caption: str | None = None, size: int = 32) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((size, size, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 def save_pipeline(kind: str, folder: Path) -> Path:

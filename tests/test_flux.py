@@ -1,11 +1,10 @@
 """FLUX as a base model: the FLUX.1-dev layer counts, the flow-matching loss, MCP routing, stage 1 + fusion on a
 tiny ``FluxPipeline``, and files that stock diffusers reloads (diffusers and kohya/BFL spellings)."""
 
-import numpy as np
 import pytest
 import torch
 from diffusers import FluxPipeline
-from PIL import Image
+from helpers import image_folder as _folder
 
 from b4m.adapters import PLPSpec, inject_plp, load_lora, mcp_routing
 from b4m.adapters.codec import save_kohya
@@ -39,16 +38,6 @@ def test_flux_dev_transformer_layer_counts():
     assert sum(n.startswith("single_transformer_blocks.") for n in four) == 114
     assert sum(_suffix_matches(n, flux.FLUX_TARGETS) for n in linears) == 266
     assert sum(p.numel() for p in model.parameters()) == 11_901_408_320
-
-
-def _folder(path, seed, n=2, caption=None):
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 def test_flow_matching_loss_is_the_scheduler_target(tiny_flux):

@@ -4,6 +4,7 @@ diffusers loads."""
 
 import pytest
 import torch
+from helpers import image_folder, unet_out, with_dense_delta
 
 from b4m.adapters import PLPSpec, inject_plp, load_lora
 from b4m.adapters.deltas import DeltaLinear
@@ -13,33 +14,6 @@ from b4m.methods import fit_method
 from b4m.options import Stage1Config, Stage2Config
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import train_stage2
-
-
-def image_folder(path, seed, n=2, caption=None):
-    import numpy as np
-    from PIL import Image
-
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
-
-
-def unet_out(unet, inputs):
-    with torch.no_grad():
-        return unet(**inputs).sample
-
-
-def with_dense_delta(pipe, deltas):
-    layers = dict(pipe.unet.named_modules())
-    with torch.no_grad():
-        for name, dw in deltas.items():
-            layers[name].weight += dw.to(layers[name].weight.dtype)
-    return pipe
-
 
 QUICK = {"steps": 2, "lr": 1e-2, "rank": 4, "resolution": 32, "checkpoint_every": 0}
 

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import image_folder as _folder
 from PIL import Image
 
 from b4m.adapters import load_lora
@@ -15,16 +16,6 @@ from b4m.owned import Folder
 from b4m.train.previews import combined_prompt, stage1_plan, stage2_plan
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import train_stage2
-
-
-def _folder(path, seed, n=2, caption=None):
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 @pytest.fixture

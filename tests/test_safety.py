@@ -11,10 +11,9 @@ import re
 import stat
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import image_folder as _folder
 
 import b4m.train.loop as loop_mod
 import b4m.train.stage1 as stage1_mod
@@ -25,16 +24,6 @@ from b4m.options import Stage1Config, Stage2Config
 from b4m.owned import MANIFEST
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import train_stage2
-
-
-def _folder(path, seed, n=2, caption=None):
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 @pytest.fixture

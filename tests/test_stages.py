@@ -1,9 +1,8 @@
 """Stage 1 (PLP + MCP) and stage 2 (fusion + Riemannian preconditioning) on tiny SD/SDXL pipelines."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import image_folder as _folder
 
 import b4m.train.loop as loop_mod
 from b4m.adapters import PLPSpec, inject_plp, load_lora, mcp_routing
@@ -12,17 +11,6 @@ from b4m.errors import B4MError
 from b4m.options import Stage1Config, Stage2Config
 from b4m.train.stage1 import train_stage1
 from b4m.train.stage2 import fuse, train_stage2
-
-
-def _folder(path, seed, n=2, caption=None):
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        img = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        Image.fromarray(img).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 @pytest.fixture

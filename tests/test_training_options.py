@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import image_folder as _folder
 from safetensors import safe_open
 
 import b4m.train.loop as loop_mod
@@ -30,16 +30,6 @@ from b4m.options import LR_SCHEDULERS, NEUTRAL_DEFAULTS, Stage1Config, Stage2Con
 from b4m.train.identity import run_settings
 from b4m.train.loop import CachedSet, make_accelerator, run_steps, sample_batch
 from b4m.train.recipe import check_family, make_lr_scheduler, make_optimizer
-
-
-def _folder(path: Path, seed: int, n: int = 2, caption: str | None = None) -> Path:
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 def _loop(step_fn, optimizer, steps, tmp_path, **kw):

@@ -1,23 +1,12 @@
 """Shared inputs of the method tests: image folders, random source LoRAs, and a stock-diffusers check."""
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import image_folder, unet_out, with_dense_delta  # noqa: F401 - the method tests import them from here
 
 from b4m.adapters.codec import save_lora
 from b4m.adapters.deltas import target_linears
 from b4m.adapters.inject import DEFAULT_TARGETS
-
-
-def image_folder(path, seed, n=2, caption=None):
-    path.mkdir(parents=True)
-    rng = np.random.default_rng(seed)
-    for i in range(n):
-        Image.fromarray((rng.random((32, 32, 3)) * 255).astype(np.uint8)).save(path / f"{i:02d}.png")
-        if caption:
-            (path / f"{i:02d}.txt").write_text(caption)
-    return path
 
 
 def random_lora(unet, path, rank, seed, std=0.05, meta=None):
@@ -63,17 +52,3 @@ def world(tmp_path):
         return made
 
     return make
-
-
-def unet_out(unet, inputs):
-    with torch.no_grad():
-        return unet(**inputs).sample
-
-
-def with_dense_delta(pipe, deltas):
-    """``W0 + dW`` written into the base weights of ``pipe``'s UNet (the independent reference model)."""
-    layers = dict(pipe.unet.named_modules())
-    with torch.no_grad():
-        for name, dw in deltas.items():
-            layers[name].weight += dw.to(layers[name].weight.dtype)
-    return pipe
