@@ -249,6 +249,7 @@ NEUTRAL_DEFAULTS: dict[str, Any] = (
     DATA_DEFAULTS
     | _defaults(TrainingRecipeOptions)
     | _defaults(SaveOptions)
+    | _defaults(MemoryOptions, ("quantize_base",))  # gradient_checkpointing never counts (identity.py)
     | _defaults(
         B4MStage2Options,
         (

@@ -16,7 +16,7 @@ from b4m.diffusion.objective import Objective
 from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.prompts import check_prompts
 
-__all__ = ["Batch", "CachedSet", "cache_set", "sample_batch", "trigger_words_of"]
+__all__ = ["Batch", "CachedSet", "cache_set", "sample_batch", "step_noise", "trigger_words_of"]
 
 
 @dataclass
@@ -98,7 +98,6 @@ def sample_batch(
     the run's timestep sampling and noise offset (:class:`~b4m.diffusion.objective.Objective`; default: uniform
     timesteps, no offset). Sets cached with data options are drawn by :func:`b4m.train.datasets.sample_sets`
     (repeats, masks, one bucket a step)."""
-    objective = objective or Objective()
     if not all(s.plain for s in sets):
         from b4m.train.datasets import sample_sets
 
@@ -106,11 +105,19 @@ def sample_batch(
     idx = [torch.randint(len(s), (k,), generator=gen) for s, k in zip(sets, counts, strict=True)]
     latents = torch.cat([s.latents[i.to(s.latents.device)] for s, i in zip(sets, idx, strict=True)])
     cond = Conditioning.cat([s.cond.index(i.to(s.latents.device)) for s, i in zip(sets, idx, strict=True)])
+    return Batch(latents, cond, *step_noise(latents, gen, scheduler, objective))
+
+
+def step_noise(
+    latents: torch.Tensor, gen: torch.Generator, scheduler: Any, objective: Objective | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(noise, timesteps)`` of one step, shared by every sample of ``latents`` (MCP): one noise draw, then one
+    timestep from ``objective`` (default: uniform), then its noise offset (none by default: no extra draw)."""
+    objective = objective or Objective()
     noise = torch.randn((1, *latents.shape[1:]), generator=gen)
     t = objective.timestep(scheduler, gen)
     noise = objective.offset_noise(noise, gen).to(latents.device).expand_as(latents)
-    timesteps = t.to(latents.device).expand(latents.shape[0])
-    return Batch(latents, cond, noise.contiguous(), timesteps)
+    return noise.contiguous(), t.to(latents.device).expand(latents.shape[0])
 
 
 def trigger_words_of(prompt: str, tokenizer: Any) -> list[str]:

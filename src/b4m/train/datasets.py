@@ -38,7 +38,7 @@ from b4m.diffusion.pipeline import Conditioning, encode_images, encode_prompts
 from b4m.errors import B4MError, warn
 from b4m.options import DATA_DEFAULTS
 from b4m.prompts import check_prompts
-from b4m.train.loop import Batch, CachedSet
+from b4m.train.batches import Batch, CachedSet, step_noise
 
 __all__ = ["BucketView", "cache_all", "cache_sets", "data_options", "sample_sets", "uses_data_options"]
 
@@ -258,9 +258,4 @@ def sample_sets(
         mask = torch.cat(
             [m[i] if m is not None else torch.ones(len(i), 1, *grid) for _, _, m, i in parts]
         ).to(latents.device)
-    objective = objective or Objective()
-    noise = torch.randn((1, *latents.shape[1:]), generator=gen)
-    t = objective.timestep(scheduler, gen)
-    noise = objective.offset_noise(noise, gen).to(latents.device).expand_as(latents)
-    timesteps = t.to(latents.device).expand(latents.shape[0])
-    return Batch(latents, cond, noise.contiguous(), timesteps, mask)
+    return Batch(latents, cond, *step_noise(latents, gen, scheduler, objective), mask)

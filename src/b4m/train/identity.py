@@ -42,20 +42,15 @@ _NOT_IDENTITY = frozenset(
         "report_to",
     }
 )
-# Options whose default leaves a run's identity as it was before the option existed (so finished runs and cached
-# fits stay theirs): they count only when set to something else.
-_NEUTRAL = {"quantize_base": "none"}
 
 
 def run_settings(config: Mapping[str, Any]) -> dict[str, Any]:
     """The settings of a (preset-resolved) config dict that determine the result (an option added later is left
-    out at the default that reproduces earlier runs: :data:`b4m.options.NEUTRAL_DEFAULTS`, the data options
-    and ``--quantize-base none`` included)."""
-    neutral = {**NEUTRAL_DEFAULTS, **_NEUTRAL}
+    out at the default that reproduces earlier runs: :data:`b4m.options.NEUTRAL_DEFAULTS`)."""
     return {
         k: v
         for k, v in sorted(config.items())
-        if k not in _NOT_IDENTITY and not (k in neutral and v == neutral[k])
+        if k not in _NOT_IDENTITY and not (k in NEUTRAL_DEFAULTS and v == NEUTRAL_DEFAULTS[k])
     }
 
 
