@@ -522,3 +522,80 @@ def test_eval_scores_the_base_model(tmp_path, capsys):
     }
     assert "hmean" in capsys.readouterr().out
     assert main(argv) == 2  # never overwrites without --overwrite
+
+
+def test_training_seed_replicates_run_apart_and_give_the_seed_variance(tmp_path, monkeypatch):
+    """--train-seeds: the replicated rows of the first pairs run again at each seed (their own cache keys, after
+    the main runs), stay out of the main tables and comparisons, and give within-pair SDs equal to a hand
+    computation from the records."""
+    calls: list[tuple[str, str, str]] = []
+    monkeypatch.setattr(bench_run, "execute", _fake_execute(calls))
+    out = tmp_path / "bench"
+    pairs = "teddy#3:papercut#5,cat#2:knit#1,teddy#0:knit#0"
+    argv = ["bench", "--out", str(out), "--pairs", pairs, "--methods", "b4m,lora,ziplora", "--arms",
+            "full,content-alone", "--seeds", "2", "--bootstrap", "200", "--train-seeds", "1,2",
+            "--replicate-pairs", "2"]  # fmt: skip
+    assert main(argv) == 0
+    main_runs = 3 * 5  # per pair: base, b4m, lora, ziplora, content-alone
+    replicated = 2 * 2 * 3  # 2 pairs x 2 seeds x (b4m, lora, content-alone)
+    assert len(calls) == main_runs + replicated
+    assert {c[1] for c in calls[main_runs:]} == {"b4m", "lora"}  # replicates come after every main run
+    res = json.loads((out / "results.json").read_text())
+    assert len(res["rows"]) == main_runs and all("train_seed" not in r for r in res["rows"])
+
+    p = plan(BenchConfig(out=out, pairs=[pairs], methods=["b4m,lora,ziplora"], arms=["full,content-alone"],
+                         seeds=2, bootstrap=200, train_seeds=["1,2"], replicate_pairs=2))  # fmt: skip
+    runs = bench_runs.bench_runs(p)
+    by = {(r.method, r.arm, r.pair, r.train_seed): r for r in runs}
+    assert len({r.key for r in runs}) == len(runs)  # every replicate has its own cache key
+
+    from b4m.eval.metrics import Scores
+
+    def value(method, arm, pair, seed, k):
+        per = json.loads((by[(method, arm, pair, seed)].folder(out) / "done.json").read_text())["per_image"]
+        if k != "hmean":
+            return float(np.mean(per[k]))
+        asked = sum(per["prompt_asked"])  # the h-mean of the run's means, written out
+        prompt = sum(per["prompt_hit"]) / asked if asked else 1.0
+        return Scores(float(np.mean(per["content"])), float(np.mean(per["style"])), prompt, 0.0, 0.0, 1).hmean
+
+    entries = {e["label"]: e for e in res["seed_variance"]}
+    assert set(entries) == {
+        "b4m",
+        "lora",
+        "b4m: stage-1 content adapter alone [A;B_c][C,D_aux]",
+        "b4m minus lora",
+    }
+    reps = ["teddy#3:papercut#5", "cat#2:knit#1"]
+    for k in ("hmean", "content_inst", "style_inst"):
+        b4m = [[value("b4m", "full", q, s, k) for s in (None, 1, 2)] for q in reps]
+        want = math.sqrt(np.mean([np.var(v, ddof=1) for v in b4m]))
+        assert entries["b4m"]["within_sd"][k] == pytest.approx(want)
+        diff = [
+            [value("b4m", "full", q, s, k) - value("lora", "full", q, s, k) for s in (None, 1, 2)]
+            for q in reps
+        ]
+        assert entries["b4m minus lora"]["within_sd"][k] == pytest.approx(
+            math.sqrt(np.mean([np.var(v, ddof=1) for v in diff]))
+        )
+        main_vals = [value("b4m", "full", q, None, k) for q in pairs.split(",")]
+        assert entries["b4m"]["between_sd"][k] == pytest.approx(float(np.std(main_vals, ddof=1)))
+    assert "## Training-seed variance" in (out / "results.md").read_text()
+
+
+def test_suite_test_plans_its_replicates_and_bad_seeds_are_refused(tmp_path, capsys):
+    from b4m.bench.suites import REPLICATES, SUITES
+
+    p = plan(BenchConfig(out=tmp_path / "b", suite="test", methods=["b4m,lora,ziplora"], arms=["none"]))
+    assert p.replicates == REPLICATES["test"]
+    runs = bench_runs.bench_runs(p)
+    reps = [r for r in runs if r.train_seed is not None]
+    assert {r.pair for r in reps} == set(SUITES["test"][:4]) and {r.train_seed for r in reps} == {1, 2}
+    assert len(reps) == 4 * 2 * 2  # b4m and lora
+    assert plan(BenchConfig(out=tmp_path / "b", suite="dev", methods=["b4m"])).replicates is None
+    assert (
+        main(["bench", "--out", str(tmp_path / "c"), "--train-seeds", "0,x", "--replicate-pairs", "0"]) == 2
+    )
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--train-seeds 0: that is --seed itself" in err
+    assert "--train-seeds x: give whole numbers" in err and "--replicate-pairs 0: give at least 1" in err

@@ -102,6 +102,13 @@ def test_suites_are_fixed_in_the_docs_and_keep_dev_and_test_apart():
     assert max(used.values()) <= 2 and not set(used) & set(DEV_INSTANCES)
     new_class = [p for p in SUITES["test"] if "#" not in p]
     assert len(new_class) >= 4 and not {x for p in new_class for x in p.split(":")} & {"mushroom", "glass"}
+    from b4m.bench.suites import REPLICATES
+
+    rep = REPLICATES["test"]  # the replicates the docs declare
+    words = {2: "two", 3: "three", 4: "four"}
+    assert f"the first {words[rep.pairs]} test pairs trained again at" in docs
+    assert "training seeds " + " and ".join(map(str, rep.seeds)) in docs
+    assert all(f"`{m}`" in docs.split("Training-seed replicates")[1].split("\n\n")[0] for m in rep.methods)
     for pair in (*SUITES["dev"], *SUITES["test"]):
         content, style = pair.split(":")
         assert learnable_concept_problem(content, "content") is None

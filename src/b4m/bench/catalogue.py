@@ -145,6 +145,13 @@ class BenchConfig:
     n_content: int | None = opt(None, "content reference images per pair (default 4, --quick 2)")
     n_style: int | None = opt(None, "style reference images per pair (default 3, --quick 2)")
     seed: int = opt(0, "seed of the reference export and of training (sampling uses seeds 0..N-1)")
+    train_seeds: list[str] = opt(
+        [],
+        "training-seed replicates: extra training seeds, comma-separated, for the first --replicate-pairs pairs "
+        "(references, prompts and sampling noise unchanged; b4m and lora rows); the report gives the seed "
+        "variance beside the between-pair variance (default: none; --suite test: 1,2)",
+    )
+    replicate_pairs: int | None = opt(None, "how many of the first pairs get --train-seeds (default 4)")
     aux_data: str = opt(
         "plain",
         "MCP's auxiliary folders: plain (one drawn content under every auxiliary style, captions without "
@@ -289,6 +296,8 @@ class Plan:
     """The :class:`~b4m.bench.pairs_file.PairsFile` of ``--pairs-file`` (``None``: the built-in world)."""
     base: str = "builtin"
     """The base model: ``builtin``, or ``--pairs-file``'s folder or hub id."""
+    replicates: Any = None
+    """The training-seed replicates (:class:`~b4m.bench.suites.Replicates`; ``None``: none)."""
 
 
 def plan(cfg: BenchConfig) -> Plan:
@@ -350,8 +359,48 @@ def plan(cfg: BenchConfig) -> Plan:
         finite(cfg.sgd_lr, "--sgd-lr", problems, positive=True)
     if cfg.shard and parse_shard(cfg.shard) is None:
         problems.append(f"--shard {cfg.shard}: write K/N with 0 <= K < N, e.g. 0/2 and 1/2 for two processes")
+    replicates = _replicates(cfg, len(pairs), methods, problems)
     if problems:
         raise B4MError("; ".join(problems))
     return Plan(
-        tuple(pairs), tuple(dict.fromkeys(methods)), tuple(dict.fromkeys(arms)), sizes, cfg, source, base
+        tuple(pairs),
+        tuple(dict.fromkeys(methods)),
+        tuple(dict.fromkeys(arms)),
+        sizes,
+        cfg,
+        source,
+        base,
+        replicates,
     )
+
+
+def _replicates(cfg: BenchConfig, n_pairs: int, methods: list[str], problems: list[str]) -> Any:
+    """``--train-seeds`` / ``--replicate-pairs`` (default: the suite's :data:`~b4m.bench.suites.REPLICATES`) as a
+    :class:`~b4m.bench.suites.Replicates` of this plan (``None``: no replicates)."""
+    from b4m.bench.suites import REPLICATES, Replicates
+
+    default = REPLICATES.get(cfg.suite) if not cfg.quick else None
+    seeds: list[int] = []
+    for text in _split(cfg.train_seeds):
+        if not text.lstrip("-").isdigit() or int(text) < 0:
+            problems.append(f"--train-seeds {text}: give whole numbers >= 0, e.g. 1,2")
+        elif int(text) == cfg.seed:
+            problems.append(f"--train-seeds {text}: that is --seed itself; give other seeds")
+        else:
+            seeds.append(int(text))
+    if cfg.replicate_pairs is not None and cfg.replicate_pairs < 1:
+        problems.append(f"--replicate-pairs {cfg.replicate_pairs}: give at least 1")
+    if cfg.replicate_pairs is not None and not (seeds or default):
+        problems.append("--replicate-pairs: only with --train-seeds (or --suite test)")
+    if not seeds and default is None:
+        return None
+    base = default or Replicates()
+    kept = tuple(m for m in base.methods if m in methods)
+    if not kept:  # the suite's replicates quietly need one of their methods; asked-for ones say so
+        if seeds:
+            problems.append(
+                f"--train-seeds: replicates train {' and '.join(base.methods)}; add one to --methods"
+            )
+        return None
+    n = min(cfg.replicate_pairs or base.pairs, n_pairs)
+    return Replicates(n, tuple(dict.fromkeys(seeds)) or base.seeds, kept)

@@ -56,11 +56,12 @@ def fit_run(ctx: Context, run: Run, out: Path) -> Path | None:
     cache = ctx.root / CACHE
     train = {k: v for k, v in run.spec["train"].items()
              if k not in ("sources_steps", "sgd_lr_grid", PART, PART_STYLE_SCALE)}  # fmt: skip
-    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": ctx.plan.cfg.seed, **_base(ctx)}
+    seed = ctx.plan.cfg.seed if run.train_seed is None else run.train_seed
+    options: dict[str, Any] = {**_inputs(ctx, run, method.needs), "seed": seed, **_base(ctx)}
     for src in method.sources:
         source = get_method(src.method)
         own = {source.concept_option: src.concept} if source.concept_option else {}
-        fitted = fit_cached(src.method, cache, pipe=ctx.fresh_pipe(), **own, seed=ctx.plan.cfg.seed,
+        fitted = fit_cached(src.method, cache, pipe=ctx.fresh_pipe(), **own, seed=seed,
                             steps=run.spec["train"]["sources_steps"], **_inputs(ctx, run, source.needs),
                             **_base(ctx))  # fmt: skip
         options[src.option] = fitted.path

@@ -112,6 +112,36 @@ def _md_comparisons(comparisons: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _md_seed_variance(entries: list[dict[str, Any]]) -> list[str]:
+    """The training-seed replicates: per row, the within-pair SD across training seeds beside the between-pair SD,
+    then each replicated pair's values by seed."""
+    if not entries:
+        return []
+    seeds = ", ".join(str(s) for s in entries[0]["seeds"])
+    lines = ["", "## Training-seed variance", "",
+             f"The first {len(entries[0]['pairs'])} pairs trained again at seeds {seeds} (references, prompts and "
+             "sampling noise unchanged). Within = the SD of a pair's value across training seeds (pooled over the "
+             "replicated pairs); between = the SD over all the track's pairs at the bench's seed. A within SD well "
+             "below the between SD means the pairs, not the training seed, carry the spread.", "",
+             "| row | track | pairs | h-mean within / between | content inst. within / between | "
+             "style inst. within / between |", "|---|---|---:|---|---|---|"]  # fmt: skip
+
+    def sd(e: dict[str, Any], k: str) -> str:
+        w, b = e["within_sd"].get(k), e["between_sd"].get(k)
+        return "–" if w is None else f"{w:.3f} / {'–' if b is None else f'{b:.3f}'}"
+
+    for e in entries:
+        lines.append(f"| {e['label']} | {e['track']} | {len(e['pairs'])} of {e['n_pairs']} | {sd(e, 'hmean')} | "
+                     f"{sd(e, 'content_inst')} | {sd(e, 'style_inst')} |")  # fmt: skip
+    lines += ["", "Per replicated pair, the values at the bench's seed, then each replicate seed:", ""]
+    for e in entries:
+        for pair, values in e["per_pair"].items():
+            cells = "; ".join(f"{HEADERS.get(k, k)} {', '.join(f'{v:+.2f}' if e['minus'] else f'{v:.2f}' for v in vs)}"
+                              for k, vs in values.items())  # fmt: skip
+            lines.append(f"- {e['label']}, {pair}: {cells}")
+    return lines
+
+
 def write_markdown(results: dict[str, Any]) -> str:
     """``results.md``: per track a Table-1 style table of the aggregated rows, then one table per pair."""
     agg = results["aggregated"]
@@ -144,6 +174,7 @@ def write_markdown(results: dict[str, Any]) -> str:
                 *_md_table(rows, "method"),
             ]
     lines += _md_comparisons(results.get("comparisons", []))
+    lines += _md_seed_variance(results.get("seed_variance", []))
     lines += ["", "## Per pair", ""]
     for pair in results["pairs"]:
         lines += [

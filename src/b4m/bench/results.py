@@ -131,3 +131,64 @@ def comparisons(
                                            **ratio_of_means(fused, base, n_boot)}  # fmt: skip
         out.append(entry)
     return out
+
+
+def seed_variance(
+    runs: list[Any],
+    records: list[dict[str, Any]],
+    difference: tuple[tuple[str, str], tuple[str, str]] = (("b4m", "full"), ("lora", "full")),
+) -> list[dict[str, Any]]:
+    """How much a pair's score moves with the training seed (the replicates, :attr:`Run.train_seed`) against how
+    much it moves between pairs, per track and replicated row, and for the paired ``difference`` (B4M minus the
+    plain content LoRA) when both rows were replicated.
+
+    For each verdict metric (:data:`b4m.eval.paired.MARGINS`): ``within_sd``, the square root of the mean over
+    the replicated pairs of the sample variance across training seeds (the bench's ``--seed`` and the
+    replicates'); ``between_sd``, the sample standard deviation over all the track's pairs of the value at the
+    bench's ``--seed`` (which holds the seed variance too). ``per_pair`` lists each pair's values by seed."""
+    from b4m.eval.paired import MARGINS
+    from b4m.eval.stats import point
+
+    value: dict[tuple[str, str, str, str, int | None], dict[str, float]] = {}
+    for r, rec in zip(runs, records, strict=True):
+        metrics = point({k: np.asarray(v) for k, v in rec["per_image"].items()})
+        value[(r.track, r.method, r.arm, r.pair, r.train_seed)] = {
+            k: metrics[k] for k in MARGINS if metrics.get(k) is not None
+        }
+    replicated = list(dict.fromkeys((r.track, r.method, r.arm) for r in runs if r.train_seed is not None))
+    seeds = list(dict.fromkeys(r.train_seed for r in runs if r.train_seed is not None))
+    rows: list[tuple[str, str, str, Any]] = [(t, m, a, None) for t, m, a in replicated]
+    (ref, other) = difference
+    for track in dict.fromkeys(t for t, _, _ in replicated):
+        if (track, *ref) in replicated and (track, *other) in replicated:
+            rows.append((track, *ref, other))
+    out = []
+    for track, method, arm, minus in rows:
+
+        def at(pair: str, seed: int | None, track: str = track, method: str = method, arm: str = arm,
+               minus: Any = minus) -> dict[str, float] | None:  # fmt: skip
+            mine = value.get((track, method, arm, pair, seed))
+            if minus is None or mine is None:
+                return mine
+            theirs = value.get((track, *minus, pair, seed))
+            return None if theirs is None else {k: mine[k] - theirs[k] for k in mine if k in theirs}
+
+        main_pairs = [
+            r.pair for r in runs if (r.track, r.method, r.arm, r.train_seed) == (track, method, arm, None)
+        ]
+        rep_pairs = [p for p in main_pairs if all(at(p, s) is not None for s in [None, *seeds])]
+        if not rep_pairs:
+            continue
+        per_pair = {p: {k: [at(p, s)[k] for s in [None, *seeds]] for k in MARGINS if k in at(p, None)}  # type: ignore[index]
+                    for p in rep_pairs}  # fmt: skip
+        metrics = [k for k in MARGINS if all(k in v for v in per_pair.values())]
+        within = {
+            k: float(np.sqrt(np.mean([np.var(per_pair[p][k], ddof=1) for p in rep_pairs]))) for k in metrics
+        }
+        main = {k: [at(p, None)[k] for p in main_pairs if at(p, None) is not None] for k in metrics}  # type: ignore[index]
+        between = {k: float(np.std(v, ddof=1)) if len(v) > 1 else None for k, v in main.items()}
+        label = run_label(method, arm) + ("" if minus is None else f" minus {run_label(*minus)}")
+        out.append({"track": track, "method": method, "arm": arm, "minus": list(minus) if minus else None,
+                    "label": label, "seeds": seeds, "pairs": rep_pairs, "per_pair": per_pair,
+                    "within_sd": within, "between_sd": between, "n_pairs": len(main_pairs)})  # fmt: skip
+    return out

@@ -35,7 +35,7 @@ from b4m.bench.catalogue import BenchConfig, plan
 from b4m.bench.context import Context
 from b4m.bench.execute import execute
 from b4m.bench.folder import STAMP, claim, done, finish, start_run
-from b4m.bench.results import aggregate, comparisons, reference_folders, result_row
+from b4m.bench.results import aggregate, comparisons, reference_folders, result_row, seed_variance
 from b4m.bench.runs import BENCH_VERSION, Run, bench_runs
 from b4m.bench.shards import SHARDS, process_slot, wait_for
 from b4m.io import write_text
@@ -93,7 +93,10 @@ def run_bench(
     if world > 1:
         wait_for(lambda: all(done(r.folder(root)) is not None for r in runs), "the other shards' runs", root,
                   started, progress)  # fmt: skip
-    records = [done(r.folder(root)) for r in runs]
+    all_records = [done(r.folder(root)) for r in runs]
+    main = [i for i, r in enumerate(runs) if r.train_seed is None]  # the replicates feed only seed_variance
+    variance = seed_variance(runs, all_records)
+    runs, records = [runs[i] for i in main], [all_records[i] for i in main]
     rows, reps = [], []
     for run, record in zip(runs, records, strict=True):
         row, rep = result_row(run, record, p.sizes["bootstrap"], root)
@@ -113,6 +116,7 @@ def run_bench(
         "rows": rows,
         "aggregated": aggregate(rows, reps),
         "comparisons": comparisons(runs, records, p.sizes["bootstrap"]),
+        **({"seed_variance": variance} if variance else {}),
         "computed": computed,
         "references": reference_folders(root, p),
     }

@@ -51,6 +51,11 @@ class Run:
     def label(self) -> str:
         return run_label(self.method, self.arm)
 
+    @property
+    def train_seed(self) -> int | None:
+        """A training-seed replicate's seed (``None``: a run at the bench's ``--seed``, part of the main analysis)."""
+        return self.spec.get("train_seed")
+
     def folder(self, root: Path) -> Path:
         return root / "runs" / slug(self.pair) / f"{self.method}_{self.arm.replace('/', '-')}_{self.key}"
 
@@ -118,4 +123,21 @@ def bench_runs(p: Plan) -> list[Run]:
         for method, arm in _items(p):
             spec = {**common, "method": method, "arm": arm, "train": _train_spec(method, arm, p)}
             runs.append(Run(method, arm, pair, spec))
-    return runs
+    return runs + _replicate_runs(p, runs)
+
+
+def _replicate_runs(p: Plan, runs: list[Run]) -> list[Run]:
+    """The training-seed replicates (:attr:`Plan.replicates`), after every main run: the replicated methods' rows
+    of the first pairs again, each with a ``train_seed`` in its spec (so its own cache key); the same pair, so
+    the same shard."""
+    rep = p.replicates
+    if rep is None:
+        return []
+    pairs = list(dict.fromkeys(r.pair for r in runs))[: rep.pairs]
+    return [
+        Run(r.method, r.arm, r.pair, {**r.spec, "train_seed": seed})
+        for seed in rep.seeds
+        for pair in pairs
+        for r in runs
+        if r.pair == pair and r.method in rep.methods
+    ]

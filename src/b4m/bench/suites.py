@@ -15,9 +15,18 @@ Suites run at 5 prompts x :data:`SUITE_SEEDS` sampling seeds = 40 images per run
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
-__all__ = ["DEV_INSTANCES", "SUITES", "SUITE_SEED", "SUITE_SEEDS", "draw_test_pairs"]
+__all__ = [
+    "DEV_INSTANCES",
+    "REPLICATES",
+    "SUITES",
+    "SUITE_SEED",
+    "SUITE_SEEDS",
+    "Replicates",
+    "draw_test_pairs",
+]
 
 DEV_INSTANCES: tuple[str, ...] = (
     "teddy#0", "teddy#3", "cat#0", "cat#2", "papercut#2", "papercut#5", "knit#0", "knit#1",
@@ -63,3 +72,18 @@ SUITES: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 """Suite name -> its content:style pairs (``b4m bench --suite NAME``)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Replicates:
+    """Training-seed replicates (seed variance): the first ``pairs`` pairs of a bench are trained again at each of
+    ``seeds`` (references, prompts and sampling noise unchanged), for the rows of ``methods`` (with B4M's arms)."""
+
+    pairs: int = 4
+    seeds: tuple[int, ...] = (1, 2)
+    methods: tuple[str, ...] = ("b4m", "lora")
+
+
+REPLICATES: dict[str, Replicates] = {"test": Replicates()}
+"""Suite name -> its training-seed replicates: the test suite's first four pairs at training seeds 1 and 2 besides
+the bench's ``--seed`` (0), for B4M and the plain content LoRA, whose difference is the headline."""
