@@ -303,3 +303,40 @@ def test_a_half_precision_base_keeps_fp32_adapters_that_learn(tiny_sd, data, tmp
     assert (
         sum(u[split_dims(u.shape[0], v.shape[1], 0.5)[0] :].abs().sum() for u, v in lora.factors.values()) > 0
     )
+
+
+@pytest.mark.parametrize("parts", ["D", "B"])
+def test_stage2_parts_left_out_keep_their_fused_values(tiny_sd, trained_pair, tmp_path, parts):
+    """--stage2-parts D (B frozen) / B (D frozen): the part left out is bit-identical to the fusion, the other
+    moves in every layer."""
+    c, s = trained_pair
+    cfg = Stage2Config(content=c, style=s, base="tiny", out=tmp_path / parts, stage2_steps=3, stage2_lr=1e-2,
+                       resolution=32, stage2_parts=parts)  # fmt: skip
+    tuned = load_lora(train_stage2(cfg, pipe=tiny_sd(), progress=False)).factors
+    fused, spec = fuse(c, s)
+    trained, kept = (1, 0) if parts == "D" else (0, 1)  # U = [A; B] (index 0), V = [C, D] (index 1)
+    for m in fused.factors:
+        assert torch.equal(tuned[m][kept], fused.factors[m][kept])
+        assert not torch.equal(tuned[m][trained], fused.factors[m][trained])
+
+
+def test_stage2_own_routing_sends_each_loss_to_its_own_part(tiny_sd, trained_pair, tmp_path, monkeypatch):
+    """--stage2-routing own: every stage-2 forward runs under mcp_routing(1, "B") (content sample first: its loss
+    reaches only B, the style sample's only D, as the routing test above proves); joint: no routing."""
+    import b4m.train.stage2 as stage2_mod
+    from b4m.adapters.plp import _ROUTE
+
+    seen = []
+    real = stage2_mod.per_sample_loss
+
+    def spy(*a, **kw):
+        seen.append(_ROUTE.get())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(stage2_mod, "per_sample_loss", spy)
+    c, s = trained_pair
+    for routing in ("own", "joint"):
+        cfg = Stage2Config(content=c, style=s, base="tiny", out=tmp_path / routing, stage2_steps=2, stage2_lr=1e-2,
+                           resolution=32, stage2_routing=routing)  # fmt: skip
+        train_stage2(cfg, pipe=tiny_sd(), progress=False)
+    assert seen == [(1, "B"), (1, "B"), None, None]

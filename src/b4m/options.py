@@ -92,6 +92,11 @@ OPERANDS: tuple[str, ...] = ("learnable", "full")
 """Operands of the Riemannian preconditioner (:class:`b4m.train.riemannian.RiemannianPreconditioner`)."""
 ROUTINGS: tuple[str, ...] = ("strict", "leaky")
 """Stage-1 gradient routing: strict (Eq. 12, ``mcp_routing``) or leaky (the official code)."""
+STAGE2_ROUTINGS: tuple[str, ...] = ("joint", "own")
+"""Stage-2 gradient routing: joint (the paper: ``L_content + L_style`` updates ``B`` and ``D``) or own (each loss
+only its own part, through :func:`b4m.adapters.plp.mcp_routing`)."""
+STAGE2_PARTS: tuple[str, ...] = ("BD", "D", "B")
+"""The learnable parts stage 2 fine-tunes (the others stay as fused)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,20 @@ class B4MStage2Options:
         choices=LR_SCHEDULERS,
     )
     stage2_lr_warmup_steps: int = opt(0, "linear warm-up steps of --stage2-lr-scheduler")
+    stage2_routing: str = opt(
+        "joint",
+        "which part each loss updates: joint (the paper: both losses update B and D) or own (beyond the paper: "
+        "the content loss only B, the style loss only D, as stage 1's strict routing)",
+        run_help="stage 2: joint (both losses update B and D) or own (content loss -> B, style loss -> D; beyond "
+        "the paper)",
+        choices=STAGE2_ROUTINGS,
+    )
+    stage2_parts: str = opt(
+        "BD",
+        "learnable parts stage 2 fine-tunes: BD (the paper), D (B frozen) or B (D frozen)",
+        run_help="stage 2: parts it fine-tunes: BD (the paper), D (B frozen) or B (D frozen)",
+        choices=STAGE2_PARTS,
+    )
     reinit_every: int = opt(
         0,
         "reset B and D of every k-th fused layer to zero first (official: 2)",
@@ -258,6 +277,8 @@ NEUTRAL_DEFAULTS: dict[str, Any] = (
             "stage2_lr_scheduler",
             "stage2_lr_warmup_steps",
             "normalize",
+            "stage2_routing",
+            "stage2_parts",
         ),
     )
 )

@@ -17,7 +17,7 @@ import torch
 from b4m.adapters.codec import LoraFile
 from b4m.adapters.files import check_fusable, read_plp_file, save_plp
 from b4m.adapters.inject import inject_plp
-from b4m.adapters.plp import PLPSpec
+from b4m.adapters.plp import PLPSpec, mcp_routing
 from b4m.checks import (
     check_base,
     check_out_folder,
@@ -42,7 +42,7 @@ from b4m.options import Stage2Config, resolve_preset, split_deviations
 from b4m.paths import portable, portable_config, resolve_recorded
 from b4m.train.datasets import cache_all
 from b4m.train.identity import data_fingerprint, run_settings
-from b4m.train.loop import CachedSet, StepFn, run_steps, sample_batch
+from b4m.train.loop import CachedSet, StepFn, maybe, run_steps, sample_batch
 from b4m.train.previews import plp_scales, stage2_plan
 from b4m.train.recipe import Objective, check_family, check_recipe, loop_options, save_dtype
 from b4m.train.riemannian import make_stage2_optimizer
@@ -193,7 +193,9 @@ def train_stage2(
             (adapter.up(m).learnable, adapter.down(m).learnable, adapter.up(m).frozen, adapter.down(m).frozen)
             for m in adapter.module_names
         ]
-        for p in adapter.parameters("BD"):
+        for p in adapter.parameters("BD"):  # a part left out (--stage2-parts) keeps its fused values
+            p.requires_grad_(False)
+        for p in adapter.parameters(cfg.stage2_parts):
             p.requires_grad_(True)
         optimizer = make_stage2_optimizer(
             pairs,
@@ -210,7 +212,7 @@ def train_stage2(
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + 7 + accelerator.process_index)
         checkpoints = session.checkpoints(adapter.named_parts(), gen)
         run_steps(
-            _step_fn(unet, scheduler, sets, gen, Objective.of(cfg)),
+            _step_fn(unet, scheduler, sets, gen, Objective.of(cfg), own=cfg.stage2_routing == "own"),
             steps=cfg.stage2_steps,
             accelerator=accelerator,
             model=unet,
@@ -260,12 +262,15 @@ def _step_fn(
     sets: list[CachedSet],
     gen: torch.Generator,
     objective: Objective | None = None,
+    own: bool = False,
 ) -> StepFn:
-    """``L_content + L_style`` on one content and one style sample, in one batched forward."""
+    """``L_content + L_style`` on one content and one style sample, in one batched forward; ``own``: the content
+    sample (first) reaches only ``B`` and the style sample only ``D`` (:func:`~b4m.adapters.plp.mcp_routing`)."""
 
     def step(_: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         batch = sample_batch(sets, [1, 1], gen, scheduler, objective)
-        losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask, objective=objective)
+        with maybe(own, mcp_routing(1, "B")):
+            losses = per_sample_loss(unet, scheduler, *batch, mask=batch.mask, objective=objective)
         return losses.sum(), {"loss_content": losses[0].detach(), "loss_style": losses[1].detach()}
 
     return step
