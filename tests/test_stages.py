@@ -340,3 +340,30 @@ def test_stage2_own_routing_sends_each_loss_to_its_own_part(tiny_sd, trained_pai
                            resolution=32, stage2_routing=routing)  # fmt: skip
         train_stage2(cfg, pipe=tiny_sd(), progress=False)
     assert seen == [(1, "B"), (1, "B"), None, None]
+
+
+def test_stage2_logs_each_parts_update_and_size(tiny_sd, trained_pair, tmp_path):
+    """The train log's update_B / update_D (the step's change of each part) and norm_B / norm_D: at the last step
+    the sizes equal those of the saved adapter's learnable rows B = U[d_out:] and columns D = V[:, d_in:]; with
+    B frozen its update is exactly 0."""
+    import json
+
+    from b4m.adapters.plp import split_dims
+
+    c, s = trained_pair
+    for parts in ("BD", "D"):
+        out = tmp_path / f"log-{parts}"
+        cfg = Stage2Config(content=c, style=s, base="tiny", out=out, stage2_steps=10, stage2_lr=1e-2, resolution=32,
+                           stage2_parts=parts)  # fmt: skip
+        tuned = load_lora(train_stage2(cfg, pipe=tiny_sd(), progress=False))
+        last = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines() if x.strip()][-1]
+        assert last["step"] == 10
+        size = {"B": 0.0, "D": 0.0}
+        for u, v in tuned.factors.values():
+            d_out, d_in = split_dims(u.shape[0], v.shape[1], 0.5)
+            size["B"] += float((u[d_out:].double() ** 2).sum())
+            size["D"] += float((v[:, d_in:].double() ** 2).sum())
+        assert last["norm_B"] == pytest.approx(size["B"] ** 0.5, rel=1e-4)
+        assert last["norm_D"] == pytest.approx(size["D"] ** 0.5, rel=1e-4)
+        assert last["update_D"] > 0
+        assert (last["update_B"] == 0.0) == (parts == "D")

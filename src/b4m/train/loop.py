@@ -157,7 +157,7 @@ def run_steps(
     name: str,
     desc: str | None = None,
     progress: bool = True,
-    after_step: Callable[[int], None] | None = None,
+    after_step: Callable[[int], dict[str, Any] | None] | None = None,
     checkpoints: Checkpoints | None = None,
     average: Sequence[torch.Tensor] | None = None,
     lr_option: str = "--lr",
@@ -173,7 +173,7 @@ def run_steps(
     Each step, in this order: ``step_fn`` under the accelerator's autocast; stop with a
     :class:`~b4m.errors.B4MError` naming ``name`` if the loss is not finite (before it reaches the weights);
     ``accelerator.backward``; under several processes, the gradients of ``average`` replaced by their mean over
-    the processes (for a ``model`` not wrapped in DDP by ``accelerator.prepare``); ``optimizer.step()``; ``zero_grad(set_to_none=True)``; ``after_step(step)``; a
+    the processes (for a ``model`` not wrapped in DDP by ``accelerator.prepare``); ``optimizer.step()``; ``zero_grad(set_to_none=True)``; ``after_step(step)`` (a dict it returns joins the step's record); a
     ``{"step", "loss", **record}`` line in ``log`` every 10th and at the last step; then, on the main process
     only and never at the last step, a checkpoint every ``checkpoints.every`` steps, after checking that every
     parameter is finite (which is checked once more after the last step). ``model`` is in train mode during
@@ -234,7 +234,7 @@ def run_steps(
             lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         if after_step is not None:
-            after_step(step)
+            extra |= after_step(step) or {}
         entry = None
         if done % 10 == 0 or done == steps:  # .item() syncs the device: not every step
             entry = {

@@ -213,6 +213,7 @@ def train_stage2(
         checkpoints = session.checkpoints(adapter.named_parts(), gen)
         run_steps(
             _step_fn(unet, scheduler, sets, gen, Objective.of(cfg), own=cfg.stage2_routing == "own"),
+            after_step=UpdateNorms(adapter),
             steps=cfg.stage2_steps,
             accelerator=accelerator,
             model=unet,
@@ -274,6 +275,29 @@ def _step_fn(
         return losses.sum(), {"loss_content": losses[0].detach(), "loss_style": losses[1].detach()}
 
     return step
+
+
+class UpdateNorms:
+    """Each stage-2 step's update of the content part ``B`` and the style part ``D`` (Frobenius norms over every
+    layer, ``update_B`` / ``update_D``) and their sizes (``norm_B`` / ``norm_D``), for the train log: what the
+    Riemannian preconditioner's balancing (paper Sec. 4.3, Eq. 13-14) does to the two parts' steps."""
+
+    def __init__(self, adapter: Any) -> None:
+        self.parts = {k: adapter.parameters(k) for k in "BD"}
+        self.last = self._snapshot()
+
+    def _snapshot(self) -> dict[str, list[torch.Tensor]]:
+        return {k: [p.detach().float().clone() for p in ps] for k, ps in self.parts.items()}
+
+    def __call__(self, _: int) -> dict[str, torch.Tensor]:
+        now = self._snapshot()
+        out = {}
+        for k in "BD":  # tensors: the loop reads them only on the steps it logs (no device sync each step)
+            moved = [((a - b) ** 2).sum() for a, b in zip(now[k], self.last[k], strict=True)]
+            out[f"update_{k}"] = torch.stack(moved).sum().sqrt()
+            out[f"norm_{k}"] = torch.stack([(a**2).sum() for a in now[k]]).sum().sqrt()
+        self.last = now
+        return out
 
 
 def _factors_digest(lora: LoraFile) -> str:
