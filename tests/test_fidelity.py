@@ -52,7 +52,7 @@ def test_the_literal_preconditioner_is_an_option_and_an_arm():
 
 
 def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, capsys):
-    from b4m.bench.catalogue import BenchConfig, arm_options, plan
+    from b4m.bench.catalogue import ARMS, SGD_LR_GRID, TUNED, BenchConfig, arm_options, plan
     from b4m.cli import main
 
     p = plan(
@@ -66,10 +66,15 @@ def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, caps
     assert arm_options(p.arms[2], None) == {"stage2_lr": 1e-3, "normalize": False}
     assert arm_options("content-block+aux_lr_scale=0.1", None) == {
         "part": "content", "part_style_scale": 0.0, "aux_lr_scale": 0.1}  # fmt: skip
-    assert main(["bench", "--out", str(tmp_path / "b"), "--arms", "foo=1,rank=x"]) == 2
+    assert arm_options("paper+aux_lr_scale=0.1", None) == {**ARMS["paper"][1], "aux_lr_scale": 0.1}
+    literal = arm_options("aux_lr_scale=0.1+rp-literal", None)  # the named arm keeps its tuned rate
+    assert literal == {"aux_lr_scale": 0.1, **ARMS["rp-literal"][1], "stage2_lr": TUNED,
+                       "sgd_lr_grid": list(SGD_LR_GRID)}  # fmt: skip
+    assert main(["bench", "--out", str(tmp_path / "b"), "--arms", "foo=1,rank=x,paper+bogus"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err
     assert "--arms foo=1: foo is not a B4M training option" in err and "--arms rank=x: rank=x:" in err
+    assert "--arms paper+bogus: write 'bogus' as key=value" in err
     assert not (tmp_path / "b").exists()
 
 

@@ -161,11 +161,13 @@ def _option_value(key: str, text: str) -> Any:
 def option_arm(arm: str) -> dict[str, Any]:
     """The overrides of an option arm, ``key=value`` or several joined by ``+`` (``aux_lr_scale=0.1``,
     ``stage2_lr=1e-3+stage2_steps=50``): any B4M training option (``b4m run b4m --help``; dashes or
-    underscores), for the dev suite's experiments; a part arm among them samples that part of this fit
-    (``content-alone+aux_lr_scale=0.1``). ValueError names what is wrong."""
+    underscores), for the dev suite's experiments; a named arm among them adds its own overrides, applied in
+    order (``paper+aux_lr_scale=0.1``; a part arm samples that part of this fit:
+    ``content-alone+aux_lr_scale=0.1``; ``rp-literal+...`` keeps its tuned rate). ValueError names what is
+    wrong."""
     out: dict[str, Any] = {}
     for part in arm.split("+"):
-        if part in ARMS and PART in ARMS[part][1]:  # e.g. content-alone+aux_lr_scale=0.1: that fit's part
+        if part in ARMS:  # e.g. content-alone+aux_lr_scale=0.1: that fit's part; paper+...: its recipe
             out |= ARMS[part][1]
             continue
         key, sep, text = part.partition("=")
@@ -185,9 +187,7 @@ def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
     run)."""
     if arm.startswith("rho="):
         return {"rho": float(Fraction(arm[4:]))}
-    if "=" in arm:
-        return option_arm(arm)
-    over = dict(ARMS[arm][1])
+    over = option_arm(arm) if "=" in arm or "+" in arm else dict(ARMS[arm][1])
     if "stage2_lr" in over and over["stage2_lr"] is None:  # the rp-sgd arms' rate: tuned, or --sgd-lr
         over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
         if sgd_lr is None:

@@ -334,12 +334,12 @@ def plan(cfg: BenchConfig) -> Plan:
     arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
-    bad = [a for a in arms if a not in ARMS and "=" not in a]
+    bad = [a for a in arms if a not in ARMS and "=" not in a and "+" not in a]
     if bad:
         problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none), or B4M option "
                         "arms such as aux_lr_scale=0.1 or stage2_lr=1e-3+stage2_steps=50")  # fmt: skip
     for a in arms:
-        if "=" in a and not a.startswith("rho="):
+        if ("=" in a or "+" in a) and not a.startswith("rho="):
             try:
                 option_arm(a)
             except ValueError as err:
