@@ -251,6 +251,9 @@ def test_a_one_by_one_pairs_file_runs_end_to_end(world, tmp_path):
         assert (
             r["peak_rss_mb"] > 0 and r["fit_s"] >= 0 and "peak_cuda_mb" not in r or r["peak_cuda_mb"] is None
         )
+        assert (
+            r["fit_cpu_s"] >= 0 and r["sample_cpu_s"] > 0
+        )  # this process's CPU seconds (b4m.bench.resources)
     assert results["prompts"]["c0:s1"] == ["a teddy0 in paper1 style"]  # generated with the tokens
     record = json.loads((out / rows[1]["samples"]).with_name("done.json").read_text())
     assert record["adapter"].startswith("cache/lora/")
@@ -279,7 +282,11 @@ def _fits(kind: Path) -> int:
 
 def _strip(rows: list[dict]) -> list[dict]:
     return [
-        {k: v for k, v in r.items() if k not in ("fit_s", "sample_s", "peak_rss_mb", "peak_cuda_mb")}
+        {
+            k: v
+            for k, v in r.items()
+            if k not in ("fit_s", "sample_s", "fit_cpu_s", "sample_cpu_s", "peak_rss_mb", "peak_cuda_mb")
+        }
         for r in rows
     ]
 

@@ -16,7 +16,9 @@ divided by an assumed sustained throughput (``peak_tflops x mfu``):
   13.5 TFLOP x 6 = 81 TFLOPS, 26 % of peak), and fixed overheads per fit (pipeline copy, latent caching,
   saving) and per image (VAE decode, the encoders);
 - samples per training step per method (:data:`SAMPLES_PER_STEP`): B4M's stage 1 takes the target plus three
-  auxiliary samples per step (the official code's batch), its stage 2 and the two-concept methods two.
+  auxiliary samples per step (the official code's batch; the target alone without MCP), its stage 2 and the
+  two-concept methods two. :func:`training_fits` lists the trainings one run is built on; the plan counts each
+  cached fit once, the bench's budget table (:mod:`b4m.bench.budgets`) every one a run needs.
 
 Every constant is visible here and overridable with ``--gpu-costs key=value`` (keys of :data:`GPU_COSTS`, or
 ``<family>.forward`` / ``<family>.train`` for :data:`FAMILY_TFLOP`, or ``samples.<method>``). Benchmarks on a
@@ -29,7 +31,15 @@ from typing import Any
 
 from b4m.errors import B4MError
 
-__all__ = ["FAMILY_TFLOP", "GPU_COSTS", "SAMPLES_PER_STEP", "describe", "estimate", "parse_costs"]
+__all__ = [
+    "FAMILY_TFLOP",
+    "GPU_COSTS",
+    "SAMPLES_PER_STEP",
+    "describe",
+    "estimate",
+    "parse_costs",
+    "training_fits",
+]
 
 GPU_COSTS: dict[str, float] = {
     "peak_tflops": 312.0,  # A100 SXM, dense bf16
@@ -107,12 +117,67 @@ def _preset(method: str, key: str, base: str, fallback: int) -> int:
     return int(presets.get(preset_key(base), {}).get(key) or PRESETS[preset_key(base)].get(key) or fallback)
 
 
+def training_fits(
+    method: str, train: dict[str, Any], base: str, samples: dict[str, int] | None = None
+) -> list[dict[str, Any]]:
+    """Every training a bench run of ``method`` is built on, from its spec's ``train`` settings
+    (:func:`b4m.bench.runs._train_spec`; ``None`` steps read from the method's preset on ``base``): its sources,
+    B4M's two stage-1 runs, its own fit and ``rp-sgd``'s tuning candidates. Each is ``{"fit": display name,
+    "kind": "sources" | "stage1" | "trained" | "tuning" | "training-free", "concept": "content" | "style" (a
+    per-concept sub-fit, shared by every pair with that concept) or None (the pair's own), "steps",
+    "per_step": images per step (:data:`SAMPLES_PER_STEP`, or ``samples``; B4M's stage 1 without MCP: the
+    target alone), "image_steps", "key"}``; two runs' entries with the same ``key`` (and concept, or pair) are one
+    cached fit. An arm that samples a part of B4M's fit (``part``) has the fit it samples from."""
+    from b4m.bench.catalogue import PART, PART_STYLE_SCALE, STAGE2_KNOBS, TUNED
+    from b4m.methods.catalogue import CATALOGUE
+
+    per = SAMPLES_PER_STEP if samples is None else samples
+    info = CATALOGUE[method]
+    out: list[dict[str, Any]] = []
+
+    def add(
+        fit: str, kind: str, concept: str | None, steps: int, per_step: int, key: tuple, fits: int = 1
+    ) -> None:
+        out.append({"fit": fit, "kind": kind, "concept": concept, "steps": steps, "per_step": per_step,
+                    "image_steps": steps * per_step, "fits": fits, "key": key})  # fmt: skip
+
+    for src in info.sources:
+        n = train.get("sources_steps") or _preset(src.method, "steps", base, 1000)
+        add(f"source {src.method} ({src.concept})", "sources", src.concept, n, per.get(src.method, 1),
+            (src.method, src.concept, n))  # fmt: skip
+    own = {k: v for k, v in train.items() if k not in ("steps", "sources_steps", PART, PART_STYLE_SCALE)}
+    steps = train.get("steps") or _preset(method, "steps", base, 1000 if info.budget == "train" else 100)
+    if info.concept_option is not None:  # a one-concept fit (lora on the content): a source's twin
+        add(
+            f"{method} (content)", "sources", "content", steps, per.get(method, 1), (method, "content", steps)
+        )
+    elif info.parts:  # B4M: per-concept stage 1, then its stage 2 per run
+        s1 = tuple(
+            sorted((k, str(v)) for k, v in own.items() if k not in STAGE2_KNOBS and k != "sgd_lr_grid")
+        )
+        s1_per = per["b4m-stage1"] if own.get("mcp", True) else 1  # without MCP: the target image alone
+        for part in ("content", "style"):
+            add(f"stage 1 ({part})", "stage1", part, steps, s1_per, (method, "stage1", part, s1, steps))
+        s2 = train.get("stage2_steps")
+        s2 = _preset(method, "stage2_steps", base, 100) if s2 is None else int(s2)
+        whole = (method, steps, tuple(sorted((k, str(v)) for k, v in own.items())))
+        add("stage 2", "trained", None, s2, per["b4m-stage2"], ("stage2", *whole))
+        grid = len(own.get("sgd_lr_grid", [])) if own.get("stage2_lr") == TUNED else 0
+        if grid:
+            add(f"stage-2 rate tuning ({grid} rates)", "tuning", None, grid * s2, per["b4m-stage2"],
+                ("tuning", *whole), grid)  # fmt: skip
+    elif info.budget is None:
+        add(f"{method} (training-free)", "training-free", None, 0, 0, (method,))
+    else:
+        name = method if info.budget == "train" else f"{method} merger"
+        add(name, "trained", None, steps, per.get(method, 1), (method, steps))
+    return out
+
+
 def estimate(p: Any) -> dict[str, Any]:
     """The plan's counts and cost (see the module docstring): runs, fits after reuse, images, TFLOP, hours."""
-    from b4m.bench.catalogue import ARMS_OF, STAGE2_KNOBS, arm_options
-    from b4m.bench.runs import BASE, _items
+    from b4m.bench.runs import BASE, _items, _train_spec
     from b4m.diffusion.pipeline import family_of_base
-    from b4m.methods.catalogue import CATALOGUE
     from b4m.options import preset_key
 
     costs = parse_costs(list(p.cfg.gpu_costs))
@@ -122,67 +187,29 @@ def estimate(p: Any) -> dict[str, Any]:
     sample_steps = s["sample_steps"] or sample_steps
     sample_res = cfg.resolution or sample_res
     n_prompts = len(p.source.prompts) if p.source is not None else 5
-    sources: set[tuple] = set()
-    stage1: set[tuple] = set()
+    seen: set[tuple] = set()
     fits: dict[str, int] = {"sources": 0, "stage1": 0, "trained": 0, "training-free": 0, "tuning": 0}
     samples_train = 0.0
     runs = images = 0
     train_res = cfg.resolution or _preset("lora", "resolution", p.base, 512)
-    for content, style in p.pairs:
+    rep = p.replicates  # training-seed replicates: the replicated rows of the first pairs again, per seed
+    jobs = [(c, st, None) for c, st in p.pairs]
+    jobs += [] if rep is None else [(c, st, seed) for seed in rep.seeds for c, st in p.pairs[: rep.pairs]]
+    for content, style, seed in jobs:
         for method, arm in _items(p):
+            if seed is not None and method not in rep.methods:
+                continue
             runs += 1
             images += n_prompts * s["seeds"]
             if method == BASE:
                 continue
-            info = CATALOGUE[method]
-            steps = s["steps"] or _preset(method, "steps", p.base, 1000)
-            for src in info.sources:
-                concept = content if src.concept == "content" else style
-                key = (src.method, src.concept, concept, s["steps"])
-                if key not in sources:
-                    sources.add(key)
-                    fits["sources"] += 1
-                    samples_train += (s["steps"] or _preset(src.method, "steps", p.base, 1000)) * costs[
-                        "samples"
-                    ].get(src.method, 1)
-            if info.concept_option is not None:  # a one-concept fit (lora on the content): the source's entry
-                key = (method, "content", content, s["steps"])
-                if key not in sources:
-                    sources.add(key)
-                    fits["sources"] += 1
-                    samples_train += steps * costs["samples"].get(method, 1)
-            elif info.parts:  # B4M: per-concept stage 1, then its stage 2 per run
-                over = arm_options(arm, cfg.sgd_lr) if method == ARMS_OF or arm == "full" else {}
-                s1 = tuple(
-                    sorted(
-                        (k, str(v)) for k, v in over.items() if k not in STAGE2_KNOBS and k != "sgd_lr_grid"
-                    )
-                )
-                for part, concept in (("content", content), ("style", style)):
-                    key = (method, part, concept, s1, s["steps"])
-                    if key not in stage1:
-                        stage1.add(key)
-                        fits["stage1"] += 1
-                        samples_train += steps * costs["samples"]["b4m-stage1"]
-                s2 = (
-                    s["stage2_steps"]
-                    if s["stage2_steps"] is not None
-                    else _preset(method, "stage2_steps", p.base, 100)
-                )
-                grid = len(over.get("sgd_lr_grid", [])) if over.get("stage2_lr") == "tuned" else 0
-                fits["trained"] += 1
-                fits["tuning"] += grid
-                samples_train += (1 + grid) * s2 * costs["samples"]["b4m-stage2"]
-            elif info.budget is None:
-                fits["training-free"] += 1
-            else:
-                fits["trained"] += 1
-                n = (
-                    steps
-                    if info.budget == "train"
-                    else (s["merge_steps"] or _preset(method, "steps", p.base, 100))
-                )
-                samples_train += n * costs["samples"].get(method, 1)
+            for fit in training_fits(method, _train_spec(method, arm, p), p.base, costs["samples"]):
+                where = {"content": content, "style": style}.get(fit["concept"], f"{content}:{style}")
+                if (fit["key"], where, seed) in seen:  # a cached sub-fit (or fit) another run trains
+                    continue
+                seen.add((fit["key"], where, seed))
+                fits[fit["kind"]] += fit["fits"]
+                samples_train += fit["image_steps"]
     gpu, tf = costs["gpu"], costs["family"].get(family, costs["family"]["sdxl"])
     train_tflop = samples_train * tf["train"] * (train_res / 512) ** 2
     sample_tflop = images * sample_steps * tf["passes"] * tf["forward"] * (sample_res / 512) ** 2

@@ -43,6 +43,8 @@ def execute(ctx: Context, run: Run, folder: Path) -> dict[str, Any]:
         "per_image": {k: [float(x) for x in v] for k, v in per.items()},
         "fit_s": fit_cost["wall_s"],
         "sample_s": sample_cost["wall_s"],
+        "fit_cpu_s": fit_cost["cpu_s"],
+        "sample_cpu_s": sample_cost["cpu_s"],
         **{
             k: max(fit_cost[k], sample_cost[k])
             for k in ("peak_rss_mb", "peak_cuda_mb")

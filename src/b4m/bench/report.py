@@ -2,10 +2,16 @@
 
 ``results.md`` follows the layout of the B4M paper's Table 1 (Xu et al., ACM TOG 2025): one table per track, rows
 = methods and ablation arms (the base model, prompt only, first as the floor), columns = metrics, each
-``value ± half-width of its 95 % bootstrap interval``. ``report.html`` adds, as inline base64 PNGs (no file
-next to it is needed): per pair an image grid (references | base | each method, 32 px images enlarged with
-nearest-neighbour scaling), bar charts of every metric with their intervals, the rho curve (the paper's
-Fig. 11: content and style alignment against rho) and a content-vs-style scatter.
+``value ± half-width of its 95 % bootstrap interval``; then the paired comparisons of B4M with every other row
+(:mod:`b4m.eval.paired`), the training budgets per row (:mod:`b4m.bench.budgets`: image-steps per pair, measured
+fit wall and CPU seconds) and one table per pair. ``report.html`` adds, as inline base64 PNGs (no file next to it
+is needed): per track bar charts of every metric with their intervals, a content-vs-style scatter, the rho curve
+(the paper's Fig. 11: content and style alignment against rho), a forest plot of the paired comparisons (per
+verdict metric the mean difference and its 95 % interval against 0 and the equivalence margins, with the
+verdict) and an identity scatter (content-instance against style-instance accuracy, per row and per pair); then
+per pair an image grid (references | base | each method, 32 px images enlarged with nearest-neighbour scaling).
+Results written before a part existed (no comparisons, no budgets, no CPU seconds) still give both reports,
+without it.
 """
 
 from __future__ import annotations
@@ -142,8 +148,51 @@ def _md_seed_variance(entries: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+BUDGET_CAPTION = (
+    "Training sample-gradients per pair, as image-steps: the images of every training step, summed over the "
+    "row's own training and every sub-fit it is built on (a merge's two source LoRAs at 1 image a step; B4M's two "
+    "stage-1 runs at 4 images a step, the target and the built-in world's 3 auxiliary samples (counted so for a "
+    "--pairs-file too, as --dry-run does), or 1 without MCP, and its stage 2 at 2; rp-sgd's tuning fits at each "
+    "candidate rate), from the runs' training settings. † an arm that only samples a part of B4M's fit trains "
+    "nothing itself: its row shows the budget of the fit it samples. Fit wall and CPU seconds (this process's CPU "
+    "time, all threads) are the measured means per pair over the runs that recorded them; a sub-fit shared "
+    "between runs (the sources, B4M's stage 1, the fit a sampled arm reads) is paid by the first run that trains "
+    "it and read from the cache by the others, so the seconds depend on the run order and the image-steps do not."
+)
+
+
+def _seconds(row: dict[str, Any], key: str) -> str:
+    value, runs = row.get(key), row.get(f"{key}_runs", 0)
+    if value is None:
+        return "–"
+    return f"{value:.1f}" + ("" if runs == len(row["pairs"]) else f" ({runs} of {len(row['pairs'])} runs)")
+
+
+def _md_budgets(budgets: list[dict[str, Any]]) -> list[str]:
+    """Per track: each row's training image-steps per pair, what they are made of and its fit seconds."""
+    lines: list[str] = ["", "## Budgets", "", BUDGET_CAPTION] if budgets else []
+    for entry in budgets:
+        lines += [
+            "",
+            f"### Budgets: {TRACKS.get(entry['track'], entry['track'])}",
+            "",
+            "| row | pairs | image-steps per pair | of which | fit wall s per pair | fit CPU s per pair |",
+            "|---|---:|---:|---|---:|---:|",
+        ]
+        for r in entry["rows"]:
+            parts = " + ".join(
+                f"{f['fit']}" + (f" {f['steps']}×{f['per_step']}" if f["kind"] != "training-free" else "")
+                for f in r["fits"]
+            )
+            name = r["label"] + (" †" if r["sampling_only"] else "")
+            lines.append(f"| {name} | {len(r['pairs'])} | {r['image_steps']:,.0f} | {parts or '–'} | "
+                         f"{_seconds(r, 'fit_s')} | {_seconds(r, 'fit_cpu_s')} |")  # fmt: skip
+    return lines
+
+
 def write_markdown(results: dict[str, Any]) -> str:
-    """``results.md``: per track a Table-1 style table of the aggregated rows, then one table per pair."""
+    """``results.md``: per track a Table-1 style table of the aggregated rows, the paired comparisons, the
+    budgets, then one table per pair."""
     agg = results["aggregated"]
     n_prompts = len(next(iter(results["prompts"].values()), [])) or 5
     scoring = results.get("scoring") or (
@@ -175,6 +224,7 @@ def write_markdown(results: dict[str, Any]) -> str:
             ]
     lines += _md_comparisons(results.get("comparisons", []))
     lines += _md_seed_variance(results.get("seed_variance", []))
+    lines += _md_budgets(results.get("budgets", []))
     lines += ["", "## Per pair", ""]
     for pair in results["pairs"]:
         lines += [
@@ -193,10 +243,17 @@ def write_markdown(results: dict[str, Any]) -> str:
         lines.append("")
     timed = [r for r in results["rows"] if r.get("fit_s") is not None]
     if timed:
-        lines += ["Wall time per run (fit + sample):", ""]
-        lines += [f"- {r['pair']} / {r['label']}: {r['fit_s']:.0f} s + {r['sample_s']:.0f} s{_memory(r)}"
+        lines += ["Wall time per run (fit + sample; CPU time where recorded):", ""]
+        lines += [f"- {r['pair']} / {r['label']}: {r['fit_s']:.0f} s + {r['sample_s']:.0f} s{_cpu(r)}{_memory(r)}"
                   for r in timed]  # fmt: skip
     return "\n".join(lines) + "\n"
+
+
+def _cpu(row: dict[str, Any]) -> str:
+    """``" (CPU 12 s + 3 s)"`` where the run recorded its CPU seconds (:mod:`b4m.bench.resources`)."""
+    if row.get("fit_cpu_s") is None or row.get("sample_cpu_s") is None:
+        return ""
+    return f" (CPU {row['fit_cpu_s']:.0f} s + {row['sample_cpu_s']:.0f} s)"
 
 
 def _memory(row: dict[str, Any]) -> str:
@@ -314,6 +371,97 @@ def _scatter(rows: list[dict[str, Any]], title: str) -> str:
     return _figure(fig, f"{title}: content vs style alignment (up and right is better)", "scatter")
 
 
+VERDICT_COLOURS = {"better": "#1e8449", "worse": "#c0392b", "equivalent": "#2471a3"}
+"""Forest-plot colours per verdict (anything else, "undecided at this size", grey)."""
+
+
+def _forest(entry: dict[str, Any], title: str) -> str | None:
+    """The paired comparisons of one track as a forest plot: a panel per verdict metric, a line per comparator."""
+    import matplotlib.pyplot as plt
+    from matplotlib.transforms import blended_transform_factory
+
+    from b4m.eval.paired import MARGINS
+
+    table = entry["comparators"]
+    cols = [m for m in MARGINS if any(m in t["diff"] for t in table)]
+    if not cols:
+        return None
+    fig, axes = plt.subplots(1, len(cols), figsize=(4.2 * len(cols), 0.3 * len(table) + 1.3), squeeze=False,
+                             sharey=True, gridspec_kw={"wspace": 0.75})  # fmt: skip
+    for ax, metric in zip(axes[0], cols, strict=True):
+        margin = MARGINS[metric]
+        at_right = blended_transform_factory(ax.transAxes, ax.transData)
+        for i, t in enumerate(table):
+            d = t["diff"].get(metric)
+            if d is None:
+                continue
+            verdict = d.get("verdict", "")
+            colour = VERDICT_COLOURS.get(verdict, "#777")
+            lo, hi = d["ci95"]
+            ax.plot(
+                [lo, hi], [i, i], color=colour, lw=1.6, solid_capstyle="butt", gid=f"interval:{t['label']}"
+            )
+            ax.plot([d["diff"]], [i], "o", color=colour, ms=4, gid=f"mean:{t['label']}")
+            ax.text(1.03, i, verdict, transform=at_right, fontsize=7, va="center", color=colour)
+        ax.axvline(0.0, color="#222", lw=1, gid="rule:0")
+        for x, gid in ((-margin, "rule:-margin"), (margin, "rule:+margin")):
+            ax.axvline(x, color="#555", lw=1, ls=":", gid=gid)
+        ax.set_yticks(range(len(table)), [t["label"] for t in table], fontsize=7)
+        ax.set_ylim(len(table) - 0.5, -0.5)
+        ax.set_title(f"Δ {HEADERS[metric]} (±{margin:g})", fontsize=9)
+        ax.tick_params(axis="x", labelsize=7)
+    fig.suptitle(f"{title}: {entry['reference']} minus each row", fontsize=10)
+    caption = (
+        f"{title}: forest plot of {entry['reference']} minus each row, paired over the pairs both ran, one panel "
+        "per verdict metric. Dot: the mean over pairs of the per-pair difference; bar: its 95 % paired bootstrap "
+        "interval; right of the solid line at 0 the reference scores higher. Dotted lines: the equivalence margin "
+        f"({', '.join(f'±{MARGINS[m]:g} {HEADERS[m]}' for m in cols)}), which a 90 % interval must lie inside for "
+        "'equivalent'. Right of each panel: the verdict (better / worse: Holm-adjusted sign-flip p < 0.05 and a "
+        "95 % interval excluding 0)."
+    )
+    return _figure(fig, caption, "forest")
+
+
+def _identity(rows: list[dict[str, Any]], per_pair: list[dict[str, Any]], title: str) -> str | None:
+    """Content-instance against style-instance accuracy: a marker per aggregated row, faint dots per pair."""
+    import matplotlib.pyplot as plt
+
+    have = [r for r in rows if r.get("content_inst") is not None and r.get("style_inst") is not None]
+    if not have:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 5.5))
+    palette, shapes = plt.get_cmap("tab20"), "oD^vP*Xh<>"
+    for k, r in enumerate(have):
+        base = r["method"] == "base"
+        colour = "#777" if base else palette(k % 20)
+        dots = [p for p in per_pair if (p["track"], p["method"], p["arm"]) == (r["track"], r["method"], r["arm"])
+                and p.get("content_inst") is not None and p.get("style_inst") is not None]  # fmt: skip
+        ax.scatter([p["content_inst"] for p in dots], [p["style_inst"] for p in dots], s=12, color=colour,
+                   alpha=0.3, linewidths=0, gid=f"pairs:{r['label']}")  # fmt: skip
+        (x,), xerr = _errors([r], "content_inst")
+        (y,), yerr = _errors([r], "style_inst")
+        mark = ax.errorbar([x], [y], xerr=xerr, yerr=yerr, fmt="s" if base else shapes[k % len(shapes)], ms=6,
+                           mfc="none" if k >= len(shapes) else colour, capsize=2, elinewidth=0.6, color=colour,
+                           label=r["label"])  # fmt: skip
+        mark.lines[0].set_gid(f"row:{r['label']}")
+        for whisker in mark.lines[2]:
+            whisker.set_alpha(0.5)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_xlabel("content-instance accuracy (the judge names the personal instance)")
+    ax.set_ylabel("style-instance accuracy (the judge names the style instance)")
+    ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False)
+    ax.set_title(title, fontsize=10)
+    caption = (
+        f"{title}: identity, content-instance accuracy (x: how often the judge names the personal instance) "
+        "against style-instance accuracy (y: how often it names the style instance). Large marker: a row's mean "
+        "over pairs with its 95 % interval (grey square: the base model; the legend names the rows); small faint "
+        "dots of the same colour: that row on each pair. Up and right keeps both instances; B4M's content-alone "
+        "arm, where it ran, shows what its stage-1 content adapter knew before the fusion."
+    )
+    return _figure(fig, caption, "identity")
+
+
 def _html_table(rows: list[dict[str, Any]]) -> str:
     cols = _columns(rows)
     head = "".join(f"<th>{html.escape(HEADERS[c])}</th>" for c in cols)
@@ -371,6 +519,10 @@ def write_html(results: dict[str, Any], root: Path) -> str:
         rho = _rho(rows, name)
         parts.append(rho or "<p class=no-rho>No rho arms in this bench: run with <code>--rho sweep</code> for "
                             "the rho curve.</p>")  # fmt: skip
+        entry = next((c for c in results.get("comparisons", []) if c["track"] == track), None)
+        forest = None if entry is None else _forest(entry, name)
+        identity = _identity(rows, [r for r in results["rows"] if r["track"] == track], name)
+        parts += [x for x in (forest, identity) if x is not None]
         parts.append("</section>")
     parts.append("<h2>Samples</h2>")
     parts += [_grid(results, pair, root) for pair in results["pairs"]]

@@ -1,4 +1,9 @@
-"""What a bench run costs: wall time, peak CPU memory (resident set size) and peak GPU memory, per phase.
+"""What a bench run costs: wall and CPU time, peak CPU memory (resident set size) and peak GPU memory, per
+phase.
+
+The CPU time is this process's (``time.process_time``: user + system seconds of every thread, the poll thread's
+few included) over the phase: above the wall time when several threads compute at once, below it while the
+process waits (for a GPU, for the disk, for a core another process holds).
 
 The RSS peak is sampled by a background thread (every ``poll_s``) over the phase, so it is the phase's own peak,
 not the process's lifetime maximum; the GPU peak is ``torch.cuda.max_memory_allocated`` after resetting it at the
@@ -30,8 +35,8 @@ def rss_mb() -> float:
 
 @contextlib.contextmanager
 def measure(poll_s: float = 0.05) -> Iterator[dict[str, Any]]:
-    """``with measure() as cost: ...`` fills ``cost`` with ``wall_s``, ``peak_rss_mb`` and ``peak_cuda_mb`` on
-    exit."""
+    """``with measure() as cost: ...`` fills ``cost`` with ``wall_s``, ``cpu_s``, ``peak_rss_mb`` and
+    ``peak_cuda_mb`` on exit."""
     import torch
 
     cost: dict[str, Any] = {}
@@ -47,11 +52,12 @@ def measure(poll_s: float = 0.05) -> Iterator[dict[str, Any]]:
 
     watcher = threading.Thread(target=poll, daemon=True)
     watcher.start()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         yield cost
     finally:
         cost["wall_s"] = time.perf_counter() - t0
+        cost["cpu_s"] = time.process_time() - cpu0
         stop.set()
         watcher.join()
         cost["peak_rss_mb"] = max(peak[0], rss_mb())

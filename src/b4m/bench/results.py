@@ -47,7 +47,16 @@ def result_row(
         "key": run.key,
         "samples": str((run.folder(root) / "samples.png").relative_to(root)),
         **{
-            k: record[k] for k in ("sgd_lr", "sgd_lr_mean_loss", "peak_rss_mb", "peak_cuda_mb") if k in record
+            k: record[k]
+            for k in (
+                "fit_cpu_s",
+                "sample_cpu_s",
+                "sgd_lr",
+                "sgd_lr_mean_loss",
+                "peak_rss_mb",
+                "peak_cuda_mb",
+            )
+            if k in record
         },
     }
     return row, reps

@@ -8,8 +8,9 @@ For each content-style pair (B4M paper Sec. 5: the personal-instance track and t
    change only stage-2 knobs share them);
 3. per method x arm: fit (the registry's ``fit``; B4M's two stages with the shared stage 1), generate the
    prompt set x N seeds at equal noise, score with the world's judges per image (:mod:`b4m.eval.scoring`);
-4. aggregate with bootstrap intervals (:mod:`b4m.eval.stats`) and write ``results.json``, ``results.md`` and
-   ``report.html`` (:mod:`b4m.bench.report`).
+4. aggregate with bootstrap intervals (:mod:`b4m.eval.stats`), compare B4M with every other row over the pairs
+   (:mod:`b4m.eval.paired`), count each row's training budget (:mod:`b4m.bench.budgets`) and write
+   ``results.json``, ``results.md`` and ``report.html`` (:mod:`b4m.bench.report`).
 
 Every finished unit (a source, a stage 1, a run) lives in a folder named by a hash of its settings, with a
 ``done.json`` written last: an interrupted bench continues where it stopped with the same command, and a
@@ -19,9 +20,10 @@ This module runs the protocol (:func:`run_bench`); the jobs are in the package's
 :mod:`b4m.bench.runs` (the plan's runs and their cache keys), :mod:`b4m.bench.folder` (``--out`` and the
 ``done.json`` records), :mod:`b4m.bench.context` (the shared pipeline, judges and references),
 :mod:`b4m.bench.fit` (sources, B4M's stages, the ``rp-sgd`` rate), :mod:`b4m.bench.execute` (fit, sample and
-score one run), :mod:`b4m.bench.results` (rows and their aggregation) and :mod:`b4m.bench.shards` (several
-processes). :func:`run_bench` calls :func:`execute` through this module, so replacing ``b4m.bench.run.execute``
-(as the tests do) replaces it for the whole bench.
+score one run), :mod:`b4m.bench.results` (rows and their aggregation), :mod:`b4m.bench.budgets` (training
+image-steps and fit seconds per row) and :mod:`b4m.bench.shards` (several processes). :func:`run_bench` calls
+:func:`execute` through this module, so replacing ``b4m.bench.run.execute`` (as the tests do) replaces it for
+the whole bench.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from b4m.bench.budgets import budgets
 from b4m.bench.catalogue import BenchConfig, plan
 from b4m.bench.context import Context
 from b4m.bench.execute import execute
@@ -116,6 +119,7 @@ def run_bench(
         "rows": rows,
         "aggregated": aggregate(rows, reps),
         "comparisons": comparisons(runs, records, p.sizes["bootstrap"]),
+        "budgets": budgets(runs, records),
         **({"seed_variance": variance} if variance else {}),
         "computed": computed,
         "references": reference_folders(root, p),
