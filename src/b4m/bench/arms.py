@@ -25,6 +25,10 @@ arm                     B4M options it changes
 ``rho=k/8``             ``rho=k/8`` (``--rho``): the frozen fraction of each projection (Fig. 11)
 ======================  ===================================================================================
 
+Every other method has option arms too, ``METHOD:key=value[+key=value]`` (``lora:lr=1e-3``,
+``direct-merge:lambda_s=0.7+lambda_c=1.2``): the same small tuning budget for the baselines; the overrides go to
+the method's own fit, never to its source LoRAs.
+
 Arms that change only stage-2 knobs (``no-rp``, ``rp-sgd``, ``fusion-only``) share the stage-1 adapters of
 ``full``; every merging method shares the same two source LoRAs (``lora`` on the content, ``lora`` on the style).
 """
@@ -52,6 +56,7 @@ __all__ = [
     "arm_options",
     "option_arm",
     "run_label",
+    "split_arm",
 ]
 
 #: Candidate stage-2 learning rates of the ``rp-sgd`` arm (plain SGD steps are not scale-free like Adam's,
@@ -126,21 +131,37 @@ STAGE2_KNOBS = STAGE2_OPTIONS
 only these reuse the stage-1 adapters of ``full``."""
 
 
-_NOT_ARM_OPTIONS = frozenset({"out", "overwrite", "base", "seed", "checkpoint_every", "mixed_precision"})
+_NOT_ARM_OPTIONS = frozenset(
+    {"out", "overwrite", "base", "seed", "checkpoint_every", "mixed_precision", "concept"}
+)
 
 
-def _option_value(key: str, text: str) -> Any:
-    """``text`` as the type of B4M's option ``key`` (ValueError: not a training option, or not of its type)."""
-    from b4m.methods.catalogue import B4MOptions
+def split_arm(arm: str) -> tuple[str, str]:
+    """``(method, arm)`` of an ``--arms`` entry: ``lora:lr=1e-3`` -> ``("lora", "lr=1e-3")``; an entry without a
+    ``METHOD:`` prefix (``no-rp``, ``aux_lr_scale=0.1``, ``rho=3/8``) is B4M's (:data:`ARMS_OF`)."""
+    head, sep, rest = arm.partition(":")
+    if sep and "=" not in head and "+" not in head:
+        return head.strip(), rest.strip()
+    return ARMS_OF, arm
 
-    fields = {f.name: f for f in dataclasses.fields(B4MOptions)}
+
+def _config(method: str) -> type:
+    from b4m.methods.catalogue import CATALOGUE
+
+    return CATALOGUE[method].config
+
+
+def _option_value(config: type, key: str, text: str, who: str = "B4M") -> Any:
+    """``text`` as the type of option ``key`` of the method config ``config`` (``who``: the method's name in
+    messages; ValueError: not a training option, or not of its type)."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
     inputs = (
         key.endswith(("_images", "_prompt", "_prompts", "_lora"))
         or key.startswith("aux_")
         and key != "aux_lr_scale"
     )
     if key not in fields or key in _NOT_ARM_OPTIONS or inputs:
-        raise ValueError(f"{key} is not a B4M training option")
+        raise ValueError(f"{key} is not a {who} training option")
     kind, choices = str(fields[key].type), fields[key].metadata.get("choices")
     if "bool" in kind:
         if text.lower() not in ("true", "false"):
@@ -158,16 +179,19 @@ def _option_value(key: str, text: str) -> Any:
     return text
 
 
-def option_arm(arm: str) -> dict[str, Any]:
-    """The overrides of an option arm, ``key=value`` or several joined by ``+`` (``aux_lr_scale=0.1``,
-    ``stage2_lr=1e-3+stage2_steps=50``): any B4M training option (``b4m run b4m --help``; dashes or
-    underscores), for the dev suite's experiments; a named arm among them adds its own overrides, applied in
-    order (``paper+aux_lr_scale=0.1``; a part arm samples that part of this fit:
-    ``content-alone+aux_lr_scale=0.1``; ``rp-literal+...`` keeps its tuned rate). ValueError names what is
-    wrong."""
+def option_arm(arm: str, method: str = ARMS_OF) -> dict[str, Any]:
+    """The overrides of an option arm of ``method`` (default B4M), ``key=value`` or several joined by ``+``
+    (``aux_lr_scale=0.1``, ``stage2_lr=1e-3+stage2_steps=50``; ``lr=1e-3`` of ``lora:lr=1e-3``): any training
+    option of the method (``b4m run METHOD --help``; dashes or underscores), for the dev suite's experiments; for
+    B4M a named arm among them adds its own overrides, applied in order (``paper+aux_lr_scale=0.1``; a part arm
+    samples that part of this fit: ``content-alone+aux_lr_scale=0.1``; ``rp-literal+...`` keeps its tuned
+    rate). ValueError names what is wrong."""
+    config = _config(method)
+    b4m_like = any(f.name == "stage2_steps" for f in dataclasses.fields(config))  # B4M's named arms apply
+    who = "B4M" if method == ARMS_OF else method
     out: dict[str, Any] = {}
     for part in arm.split("+"):
-        if part in ARMS:  # e.g. content-alone+aux_lr_scale=0.1: that fit's part; paper+...: its recipe
+        if part in ARMS and b4m_like:  # content-alone+aux_lr_scale=0.1: that part; paper+...: its recipe
             out |= ARMS[part][1]
             continue
         key, sep, text = part.partition("=")
@@ -175,19 +199,21 @@ def option_arm(arm: str) -> dict[str, Any]:
         if not sep or not key or not text.strip():
             raise ValueError(f"write {part!r} as key=value")
         try:
-            out[key] = _option_value(key, text.strip())
+            out[key] = _option_value(config, key, text.strip(), who)
         except ValueError as err:
             raise ValueError(str(err) if key in str(err) else f"{key}={text.strip()}: {err}") from None
     return out
 
 
-def arm_options(arm: str, sgd_lr: float | None) -> dict[str, Any]:
-    """B4M option overrides of ``arm`` (``"rho=3/8"`` and option arms ``key=value`` included); ``sgd_lr=None``
-    marks ``rp-sgd``'s rate as :data:`TUNED` (the grid goes into the spec, so a different grid is a different
-    run)."""
-    if arm.startswith("rho="):
+def arm_options(arm: str, sgd_lr: float | None, method: str = ARMS_OF) -> dict[str, Any]:
+    """B4M option overrides of ``arm`` (``"rho=3/8"`` and option arms ``key=value`` included), or those of
+    another ``method``'s option arm; ``sgd_lr=None`` marks ``rp-sgd``'s rate as :data:`TUNED` (the grid goes into
+    the spec, so a different grid is a different run)."""
+    if arm == "full":
+        return {}
+    if arm.startswith("rho=") and method == ARMS_OF:
         return {"rho": float(Fraction(arm[4:]))}
-    over = option_arm(arm) if "=" in arm or "+" in arm else dict(ARMS[arm][1])
+    over = option_arm(arm, method) if "=" in arm or "+" in arm else dict(ARMS[arm][1])
     if "stage2_lr" in over and over["stage2_lr"] is None:  # the rp-sgd arms' rate: tuned, or --sgd-lr
         over["stage2_lr"] = TUNED if sgd_lr is None else sgd_lr
         if sgd_lr is None:

@@ -1,6 +1,6 @@
 """What ``b4m bench`` can run, without torch: tracks and their default pairs, the config, the plan.
 
-The arms are B4M's (:mod:`b4m.bench.arms`).
+The arms are B4M's, and the other methods' option arms ``METHOD:key=value`` (:mod:`b4m.bench.arms`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from b4m.bench.arms import (
     arm_options,
     option_arm,
     run_label,
+    split_arm,
 )
 from b4m.config import opt
 from b4m.errors import B4MError
@@ -50,6 +51,7 @@ __all__ = [
     "parse_shard",
     "plan",
     "run_label",
+    "split_arm",
     "track_of",
 ]
 
@@ -123,7 +125,8 @@ class BenchConfig:
         [],
         f"B4M ablation arms, comma-separated: {', '.join(ARMS)} (default: all; 'none': only full); or option "
         "arms: any B4M training option as key=value, several joined by '+' (aux_lr_scale=0.1, "
-        "stage2_lr=1e-3+stage2_steps=50)",
+        "stage2_lr=1e-3+stage2_steps=50); another method's option arm as METHOD:key=value[+key=value], the "
+        "method in --methods (lora:lr=1e-3)",
     )
     rho: list[str] = opt(
         [], "rho sweep values (paper Fig. 11), e.g. 1/8,3/8 or 'sweep' for 1/8..7/8 (default: none)"
@@ -289,7 +292,7 @@ class Plan:
 
     pairs: tuple[tuple[str, str], ...]
     methods: tuple[str, ...]
-    arms: tuple[str, ...]  # "full" first, then ablations and "rho=k/8"
+    arms: tuple[str, ...]  # "full", ablations, "rho=k/8", then the other methods' "METHOD:key=value"
     sizes: dict[str, Any]
     cfg: BenchConfig
     source: Any = None
@@ -334,6 +337,19 @@ def plan(cfg: BenchConfig) -> Plan:
     arms = _split(cfg.arms) or (default_arms if ARMS_OF in methods else ["full"])
     if arms == ["none"]:
         arms = ["full"]
+    arms = [a if split_arm(a)[0] != ARMS_OF else split_arm(a)[1] for a in arms]  # b4m:no-rp is no-rp
+    for a in [a for a in arms if split_arm(a)[0] != ARMS_OF]:  # another method's option arm
+        method, rest = split_arm(a)
+        if method not in CATALOGUE:
+            problems.append(f"--arms {a}: unknown method {method}; known: {', '.join(CATALOGUE)}")
+        elif method not in methods:
+            problems.append(f"--arms {a}: add {method} to --methods")
+        else:
+            try:
+                option_arm(rest, method)
+            except ValueError as err:
+                problems.append(f"--arms {a}: {err}")
+    own, arms = arms, [a for a in arms if split_arm(a)[0] == ARMS_OF]
     bad = [a for a in arms if a not in ARMS and "=" not in a and "+" not in a]
     if bad:
         problems.append(f"--arms {','.join(bad)}: unknown; known: {', '.join(ARMS)} (or none), or B4M option "
@@ -347,6 +363,7 @@ def plan(cfg: BenchConfig) -> Plan:
     rhos = _rho_values(cfg.rho, problems)
     arms = ["full", *[a for a in arms if a != "full"]]
     arms += [f"rho={f.numerator}/{f.denominator}" for f in rhos if f != Fraction(1, 2)]
+    arms += [a for a in own if split_arm(a)[0] != ARMS_OF]  # the other methods' option arms, last
     # rho = 1/2 is B4M's default: the full arm's row
     for option, value, least in (("--seeds", sizes["seeds"], 1), ("--steps", sizes["steps"], 1),
                                  ("--stage2-steps", sizes["stage2_steps"], 0),

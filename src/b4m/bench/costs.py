@@ -127,7 +127,8 @@ def training_fits(
     per-concept sub-fit, shared by every pair with that concept) or None (the pair's own), "steps",
     "per_step": images per step (:data:`SAMPLES_PER_STEP`, or ``samples``; B4M's stage 1 without MCP: the
     target alone), "image_steps", "key"}``; two runs' entries with the same ``key`` (and concept, or pair) are one
-    cached fit. An arm that samples a part of B4M's fit (``part``) has the fit it samples from."""
+    cached fit. An arm that samples a part of B4M's fit (``part``) has the fit it samples from; another method's
+    option arm (``lora:lr=1e-3``) is its own fit, its options in the key (its sources stay the shared ones)."""
     from b4m.bench.catalogue import PART, PART_STYLE_SCALE, STAGE2_KNOBS, TUNED
     from b4m.methods.catalogue import CATALOGUE
 
@@ -147,10 +148,10 @@ def training_fits(
             (src.method, src.concept, n))  # fmt: skip
     own = {k: v for k, v in train.items() if k not in ("steps", "sources_steps", PART, PART_STYLE_SCALE)}
     steps = train.get("steps") or _preset(method, "steps", base, 1000 if info.budget == "train" else 100)
-    if info.concept_option is not None:  # a one-concept fit (lora on the content): a source's twin
-        add(
-            f"{method} (content)", "sources", "content", steps, per.get(method, 1), (method, "content", steps)
-        )
+    arm = tuple(sorted((k, str(v)) for k, v in own.items()))  # a method's option arm: its own fit
+    if info.concept_option is not None:  # one concept (lora on the content): a source's twin, unless an arm
+        add(f"{method} (content)", "trained" if arm else "sources", "content", steps, per.get(method, 1),
+            (method, "content", steps, *arm))  # fmt: skip
     elif info.parts:  # B4M: per-concept stage 1, then its stage 2 per run
         s1 = tuple(
             sorted((k, str(v)) for k, v in own.items() if k not in STAGE2_KNOBS and k != "sgd_lr_grid")
@@ -167,10 +168,10 @@ def training_fits(
             add(f"stage-2 rate tuning ({grid} rates)", "tuning", None, grid * s2, per["b4m-stage2"],
                 ("tuning", *whole), grid)  # fmt: skip
     elif info.budget is None:
-        add(f"{method} (training-free)", "training-free", None, 0, 0, (method,))
+        add(f"{method} (training-free)", "training-free", None, 0, 0, (method, *arm))
     else:
         name = method if info.budget == "train" else f"{method} merger"
-        add(name, "trained", None, steps, per.get(method, 1), (method, steps))
+        add(name, "trained", None, steps, per.get(method, 1), (method, steps, *arm))
     return out
 
 
@@ -250,7 +251,7 @@ def describe(p: Any) -> str:
         f"  pairs: {e['pairs']}"
         + (f" ({len(src.contents)} contents x {len(src.styles)} styles)" if src is not None else ""),
         f"  rows per pair: {e['rows_per_pair']} (base model, {', '.join(p.methods)}"
-        + (f"; B4M arms {', '.join(a for a in p.arms if a != 'full')}" if len(p.arms) > 1 else "")
+        + (f"; arms {', '.join(a for a in p.arms if a != 'full')}" if len(p.arms) > 1 else "")
         + ")",
         f"  runs: {e['runs']}",
         f"  fits after per-concept reuse: {e['trained_fits'] + f['training-free']} = {f['sources']} source LoRAs + "

@@ -1,4 +1,5 @@
-"""The runs of a bench plan: per pair the base model, each method, then B4M's arms, each with its cache key.
+"""The runs of a bench plan: per pair the base model, each method and its option arms, then B4M's arms, each with
+its cache key.
 
 A run's key is a hash of its spec (the bench version, the shipped assets' fingerprint, the pair, the sizes, the
 prompt set and the training settings), so a setting that changed gives a new folder, never a stale one.
@@ -12,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from b4m.bench.catalogue import ARMS_OF, Plan, arm_options, run_label, track_of
+from b4m.bench.catalogue import ARMS_OF, Plan, arm_options, run_label, split_arm, track_of
 from b4m.methods.cache import assets_fingerprint
 
 BENCH_VERSION = 1
@@ -69,8 +70,9 @@ def _prompt_set(content: str, style: str) -> tuple[list[str], list[dict[str, str
 
 def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
     """What a run trains with, read from the method's catalogue entry: its ``--steps`` budget (a full training
-    or a merger fit), its sources' budget, and, for a method whose config has the arm's options (B4M's stage-2
-    group), the stage-2 steps and the arm's overrides."""
+    or a merger fit), its sources' budget, for a method whose config has B4M's stage-2 group the stage-2 steps,
+    and the arm's overrides (B4M's arms, or another method's option arm: they go to the method's own fit, never
+    to its sources)."""
     from b4m.methods.catalogue import CATALOGUE
 
     if method == BASE:
@@ -83,20 +85,29 @@ def _train_spec(method: str, arm: str, p: Plan) -> dict[str, Any]:
     if info.sources:
         spec["sources_steps"] = s["steps"]
     if "stage2_steps" in fields:
-        spec |= {"stage2_steps": s["stage2_steps"], **arm_options(arm, p.cfg.sgd_lr)}
-    return spec
+        spec["stage2_steps"] = s["stage2_steps"]
+    return spec | arm_options(arm, p.cfg.sgd_lr, method)
 
 
 def _items(p: Plan) -> list[tuple[str, str]]:
-    """The ``(method, arm)`` rows of every pair: the base model, each method, then B4M's arms."""
-    items = [(BASE, "full"), *[(m, "full") for m in p.methods]]
-    if ARMS_OF in p.methods or any(a != "full" for a in p.arms):
-        items += [(ARMS_OF, a) for a in p.arms if a != "full"]
+    """The ``(method, arm)`` rows of every pair: the base model, each method followed by its option arms
+    (``METHOD:key=value`` -> ``(METHOD, "key=value")``), then B4M's arms."""
+    own: dict[str, list[str]] = {}
+    for a in p.arms:
+        method, arm = split_arm(a)
+        own.setdefault(method, []).append(arm)
+    b4m = own.pop(ARMS_OF, [])
+    items = [(BASE, "full")]
+    for m in p.methods:
+        items += [(m, "full"), *[(m, a) for a in own.get(m, [])]]
+    if ARMS_OF in p.methods or any(a != "full" for a in b4m):
+        items += [(ARMS_OF, a) for a in b4m if a != "full"]
     return items
 
 
 def bench_runs(p: Plan) -> list[Run]:
-    """Every run of the plan, in report order: per pair the base model, each method, then B4M's arms."""
+    """Every run of the plan, in report order: per pair the base model, each method and its option arms, then
+    B4M's arms."""
     runs = []
     fingerprint = assets_fingerprint()
     for content, style in p.pairs:
