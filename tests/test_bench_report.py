@@ -239,3 +239,31 @@ def test_budgets_table_forest_and_identity_figures(tmp_path, monkeypatch):
     md_old = bench_report.write_markdown(old)
     assert "## Budgets" not in md_old and "## Paired comparisons" not in md_old and "## Per pair" in md_old
     assert "(CPU " not in md_old and "- cat#2:knit#1 / ziplora: 3 s + 2 s" in md_old.splitlines()
+
+
+def test_rho_curve_reads_option_arms_and_skips_combinations():
+    """The rho curve takes --rho's k/8 arms and rho=x option arms (the dev experiments' spelling), and leaves out
+    rho combined with other options; the points sit at the right rho."""
+    from b4m.bench import report
+
+    def row(arm, content):
+        return {"method": "b4m", "arm": arm, "content": content, "style": 0.5,
+                "ci": {"content": [content - 0.1, content + 0.1], "style": [0.4, 0.6]}}  # fmt: skip
+
+    seen = []
+    real = report._figure
+    rows = [row("full", 0.5), row("rho=1/8", 0.8), row("rho=0.25", 0.7), row("rho=0.25+aux_lr_scale=0.1", 0.1),
+            row("content-alone+rho=0.25", 0.2)]  # fmt: skip
+
+    def spy(fig, caption, kind):
+        seen.append(
+            sorted(zip(fig.axes[0].lines[0].get_xdata(), fig.axes[0].lines[0].get_ydata(), strict=True))
+        )
+        return real(fig, caption, kind)
+
+    report._figure = spy
+    try:
+        assert report._rho(rows, "t") is not None
+    finally:
+        report._figure = real
+    assert seen == [[(0.125, 0.8), (0.25, 0.7), (0.5, 0.5)]]

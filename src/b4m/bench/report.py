@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -334,9 +335,8 @@ def _rho(rows: list[dict[str, Any]], title: str) -> str | None:
 
     points = []
     for r in rows:
-        if r["method"] == ARMS_OF and r["arm"].startswith("rho="):
-            a, b = r["arm"][4:].split("/")
-            points.append((int(a) / int(b), r))
+        if r["method"] == ARMS_OF and r["arm"].startswith("rho=") and "+" not in r["arm"]:
+            points.append((float(Fraction(r["arm"][4:])), r))  # --rho's 3/8 or an option arm's 0.375
         elif r["method"] == ARMS_OF and r["arm"] == "full":
             points.append((0.5, r))
     if len(points) < 2:
