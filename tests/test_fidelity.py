@@ -67,6 +67,8 @@ def test_option_arms_run_any_b4m_option_and_bad_ones_are_one_line(tmp_path, caps
     assert arm_options("content-block+aux_lr_scale=0.1", None) == {
         "part": "content", "part_style_scale": 0.0, "aux_lr_scale": 0.1}  # fmt: skip
     assert arm_options("paper+aux_lr_scale=0.1", None) == {**ARMS["paper"][1], "aux_lr_scale": 0.1}
+    assert arm_options("rho=0.25+optimizer=adamw", None) == {"rho": 0.25, "optimizer": "adamw"}
+    assert arm_options("rho=3/8", None) == {"rho": 0.375}
     literal = arm_options("aux_lr_scale=0.1+rp-literal", None)  # the named arm keeps its tuned rate
     assert literal == {"aux_lr_scale": 0.1, **ARMS["rp-literal"][1], "stage2_lr": TUNED,
                        "sgd_lr_grid": list(SGD_LR_GRID)}  # fmt: skip
