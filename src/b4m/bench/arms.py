@@ -211,7 +211,9 @@ def arm_options(arm: str, sgd_lr: float | None, method: str = ARMS_OF) -> dict[s
     the spec, so a different grid is a different run)."""
     if arm == "full":
         return {}
-    if arm.startswith("rho=") and "+" not in arm and method == ARMS_OF:  # --rho's 3/8 (Fraction reads 0.25 too)
+    if (
+        arm.startswith("rho=") and "+" not in arm and method == ARMS_OF
+    ):  # --rho's 3/8 (Fraction reads 0.25 too)
         return {"rho": float(Fraction(arm[4:]))}
     over = option_arm(arm, method) if "=" in arm or "+" in arm else dict(ARMS[arm][1])
     if "stage2_lr" in over and over["stage2_lr"] is None:  # the rp-sgd arms' rate: tuned, or --sgd-lr
