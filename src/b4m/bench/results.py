@@ -172,29 +172,31 @@ def seed_variance(
         if (track, *ref) in replicated and (track, *other) in replicated:
             rows.append((track, *ref, other))
     out = []
+    all_seeds = [None, *seeds]
     for track, method, arm, minus in rows:
-
-        def at(pair: str, seed: int | None, track: str = track, method: str = method, arm: str = arm,
-               minus: Any = minus) -> dict[str, float] | None:  # fmt: skip
-            mine = value.get((track, method, arm, pair, seed))
-            if minus is None or mine is None:
-                return mine
-            theirs = value.get((track, *minus, pair, seed))
-            return None if theirs is None else {k: mine[k] - theirs[k] for k in mine if k in theirs}
-
         main_pairs = [
             r.pair for r in runs if (r.track, r.method, r.arm, r.train_seed) == (track, method, arm, None)
         ]
-        rep_pairs = [p for p in main_pairs if all(at(p, s) is not None for s in [None, *seeds])]
+        at: dict[
+            tuple[str, int | None], dict[str, float]
+        ] = {}  # (pair, seed) -> the row's values (or difference)
+        for pair in main_pairs:
+            for seed in all_seeds:
+                mine = value.get((track, method, arm, pair, seed))
+                theirs = value.get((track, *minus, pair, seed)) if minus else None
+                if mine is not None and (minus is None or theirs is not None):
+                    at[(pair, seed)] = (
+                        mine if theirs is None else {k: mine[k] - theirs[k] for k in mine if k in theirs}
+                    )
+        rep_pairs = [p for p in main_pairs if all((p, s) in at for s in all_seeds)]
         if not rep_pairs:
             continue
-        per_pair = {p: {k: [at(p, s)[k] for s in [None, *seeds]] for k in MARGINS if k in at(p, None)}  # type: ignore[index]
-                    for p in rep_pairs}  # fmt: skip
+        per_pair = {p: {k: [at[(p, s)][k] for s in all_seeds] for k in at[(p, None)]} for p in rep_pairs}
         metrics = [k for k in MARGINS if all(k in v for v in per_pair.values())]
         within = {
             k: float(np.sqrt(np.mean([np.var(per_pair[p][k], ddof=1) for p in rep_pairs]))) for k in metrics
         }
-        main = {k: [at(p, None)[k] for p in main_pairs if at(p, None) is not None] for k in metrics}  # type: ignore[index]
+        main = {k: [at[(p, None)][k] for p in main_pairs if (p, None) in at] for k in metrics}
         between = {k: float(np.std(v, ddof=1)) if len(v) > 1 else None for k, v in main.items()}
         label = run_label(method, arm) + ("" if minus is None else f" minus {run_label(*minus)}")
         out.append({"track": track, "method": method, "arm": arm, "minus": list(minus) if minus else None,
