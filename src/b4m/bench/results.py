@@ -177,17 +177,17 @@ def seed_variance(
         main_pairs = [
             r.pair for r in runs if (r.track, r.method, r.arm, r.train_seed) == (track, method, arm, None)
         ]
-        at: dict[
-            tuple[str, int | None], dict[str, float]
-        ] = {}  # (pair, seed) -> the row's values (or difference)
+        # (pair, seed) -> the row's values, or its difference from ``minus`` where both ran
+        at: dict[tuple[str, int | None], dict[str, float]] = {}
         for pair in main_pairs:
             for seed in all_seeds:
                 mine = value.get((track, method, arm, pair, seed))
                 theirs = value.get((track, *minus, pair, seed)) if minus else None
-                if mine is not None and (minus is None or theirs is not None):
-                    at[(pair, seed)] = (
-                        mine if theirs is None else {k: mine[k] - theirs[k] for k in mine if k in theirs}
-                    )
+                if mine is None or (minus and theirs is None):
+                    continue
+                at[(pair, seed)] = (
+                    mine if theirs is None else {k: mine[k] - theirs[k] for k in mine if k in theirs}
+                )
         rep_pairs = [p for p in main_pairs if all((p, s) in at for s in all_seeds)]
         if not rep_pairs:
             continue
