@@ -41,8 +41,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = judges.add_parser(
         "train",
         help="train the judges on fresh renders, evaluate them and write a report",
-        description="Train the judges (the recipe's defaults reproduce the shipped ones; about two hours at "
-        "1 thread), evaluate them on renders whose seeds training never uses, save them to --out.",
+        description="Train the judges (the recipe's defaults reproduce the shipped ones; 40 minutes to two hours "
+        "at 1 thread, depending on what else runs), evaluate them on renders whose seeds training never uses, save "
+        "them to --out. A stopped run continues from its newest checkpoint (<out>/checkpoints, every "
+        "--checkpoint-every steps) when the same command runs again.",
         epilog=examples(
             "b4m judges train --out runs/judges --report runs/judges.md",
             "b4m judges train --steps 6500 --out runs/judges_v5 --report runs/judges_v5.md",

@@ -29,6 +29,11 @@ class JudgesTrainJob(JudgesTrainConfig):
 
     out: Path = opt(DEFAULT_DIR, "where the weights go (default: the shipped judges, replaced)")
     report: Path | None = opt(None, _REPORT_HELP)
+    overwrite: bool = opt(
+        False,
+        "start over: discard the checkpoint a stopped run left in <out>/checkpoints (by default the same command "
+        "continues it; files b4m did not make are never touched)",
+    )
 
 
 @dataclass(frozen=True)
@@ -51,7 +56,7 @@ def train(job: JudgesTrainJob, command: str = "", progress: bool = True) -> dict
 
     if job.init_from is not None:
         _check_judges("--init-from", job.init_from)
-    metrics = train_judges(job.out, job, progress=progress)
+    metrics = train_judges(job.out, job, progress=progress, overwrite=job.overwrite)
     _write_report(job.report, metrics, command, job.out)
     return metrics
 

@@ -50,3 +50,8 @@ class JudgesTrainConfig:
         "weight the class losses by the inverse of each class's sampling probability; --no-balance-classes: "
         "plain class losses (as the judges before v7)",
     )
+    checkpoint_every: int = opt(
+        500,
+        "steps between checkpoints in <out>/checkpoints (0: none); a stopped run continues from the newest when "
+        "the same command runs again, to the weights an uninterrupted run reaches",
+    )

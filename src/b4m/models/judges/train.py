@@ -19,6 +19,7 @@ from b4m.models.judges.config import JudgesTrainConfig
 from b4m.models.judges.data import render_batch, scene_labels, uniform_scene
 from b4m.models.judges.evaluate import evaluate_judges
 from b4m.models.judges.network import WorldJudges, warm_start
+from b4m.models.judges.resume import LoopState, Resumer
 from b4m.world.concepts import CONTENTS, STYLES
 from b4m.world.instances import has_instances
 from b4m.world.render import Scene
@@ -39,6 +40,7 @@ def train_judges(
     out_dir: str | Path | None,
     config: JudgesTrainConfig | None = None,
     progress: bool = True,
+    overwrite: bool = False,
     **overrides: Any,
 ) -> dict:
     """Train judges on renders of all contents and styles and all their instances (personal ones included:
@@ -57,13 +59,18 @@ def train_judges(
 
     The settings are ``config`` (default: :class:`JudgesTrainConfig`'s, the shipped recipe) with ``overrides``
     (its field names, e.g. ``steps=3``) applied.
+
+    Every ``checkpoint_every`` steps the run's state goes to ``out_dir/checkpoints``
+    (:mod:`b4m.models.judges.resume`); called again with the same settings, a stopped run continues from there to
+    the weights it would have reached uninterrupted. ``overwrite`` discards such a checkpoint and starts over.
     """
     cfg = dataclasses.replace(config or JudgesTrainConfig(), **overrides)
     steps, seed, batch_size, lr, threads = cfg.steps, cfg.seed, cfg.batch_size, cfg.lr, cfg.threads
     pool_size, refresh, n_eval = cfg.pool_size, cfg.refresh, cfg.n_eval
     instance_share, style_share, init_from = cfg.instance_share, cfg.style_share, cfg.init_from
     balance_classes = cfg.balance_classes
-    b4m_threads.apply(threads)
+    resumer = Resumer(out_dir, cfg, overwrite)  # a stopped run with other settings is refused before any work
+    threads = b4m_threads.apply(threads, resumer.threads)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng([seed, 17])
@@ -79,10 +86,14 @@ def train_judges(
         next_seed += n
         return (images * 255).round().to(torch.uint8), scenes
 
-    pool, pool_scenes = fresh(pool_size)
-    pool_labels = scene_labels(pool_scenes)
+    restored = resumer.restore_pool(list(scene_labels([uniform_scene(np.random.default_rng(0))])))
+    if restored is None:
+        pool, pool_scenes = fresh(pool_size)
+        pool_labels = scene_labels(pool_scenes)
+    else:
+        pool, pool_labels = restored
     render_s = time.perf_counter() - t0
-    if progress:
+    if progress and restored is None:
         print(f"[judges] rendered a pool of {pool_size} images in {render_s:.0f}s", flush=True)
 
     judges = warm_start(init_from).train() if init_from else WorldJudges()
@@ -101,8 +112,15 @@ def train_judges(
         for k in shares
     }
     log = []
+    start = 0
+    state = resumer.restore(judges, opt, sched, gen, rng, pool, pool_labels)
+    if state is not None:
+        start, next_seed, render_s, log = state.step, state.next_seed, state.render_s, state.log
+        t0 = time.perf_counter() - state.elapsed_s
+        if progress:
+            print(f"[judges] continuing from {resumer.found} (step {start} of {steps})", flush=True)
     judges.train()
-    for step in range(steps):
+    for step in range(start, steps):
         tr = time.perf_counter()
         if refresh:
             slots = torch.from_numpy(rng.choice(pool_size, refresh, replace=False))
@@ -141,6 +159,9 @@ def train_judges(
             log.append(entry)
             if progress:
                 print(f"[judges] step {step}/{steps} {time.perf_counter() - t0:.0f}s {entry}", flush=True)
+        if resumer.due(step + 1, steps):
+            done = LoopState(step + 1, pool, pool_labels, next_seed, render_s, time.perf_counter() - t0, log)
+            resumer.save(judges, opt, sched, gen, rng, done, threads)
     train_s = time.perf_counter() - t0
     judges.eval()
     t1 = time.perf_counter()
@@ -166,4 +187,5 @@ def train_judges(
     }
     if out_dir is not None:
         judges.save(out_dir, metrics=metrics)
+        resumer.finish()
     return metrics
