@@ -175,6 +175,45 @@ def _row_order(row: tuple[str, str, int | None]) -> tuple:
     return (method != "base", method == "b4m", method, arm != "full", arm, -1 if seed is None else seed)
 
 
+def paired_verdicts(
+    runs: list[dict[str, Any]], reference: tuple[str, str, None] = ("b4m", "full", None), n_boot: int = 2000
+) -> list[dict[str, Any]]:
+    """The bench's paired analysis of the instance verdicts, once per judge: for every other row (main runs only,
+    not the training-seed replicates) on the pairs it shares with ``reference``, the mean over pairs of
+    ``reference - row`` in ``content_inst`` and ``style_inst`` with its two-level paired bootstrap interval, the
+    sign-flip p, Holm across the rows and the verdict (:mod:`b4m.eval.paired`, the margins declared for the test
+    suite), from judge A's and from judge B's per-image verdicts. The question: does the decision depend on the
+    judge?"""
+    from b4m.eval.paired import MARGINS, holm, paired_difference, verdict
+
+    per: dict[tuple[tuple[str, str, int | None], str], dict[str, Any]] = {}
+    for r in runs:
+        if "content_inst" in r["A"] and "content_inst" in r["B"] and row_of(r["spec"])[2] is None:
+            per[(row_of(r["spec"]), r["spec"]["pair"])] = r
+    ref_pairs = sorted(p for k, p in per if k == reference)
+    others = sorted({k for k, _ in per if k != reference}, key=_row_order)
+    out = [{"row": list(k), "label": row_label(k), "pairs": [p for p in ref_pairs if (k, p) in per]}
+           for k in others]  # fmt: skip
+    out = [o for o in out if o["pairs"]]
+    for judge in ("A", "B"):
+        diffs = [
+            paired_difference(
+                [per[(reference, p)][judge] for p in o["pairs"]],
+                [per[(tuple(o["row"]), p)][judge] for p in o["pairs"]],
+                metrics=INSTANCE,
+                n_boot=n_boot,
+            )
+            for o in out
+        ]
+        for metric in INSTANCE:
+            for o, d, p_adj in zip(out, diffs, holm([d[metric]["p"] for d in diffs]), strict=True):
+                o.setdefault(metric, {})[judge] = {
+                    "diff": d[metric]["diff"], "ci95": d[metric]["ci95"], "p_holm": p_adj,
+                    "verdict": verdict(d[metric], p_adj, MARGINS[metric]),
+                }  # fmt: skip
+    return out
+
+
 def measure(bench: Path, judges_b: Path, judges_a: Path | None = None) -> dict[str, Any]:
     """Score every run of ``bench`` with judges A (``judges_a``; default the shipped ones) and B; returns the rows
     (per method / arm / training seed, pooled over pairs), the overall pool, the PNG round trip's agreement with
@@ -244,6 +283,7 @@ def measure(bench: Path, judges_b: Path, judges_a: Path | None = None) -> dict[s
         "rows": rows,
         "overall": pooled(runs),
         "signs": signs,
+        "verdicts": paired_verdicts(runs),
     }
 
 
@@ -329,7 +369,41 @@ def report(res: dict[str, Any], command: str, wall: float) -> str:
             lines += [f"| {p['pair']} | {p['diff_a']:+.3f} | {p['diff_b']:+.3f} | {'yes' if p['same_sign'] else 'NO'} |"
                       for p in full[0]["pairs"]]  # fmt: skip
         lines.append("")
+    if res["verdicts"]:
+        lines += [
+            "## The paired verdicts, B4M (`b4m/full`) minus each row, under each judge",
+            "",
+            "The bench's analysis (`b4m.eval.paired`: mean over pairs of the per-pair difference, 95 % two-level "
+            "paired bootstrap, sign-flip p, Holm across the rows, the declared ±0.1 equivalence margin) of the "
+            "instance verdicts, once from judge A's and once from judge B's per-image verdicts (main runs).",
+            "",
+            "| row | pairs | content inst., A | verdict A | content inst., B | verdict B | same | style inst., A "
+            "| verdict A | style inst., B | verdict B | same |",
+            "|---|---:|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for v in res["verdicts"]:
+            cells = []
+            for metric in INSTANCE:
+                a, b = v[metric]["A"], v[metric]["B"]
+                cells += [
+                    _diff(a),
+                    a["verdict"],
+                    _diff(b),
+                    b["verdict"],
+                    "yes" if a["verdict"] == b["verdict"] else "NO",
+                ]
+            lines.append(f"| {v['label']} | {len(v['pairs'])} | " + " | ".join(cells) + " |")
+        same = {
+            m: sum(v[m]["A"]["verdict"] == v[m]["B"]["verdict"] for v in res["verdicts"]) for m in INSTANCE
+        }
+        lines += ["", f"Same verdict under both judges: content instance {same['content_inst']} of "
+                      f"{len(res['verdicts'])} rows, style instance {same['style_inst']} of {len(res['verdicts'])}.", ""]  # fmt: skip
     return "\n".join(lines)
+
+
+def _diff(d: dict[str, Any]) -> str:
+    lo, hi = d["ci95"]
+    return f"{d['diff'] + 0.0:+.2f} [{lo + 0.0:+.2f}, {hi + 0.0:+.2f}]"  # + 0.0: no "-0.00"
 
 
 def main(argv: list[str] | None = None) -> Path:

@@ -175,6 +175,38 @@ def test_end_to_end_with_the_shipped_judges_as_both(tmp_path):
     assert sign["label"] == "b4m/full" and sign["same"] == 1
     (p,) = sign["pairs"]
     assert p["pair"] == pair and p["diff_a"] == p["diff_b"] and p["same_sign"]
+    (v,) = res["verdicts"]  # one judge twice: the same paired verdicts
+    assert v["label"] == "lora/full" and v["pairs"] == [pair]
+    assert v["content_inst"]["A"] == v["content_inst"]["B"] and v["style_inst"]["A"] == v["style_inst"]["B"]
     text = md.read_text()
+    assert "Same verdict under both judges: content instance 1 of 1 rows, style instance 1 of 1." in text
     assert text.startswith("# H0") and "Command: `python benchmarks/h0_second_judge.py --judges" in text
     assert text.count("| **overall** | 2 | 14 | ") == 2 and "-0.000" not in text
+
+
+def _per_image(content_inst, style_inst, n=8):
+    ones = np.ones(n)
+    return {"content": ones, "style": ones, "prompt_hit": ones, "prompt_asked": ones,
+            "content_inst": np.full(n, float(content_inst)), "style_inst": np.full(n, float(style_inst))}  # fmt: skip
+
+
+def test_paired_verdicts_follow_each_judge():
+    """16 pairs: under judge A, B4M names the content on every image and LoRA on none (an exact sign-flip p of
+    2 / 2^16: "better"); under judge B both name it everywhere (a zero difference: "equivalent" within ±0.1). The
+    style verdicts are identical and tied under both judges. A training-seed replicate is left out."""
+    runs = []
+    for k in range(16):
+        pair = f"teddy#{k}:papercut#{k}"
+        for method, a, b in (("b4m", 1, 1), ("lora", 0, 1)):
+            spec = {"pair": pair, "method": method, "arm": "full"}
+            runs.append({"spec": spec, "A": _per_image(a, 1), "B": _per_image(b, 1)})
+    runs.append({"spec": {"pair": "teddy#0:papercut#0", "method": "lora", "arm": "full", "train_seed": 1},
+                 "A": _per_image(1, 0), "B": _per_image(1, 0)})  # fmt: skip
+    (v,) = h0.paired_verdicts(runs, n_boot=200)
+    assert v["label"] == "lora/full" and len(v["pairs"]) == 16
+    a, b = v["content_inst"]["A"], v["content_inst"]["B"]
+    assert a["diff"] == 1.0 and a["ci95"] == [1.0, 1.0] and a["verdict"] == "better"
+    assert a["p_holm"] == pytest.approx(2 / 2**16)
+    assert b["diff"] == 0.0 and b["verdict"] == "equivalent" and b["p_holm"] == 1.0
+    for judge in "AB":
+        assert v["style_inst"][judge]["diff"] == 0.0 and v["style_inst"][judge]["verdict"] == "equivalent"
