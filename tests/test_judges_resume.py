@@ -92,3 +92,19 @@ def test_cli_refuses_a_damaged_checkpoint_in_one_line(tmp_path, monkeypatch, cap
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "damaged checkpoint" in err and str(ckpt) in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--steps", "0"], "--steps 0: give at least 1"),
+        (["--pool-size", "8"], "--pool-size 8: give at least --batch-size (128)"),
+        (["--refresh", "-1"], "--refresh -1: give 0 to --pool-size"),
+        (["--checkpoint-every", "-5"], "--checkpoint-every -5: give 0 (none) or a number of steps"),
+    ],
+)
+def test_cli_refuses_settings_the_loop_cannot_run(tmp_path, capsys, flags, message):
+    assert main(["judges", "train", *flags, "--out", str(tmp_path / "j")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"b4m: error: {message}") and len(err.splitlines()) == 1
+    assert not (tmp_path / "j").exists()

@@ -54,6 +54,7 @@ def train(job: JudgesTrainJob, command: str = "", progress: bool = True) -> dict
     metrics."""
     from b4m.models.judges.train import train_judges
 
+    _check_recipe(job)
     if job.init_from is not None:
         _check_judges("--init-from", job.init_from)
     metrics = train_judges(job.out, job, progress=progress, overwrite=job.overwrite)
@@ -77,6 +78,24 @@ def evaluate(job: JudgesEvalJob, command: str = "") -> dict[str, Any]:
     metrics["training"] = judges.metrics.get("training")
     _write_report(job.report, metrics, command, job.path)
     return metrics
+
+
+def _check_recipe(job: JudgesTrainJob) -> None:
+    """Settings the training loop cannot run with, refused in one line before any rendering."""
+    from b4m.errors import B4MError
+
+    bad = [
+        (job.steps < 1, "--steps", job.steps, "give at least 1"),
+        (job.batch_size < 2, "--batch-size", job.batch_size, "give at least 2 (half of each batch is colour-jittered)"),
+        (job.pool_size < job.batch_size, "--pool-size", job.pool_size,
+         f"give at least --batch-size ({job.batch_size}): a batch draws distinct pool images"),
+        (not 0 <= job.refresh <= job.pool_size, "--refresh", job.refresh, f"give 0 to --pool-size ({job.pool_size})"),
+        (job.n_eval < 1, "--n-eval", job.n_eval, "give at least 1"),
+        (job.checkpoint_every < 0, "--checkpoint-every", job.checkpoint_every, "give 0 (none) or a number of steps"),
+    ]  # fmt: skip
+    for failed, flag, value, hint in bad:
+        if failed:
+            raise B4MError(f"{flag} {value}: {hint}")
 
 
 def _check_judges(flag: str, folder: Path) -> None:
