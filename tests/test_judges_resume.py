@@ -35,15 +35,20 @@ def stop_after(monkeypatch, n_steps):
     monkeypatch.setattr(judges_train, "augment", augment)
 
 
+def stopped_run(out, monkeypatch):
+    """A tiny run into ``out`` that fails in its step 3, after its checkpoint at step 2."""
+    with monkeypatch.context() as m:
+        stop_after(m, 3)
+        with pytest.raises(Stop):
+            judges_train.train_judges(out, progress=False, **TINY)
+
+
 def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatch, capsys):
     whole = judges_train.train_judges(tmp_path / "whole", progress=False, **TINY)
     assert not (tmp_path / "whole" / CHECKPOINTS).exists()  # removed once the judges are saved
 
     out = tmp_path / "stopped"
-    with monkeypatch.context() as m:
-        stop_after(m, 3)
-        with pytest.raises(Stop):
-            judges_train.train_judges(out, progress=False, **TINY)
+    stopped_run(out, monkeypatch)
     ckpt = latest_checkpoint(out / CHECKPOINTS)
     assert ckpt is not None and ckpt.name == "step-000002"
 
@@ -63,10 +68,7 @@ def test_a_stopped_run_resumes_to_the_uninterrupted_weights(tmp_path, monkeypatc
 
 def test_other_settings_are_refused_before_any_work_and_overwrite_starts_over(tmp_path, monkeypatch):
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        stop_after(m, 3)
-        with pytest.raises(Stop):
-            judges_train.train_judges(out, progress=False, **TINY)
+    stopped_run(out, monkeypatch)
     with pytest.raises(B4MError, match=r"other settings \(--lr 0.003 there, 0.001 now\).*--overwrite"):
         judges_train.train_judges(out, progress=False, **{**TINY, "lr": 1e-3})
     # runtime settings may change: the thread count recorded at the start is kept
@@ -80,10 +82,7 @@ def test_other_settings_are_refused_before_any_work_and_overwrite_starts_over(tm
 
 def test_cli_refuses_a_damaged_checkpoint_in_one_line(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
-    with monkeypatch.context() as m:
-        stop_after(m, 3)
-        with pytest.raises(Stop):
-            judges_train.train_judges(out, progress=False, **TINY)
+    stopped_run(out, monkeypatch)
     ckpt = latest_checkpoint(out / CHECKPOINTS)
     (ckpt / "state.safetensors").write_bytes(b"\x00" * 10)
     flags = ["--steps", "5", "--batch-size", "16", "--pool-size", "48", "--refresh", "4", "--n-eval", "1"]

@@ -105,25 +105,27 @@ class Resumer:
         saved = read_checkpoint_params(self.found, names)
         return saved["pool"], {k: saved[f"label.{k}"] for k in label_names}
 
-    def restore(
+    def attach(
         self,
         judges: torch.nn.Module,
         opt: torch.optim.Optimizer,
         sched: Any,
         gen: torch.Generator,
         rng: np.random.Generator,
-        pool: torch.Tensor,
-        labels: dict[str, torch.Tensor],
-    ) -> LoopState | None:
-        """Load the stopped run's weights, optimizer, schedule and generators in place; its loop state (None: a
-        fresh run)."""
+    ) -> None:
+        """The run's training objects, which :meth:`restore` loads in place and :meth:`save` writes."""
+        self.judges, self.opt, self.sched, self.gen, self.rng = judges, opt, sched, gen, rng
+
+    def restore(self, pool: torch.Tensor, labels: dict[str, torch.Tensor]) -> LoopState | None:
+        """Load the stopped run's weights, optimizer, schedule and generators into the attached objects; its loop
+        state around ``pool`` and ``labels`` (from :meth:`restore_pool`; None: a fresh run)."""
         if self.found is None:
             return None
-        params = {f"judges.{k}": v for k, v in judges.state_dict().items()}
-        info = load_checkpoint(self.found, params, opt, gen)
+        params = {f"judges.{k}": v for k, v in self.judges.state_dict().items()}
+        info = load_checkpoint(self.found, params, self.opt, self.gen)
         try:
-            sched.load_state_dict(info["scheduler"])
-            rng.bit_generator.state = info["numpy_rng"]
+            self.sched.load_state_dict(info["scheduler"])
+            self.rng.bit_generator.state = info["numpy_rng"]
             return LoopState(
                 step=int(info["step"]),
                 pool=pool,
@@ -143,30 +145,22 @@ class Resumer:
         a run stopped while it evaluates does not train again)."""
         return bool(self.every) and (step % self.every == 0 or step == steps)
 
-    def save(
-        self,
-        judges: torch.nn.Module,
-        opt: torch.optim.Optimizer,
-        sched: Any,
-        gen: torch.Generator,
-        rng: np.random.Generator,
-        state: LoopState,
-        threads: int,
-    ) -> None:
+    def save(self, state: LoopState, threads: int) -> None:
+        """Write the attached objects and ``state`` as the run's newest checkpoint."""
         assert self.folder is not None
-        params = {f"judges.{k}": v for k, v in judges.state_dict().items()}
+        params = {f"judges.{k}": v for k, v in self.judges.state_dict().items()}
         params |= {"pool": state.pool, **{f"label.{k}": v for k, v in state.labels.items()}}
         extra = {
             "identity": self.identity,
             "threads": threads,
-            "scheduler": sched.state_dict(),
-            "numpy_rng": rng.bit_generator.state,
+            "scheduler": self.sched.state_dict(),
+            "numpy_rng": self.rng.bit_generator.state,
             "next_seed": state.next_seed,
             "render_s": state.render_s,
             "elapsed_s": state.elapsed_s,
             "log": state.log,
         }
-        save_checkpoint(self.folder, state.step, params, opt, gen, extra)
+        save_checkpoint(self.folder, state.step, params, self.opt, self.gen, extra)
 
     def finish(self) -> None:
         """Remove the run's checkpoints (and their folder, if nothing else is in it) once the judges are saved."""

@@ -113,7 +113,8 @@ def train_judges(
     }
     log = []
     start = 0
-    state = resumer.restore(judges, opt, sched, gen, rng, pool, pool_labels)
+    resumer.attach(judges, opt, sched, gen, rng)
+    state = resumer.restore(pool, pool_labels)
     if state is not None:
         start, next_seed, render_s, log = state.step, state.next_seed, state.render_s, state.log
         t0 = time.perf_counter() - state.elapsed_s
@@ -161,7 +162,7 @@ def train_judges(
                 print(f"[judges] step {step}/{steps} {time.perf_counter() - t0:.0f}s {entry}", flush=True)
         if resumer.due(step + 1, steps):
             done = LoopState(step + 1, pool, pool_labels, next_seed, render_s, time.perf_counter() - t0, log)
-            resumer.save(judges, opt, sched, gen, rng, done, threads)
+            resumer.save(done, threads)
     train_s = time.perf_counter() - t0
     judges.eval()
     t1 = time.perf_counter()
