@@ -39,11 +39,9 @@ with is kept, :mod:`b4m.threads`; ``n_eval`` only sizes the evaluation after tra
 
 @dataclass
 class LoopState:
-    """What the training loop carries between steps besides the weights, the optimizer and the torch generator."""
+    """What the training loop carries between steps besides the attached objects (:meth:`Resumer.attach`)."""
 
     step: int
-    pool: torch.Tensor
-    labels: dict[str, torch.Tensor]
     next_seed: int
     render_s: float
     elapsed_s: float
@@ -97,12 +95,17 @@ class Resumer:
         value = self.info.get("threads")
         return int(value) if isinstance(value, int) and value > 0 else None
 
-    def restore_pool(self, label_names: list[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+    def restore_pool(self) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
         """The stopped run's image pool and labels (None for a fresh run: render one)."""
         if self.found is None:
             return None
-        names = ["pool", *(f"label.{k}" for k in label_names)]
-        saved = read_checkpoint_params(self.found, names)
+        try:
+            label_names = [str(k) for k in self.info["labels"]]
+        except (KeyError, TypeError):
+            raise B4MError(
+                f"{self.found}: damaged checkpoint (no pool labels); pass --overwrite to start over"
+            ) from None
+        saved = read_checkpoint_params(self.found, ["pool", *(f"label.{k}" for k in label_names)])
         return saved["pool"], {k: saved[f"label.{k}"] for k in label_names}
 
     def attach(
@@ -112,13 +115,17 @@ class Resumer:
         sched: Any,
         gen: torch.Generator,
         rng: np.random.Generator,
+        pool: torch.Tensor,
+        labels: dict[str, torch.Tensor],
     ) -> None:
-        """The run's training objects, which :meth:`restore` loads in place and :meth:`save` writes."""
+        """The run's training objects, which :meth:`restore` loads in place and :meth:`save` writes (``pool`` and
+        ``labels``: the image pool the loop refreshes in place, from :meth:`restore_pool` on a resumed run)."""
         self.judges, self.opt, self.sched, self.gen, self.rng = judges, opt, sched, gen, rng
+        self.pool, self.labels = pool, labels
 
-    def restore(self, pool: torch.Tensor, labels: dict[str, torch.Tensor]) -> LoopState | None:
+    def restore(self) -> LoopState | None:
         """Load the stopped run's weights, optimizer, schedule and generators into the attached objects; its loop
-        state around ``pool`` and ``labels`` (from :meth:`restore_pool`; None: a fresh run)."""
+        state (None: a fresh run)."""
         if self.found is None:
             return None
         params = {f"judges.{k}": v for k, v in self.judges.state_dict().items()}
@@ -128,8 +135,6 @@ class Resumer:
             self.rng.bit_generator.state = info["numpy_rng"]
             return LoopState(
                 step=int(info["step"]),
-                pool=pool,
-                labels=labels,
                 next_seed=int(info["next_seed"]),
                 render_s=float(info["render_s"]),
                 elapsed_s=float(info["elapsed_s"]),
@@ -149,9 +154,10 @@ class Resumer:
         """Write the attached objects and ``state`` as the run's newest checkpoint."""
         assert self.folder is not None
         params = {f"judges.{k}": v for k, v in self.judges.state_dict().items()}
-        params |= {"pool": state.pool, **{f"label.{k}": v for k, v in state.labels.items()}}
+        params |= {"pool": self.pool, **{f"label.{k}": v for k, v in self.labels.items()}}
         extra = {
             "identity": self.identity,
+            "labels": list(self.labels),
             "threads": threads,
             "scheduler": self.sched.state_dict(),
             "numpy_rng": self.rng.bit_generator.state,

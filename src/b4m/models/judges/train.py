@@ -86,7 +86,7 @@ def train_judges(
         next_seed += n
         return (images * 255).round().to(torch.uint8), scenes
 
-    restored = resumer.restore_pool(list(scene_labels([uniform_scene(np.random.default_rng(0))])))
+    restored = resumer.restore_pool()
     if restored is None:
         pool, pool_scenes = fresh(pool_size)
         pool_labels = scene_labels(pool_scenes)
@@ -113,8 +113,8 @@ def train_judges(
     }
     log = []
     start = 0
-    resumer.attach(judges, opt, sched, gen, rng)
-    state = resumer.restore(pool, pool_labels)
+    resumer.attach(judges, opt, sched, gen, rng, pool, pool_labels)
+    state = resumer.restore()
     if state is not None:
         start, next_seed, render_s, log = state.step, state.next_seed, state.render_s, state.log
         t0 = time.perf_counter() - state.elapsed_s
@@ -161,8 +161,7 @@ def train_judges(
             if progress:
                 print(f"[judges] step {step}/{steps} {time.perf_counter() - t0:.0f}s {entry}", flush=True)
         if resumer.due(step + 1, steps):
-            done = LoopState(step + 1, pool, pool_labels, next_seed, render_s, time.perf_counter() - t0, log)
-            resumer.save(done, threads)
+            resumer.save(LoopState(step + 1, next_seed, render_s, time.perf_counter() - t0, log), threads)
     train_s = time.perf_counter() - t0
     judges.eval()
     t1 = time.perf_counter()
